@@ -1,0 +1,397 @@
+"""Tests for troubadour.audio, on real files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+import soundfile as sf
+
+from troubadour import audio
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sine(freq=440.0, sr=32000, seconds=2.0, amp=0.5, channels=2, phase=0.0):
+    t = np.arange(int(sr * seconds)) / sr
+    x = amp * np.sin(2 * np.pi * freq * t + phase)
+    return np.tile(x, (channels, 1)).astype(np.float32)
+
+
+def noise(sr=32000, seconds=3.0, rms=0.1, channels=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((channels, int(sr * seconds))) * rms).astype(np.float32)
+
+
+def lufs(x, sr):
+    return pyloudnorm.Meter(sr).integrated_loudness(np.ascontiguousarray(x.T, dtype=np.float64))
+
+
+def peak_freq(x, sr):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / sr)[np.argmax(spec)]
+
+
+def corr(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def test_wav_round_trip(tmp_path):
+    sr = 32000
+    x = sine(sr=sr, seconds=1.5)
+    x[1] *= 0.5  # distinct channels, to catch a transposed write
+    out = audio.write_audio(tmp_path / "a.wav", x, sr)
+    assert out == tmp_path / "a.wav"
+    info = sf.info(out)
+    assert (info.samplerate, info.channels, info.frames) == (sr, 2, x.shape[1])
+    assert info.subtype == "PCM_16"
+    y, _ = sf.read(out, dtype="float32", always_2d=True)
+    np.testing.assert_allclose(y.T, x, atol=1.5 / 32767)
+
+
+def test_ogg_round_trip(tmp_path):
+    sr = 48000
+    x = sine(sr=sr, seconds=2.0)
+    x[1] = sine(660.0, sr=sr, seconds=2.0, channels=1)[0]
+    out = audio.write_audio(tmp_path / "a.ogg", x, sr)
+    info = sf.info(out)
+    assert info.format == "OGG" and info.subtype == "VORBIS"
+    assert (info.samplerate, info.channels) == (sr, 2)
+    assert abs(info.frames - x.shape[1]) <= 0.005 * sr
+    y, _ = sf.read(out, dtype="float32", always_2d=True)
+    n = min(len(y), x.shape[1])
+    assert corr(y[:n, 0], x[0, :n]) > 0.98
+    assert corr(y[:n, 1], x[1, :n]) > 0.98
+    assert abs(peak_freq(y[:n, 0], sr) - 440) < 2 and abs(peak_freq(y[:n, 1], sr) - 660) < 2
+
+
+def test_long_ogg_write(tmp_path):
+    # One-shot writes this long overflow the stack inside libvorbis; write_audio chunks them.
+    sr = 48000
+    x = noise(sr=sr, seconds=60.0, rms=0.05)
+    info = sf.info(audio.write_audio(tmp_path / "long.ogg", x, sr))
+    assert abs(info.frames - x.shape[1]) <= 0.005 * sr
+
+
+def test_write_format_explicit_and_unknown(tmp_path):
+    x = sine(seconds=0.2)
+    p = audio.write_audio(tmp_path / "clip.bin", x, 32000, fmt="ogg")
+    assert sf.info(p).format == "OGG"
+    with pytest.raises(ValueError, match="unknown audio format"):
+        audio.write_audio(tmp_path / "a.mp3", x, 32000)
+    with pytest.raises(ValueError, match="unknown audio format"):
+        audio.write_audio(tmp_path / "a.wav", x, 32000, fmt="flac")
+    assert sorted(os.listdir(tmp_path)) == ["clip.bin"]
+
+
+def test_write_clips_out_of_range_instead_of_wrapping(tmp_path):
+    x = np.array([[1.5, -1.5, 0.25]], dtype=np.float32)
+    y, _ = sf.read(audio.write_audio(tmp_path / "c.wav", x, 8000), dtype="float32")
+    assert y[0] > 0.99 and y[1] < -0.99 and abs(y[2] - 0.25) < 1e-3
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "a.wav"
+    target.write_bytes(b"old junk")
+    audio.write_audio(target, sine(seconds=0.5), 32000)
+    audio.write_audio(target, sine(seconds=0.25, channels=1), 32000)
+    info = sf.info(target)
+    assert (info.channels, info.frames) == (1, 8000)
+    side = audio.write_sidecar(target, {"prompt": "tavern lute ♪", "seed": np.int64(7)})
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "a.wav"]
+    assert side == tmp_path / "a.json"
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "a.wav"
+    audio.write_audio(target, sine(seconds=0.5), 32000)
+    before = target.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(audio.os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        audio.write_audio(target, sine(seconds=1.0), 32000)
+    assert target.read_bytes() == before
+    assert os.listdir(tmp_path) == ["a.wav"]
+
+
+def test_sidecar_content(tmp_path):
+    meta = {"prompt": "boss fight, épique", "params": {"duration": 8.0}, "seed": np.int64(3),
+            "path": tmp_path / "x"}
+    p = audio.write_sidecar(tmp_path / "track.ogg", meta)
+    assert p.name == "track.json"
+    text = p.read_text(encoding="utf-8")
+    assert "épique" in text and "\n  " in text  # UTF-8, not \u escapes; pretty-printed
+    assert json.loads(text) == {"prompt": "boss fight, épique", "params": {"duration": 8.0},
+                                "seed": 3, "path": str(tmp_path / "x")}
+
+
+# --- loudness --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sine", "noise"])
+@pytest.mark.parametrize("target", [-16.0, -23.0])
+def test_normalize_hits_target(kind, target):
+    sr = 32000
+    x = sine(sr=sr, seconds=3.0, amp=0.05) if kind == "sine" else noise(sr=sr, rms=0.02)
+    assert abs(lufs(x, sr) - target) > 3  # the test must actually move it
+    y = audio.normalize_loudness(x, sr, target_lufs=target)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert abs(lufs(y, sr) - target) <= 0.5
+    assert audio.true_peak_dbfs(y, sr) <= -1.0 + 0.01
+
+
+def test_normalize_respects_true_peak_ceiling():
+    sr = 32000
+    x = noise(sr=sr, rms=0.05)
+    # Reaching -6 LUFS would need a peak well above 0 dBFS.
+    y = audio.normalize_loudness(x, sr, target_lufs=-6.0, peak_dbfs=-1.0)
+    tp = audio.true_peak_dbfs(y, sr)
+    assert tp <= -1.0 + 0.01
+    assert tp > -1.1  # limited to the ceiling, not further
+    assert 20 * np.log10(np.max(np.abs(y))) <= -1.0 + 0.01
+    assert lufs(y, sr) < -6.0 - 1.0
+    assert np.all(np.isfinite(y))
+
+
+def test_true_peak_sees_inter_sample_peaks():
+    sr = 32000
+    # A sine at sr/4 sampled 45 degrees off its crest: samples at ±0.707, true peak 1.0.
+    x = sine(freq=sr / 4, sr=sr, seconds=1.0, amp=0.9, channels=1, phase=np.pi / 4)
+    sample_peak = 20 * np.log10(np.max(np.abs(x)))
+    tp = audio.true_peak_dbfs(x, sr)
+    assert abs(sample_peak - 20 * np.log10(0.9 * np.sqrt(0.5))) < 0.01
+    assert abs(tp - 20 * np.log10(0.9)) < 0.2
+    y = audio.normalize_loudness(x, sr, target_lufs=0.0, peak_dbfs=-1.0)
+    assert audio.true_peak_dbfs(y, sr) <= -1.0 + 0.01
+    assert np.max(np.abs(y)) < 10 ** (-3.5 / 20)  # sample peak ~3 dB below the ceiling
+
+
+def test_normalize_silence_and_nan():
+    sr = 32000
+    z = np.zeros((2, sr), dtype=np.float32)
+    assert audio.integrated_loudness(z, sr) == float("-inf")
+    y = audio.normalize_loudness(z, sr)
+    assert np.all(y == 0) and y.shape == z.shape
+    tiny = np.full((2, sr), 1e-6, dtype=np.float32)  # below the silence floor: not amplified
+    assert np.array_equal(audio.normalize_loudness(tiny, sr), tiny)
+    bad = sine(sr=sr, seconds=1.0, amp=0.1)
+    bad[0, 100] = np.nan
+    bad[1, 200] = np.inf
+    y = audio.normalize_loudness(bad, sr)
+    assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= 1.0
+
+
+def test_normalize_short_audio_peak_normalises():
+    sr = 32000
+    x = sine(sr=sr, seconds=0.1, amp=0.1)
+    assert audio.integrated_loudness(x, sr) == float("-inf")
+    y = audio.normalize_loudness(x, sr, peak_dbfs=-1.0)
+    assert y.shape == x.shape and np.all(np.isfinite(y))
+    assert abs(audio.true_peak_dbfs(y, sr) - -1.0) < 0.01
+    mono = audio.normalize_loudness(x[0], sr)
+    assert mono.shape == x[0].shape
+
+
+def test_integrated_loudness_matches_pyloudnorm():
+    sr = 48000
+    x = noise(sr=sr, rms=0.1)
+    assert abs(audio.integrated_loudness(x, sr) - lufs(x, sr)) < 1e-6
+
+
+# --- resampling ------------------------------------------------------------------------
+
+
+def test_resample_keeps_duration_and_pitch():
+    x = sine(freq=440.0, sr=32000, seconds=2.0)
+    x[1] = sine(freq=1000.0, sr=32000, seconds=2.0, channels=1)[0]
+    y = audio.resample(x, 32000, 48000)
+    assert y.dtype == np.float32 and y.shape[0] == 2
+    assert abs(y.shape[1] - 96000) <= 1
+    assert abs(peak_freq(y[0], 48000) - 440) < 1
+    assert abs(peak_freq(y[1], 48000) - 1000) < 1
+    same = audio.resample(x, 32000, 32000)
+    assert np.array_equal(same, x) and same is not x
+    assert audio.resample(x[0], 32000, 16000).shape == (32000,)
+
+
+# --- PCM -------------------------------------------------------------------------------
+
+
+def stereo_lr():
+    left = np.linspace(-1, 1, 101, dtype=np.float32)
+    right = -0.5 * left
+    return np.stack([left, right])
+
+
+def test_pcm_s16_interleaving_and_round_trip():
+    x = stereo_lr()
+    data = audio.pcm_s16le(x)
+    assert len(data) == 101 * 2 * 2
+    raw = np.frombuffer(data, dtype="<i2")
+    assert raw[0] == -32767 and raw[1] == 16384  # L0 then R0 (0.5*32767 rounds up)
+    assert raw[2] == round(x[0, 1] * 32767) and raw[3] == round(x[1, 1] * 32767)
+    back = audio.from_pcm(data, 2, "s16le")
+    assert back.shape == x.shape and back.dtype == np.float32
+    np.testing.assert_allclose(back, x, atol=0.5 / 32767 + 1e-7)
+    over = audio.pcm_s16le(np.array([[2.0, -2.0]], dtype=np.float32))
+    assert list(np.frombuffer(over, dtype="<i2")) == [32767, -32767]
+
+
+def test_pcm_f32_interleaving_and_round_trip():
+    x = stereo_lr()
+    data = audio.pcm_f32le(x)
+    raw = np.frombuffer(data, dtype="<f4")
+    assert raw[0] == x[0, 0] and raw[1] == x[1, 0] and raw[2] == x[0, 1]
+    back = audio.from_pcm(data, 2, "f32le")
+    assert np.array_equal(back, x)
+
+
+def test_from_pcm_rejects_bad_input():
+    with pytest.raises(ValueError, match="whole number"):
+        audio.from_pcm(b"\x00\x00\x00", 2, "s16le")
+    with pytest.raises(ValueError, match="unknown PCM format"):
+        audio.from_pcm(b"", 1, "u8")
+
+
+# --- metadata log ----------------------------------------------------------------------
+
+PAYLOAD = 8192
+
+
+def _writer(path, wid, n, start):
+    log = audio.MetadataLog(path)
+    start.wait()
+    for i in range(n):
+        # Large records (> PIPE_BUF) so unlocked appends could really interleave.
+        log.append({"w": wid, "i": i, "pad": chr(ord("a") + wid) * PAYLOAD})
+
+
+def _check_records(records, writers, n):
+    seen = set()
+    for r in records:
+        assert r["pad"] == chr(ord("a") + r["w"]) * PAYLOAD
+        seen.add((r["w"], r["i"]))
+    assert seen == {(w, i) for w in range(writers) for i in range(n)}
+    assert len(records) == writers * n
+
+
+def test_log_concurrent_processes(tmp_path):
+    path = tmp_path / "meta.jsonl"
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_writer, args=(path, w, 200, start)) for w in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    log = audio.MetadataLog(path)
+    records = log.read()
+    assert log.skipped == 0
+    _check_records(records, 4, 200)
+    assert path.read_bytes().count(b"\n") == 800
+
+
+def test_log_concurrent_threads(tmp_path):
+    path = tmp_path / "meta.jsonl"
+    start = threading.Event()
+    threads = [threading.Thread(target=_writer, args=(path, w, 50, start)) for w in range(4)]
+    for t in threads:
+        t.start()
+    start.set()
+    for t in threads:
+        t.join()
+    _check_records(audio.read_log(path), 4, 50)
+
+
+def test_log_survives_sigkill_mid_append(tmp_path):
+    path = tmp_path / "meta.jsonl"
+    script = textwrap.dedent(f"""
+        from troubadour.audio import MetadataLog
+        log = MetadataLog({str(path)!r})
+        i = 0
+        while True:
+            log.append({{"i": i, "pad": "x" * 65536}})
+            i += 1
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_bytes().count(b"\n") >= 20:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("writer made no progress")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    log = audio.MetadataLog(path)
+    records = log.read()
+    assert len(records) >= 20
+    assert [r["i"] for r in records] == list(range(len(records)))
+    assert log.skipped <= 1  # at most the line being written when killed
+    complete = path.read_bytes().split(b"\n")[:-1]
+    assert all(json.loads(line) for line in complete)
+
+    log.append({"after": "kill"})
+    after = log.read()
+    assert after[-1] == {"after": "kill"}
+    assert len(after) == len(records) + 1
+
+
+def test_log_torn_tail(tmp_path):
+    path = tmp_path / "meta.jsonl"
+    log = audio.MetadataLog(path)
+    log.append({"n": 1})
+    log.append({"n": 2, "text": "line\nbreak ♪"})
+    with open(path, "ab") as f:
+        f.write(b'{"n": 3, "pad": "unfinish')  # a writer died here
+    assert log.read() == [{"n": 1}, {"n": 2, "text": "line\nbreak ♪"}]
+    assert log.skipped == 1
+    assert audio.read_log(path) == log.read()
+
+    log.append({"n": 4})
+    assert log.read() == [{"n": 1}, {"n": 2, "text": "line\nbreak ♪"}, {"n": 4}]
+    assert log.skipped == 1
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and json.loads(lines[-2]) == {"n": 4}
+    assert lines[2].startswith(b'{"n": 3')  # the torn line stays, isolated on its own line
+
+
+def test_log_torn_utf8_and_missing_file(tmp_path):
+    path = tmp_path / "meta.jsonl"
+    assert audio.read_log(path) == []
+    path.write_bytes('{"a": 1}\n{"s": "♪'.encode("utf-8")[:-1])  # cut inside a character
+    log = audio.MetadataLog(path)
+    assert log.read() == [{"a": 1}] and log.skipped == 1
+    log.append({"b": 2})
+    assert log.read() == [{"a": 1}, {"b": 2}]
+
+
+def test_log_rejects_nan(tmp_path):
+    log = audio.MetadataLog(tmp_path / "m.jsonl")
+    with pytest.raises(ValueError):
+        log.append({"x": float("nan")})
+    assert not (tmp_path / "m.jsonl").exists() or log.read() == []

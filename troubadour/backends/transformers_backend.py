@@ -1,0 +1,150 @@
+"""Backend over Hugging Face transformers' MusicGen (and MusicGen-Melody) checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from .base import Backend, ModelInfo, pick_device
+
+_HELP = ("Pass --model with a local checkpoint directory, or a hub id such as facebook/musicgen-small on a "
+         "machine that can download it (or with the files already in the Hugging Face cache). "
+         "`troubadour make-test-model DIR` writes a tiny test model that produces noise.")
+
+
+class TransformersBackend(Backend):
+    def __init__(self, model, processor, model_id: str, device: str, identity: str):
+        import torch
+
+        self.model = model
+        self.processor = processor
+        self.decoder = model.decoder
+        self.melody = type(model).__name__.startswith("MusicgenMelody")
+        cfg = model.config
+        audio_cfg = cfg.audio_encoder
+        channels = int(getattr(cfg.decoder, "audio_channels", 1))
+        self.torch_device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+        self.info = ModelInfo(
+            model_id=model_id, identity=identity, device=device, dtype=str(self.dtype).replace("torch.", ""),
+            sample_rate=int(audio_cfg.sampling_rate), frame_rate=int(audio_cfg.frame_rate), channels=channels,
+            num_codebooks=int(cfg.decoder.num_codebooks), max_frames=int(cfg.decoder.max_position_embeddings),
+            melody=self.melody)
+
+    def encode_text(self, prompts: list[str]):
+        import torch
+
+        tok = self.processor.tokenizer(prompts, padding=True, return_tensors="pt")
+        ids = tok["input_ids"].to(self.torch_device)
+        mask = tok["attention_mask"].to(self.torch_device)
+        with torch.inference_mode():
+            hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            proj = getattr(self.model, "enc_to_dec_proj", None)
+            if proj is not None:
+                hidden = proj(hidden)
+            hidden = hidden * mask[..., None].to(hidden.dtype)
+        return hidden, mask
+
+    def melody_prefix(self, batch: int):
+        """Conditioning rows for the chroma slot of musicgen-melody when no melody is given (zeros, as upstream)."""
+        import torch
+
+        cfg = self.model.config
+        chroma = torch.zeros((batch, 1, cfg.num_chroma), device=self.torch_device, dtype=self.dtype)
+        proj = getattr(self.model, "audio_enc_to_dec_proj", None)
+        with torch.inference_mode():
+            hidden = proj(chroma) if proj is not None else chroma
+        reps = int(cfg.chroma_length)
+        return hidden.repeat(1, reps, 1)
+
+    def decode_audio(self, codes):
+        import torch
+
+        enc = self.model.audio_encoder
+        with torch.inference_mode():
+            if self.info.channels == 1:
+                return enc.decode(codes[None], audio_scales=[None] * codes.shape[0]).audio_values
+            left = enc.decode(codes[None, :, ::2], audio_scales=[None] * codes.shape[0]).audio_values
+            right = enc.decode(codes[None, :, 1::2], audio_scales=[None] * codes.shape[0]).audio_values
+            return torch.cat([left, right], dim=1)
+
+
+def model_identity(model_id: str, path: Path | None) -> str:
+    """Stable id of the weights: config plus weight files' sizes and edge bytes (no full read of GBs)."""
+    h = hashlib.sha256(model_id.encode() if path is None else b"local")
+    if path is not None:
+        for name in sorted(os.listdir(path)):
+            f = path / name
+            if not f.is_file():
+                continue
+            if name.endswith(".json"):
+                h.update(name.encode() + f.read_bytes())
+            elif name.endswith((".safetensors", ".bin")):
+                size = f.stat().st_size
+                h.update(f"{name}:{size}".encode())
+                with open(f, "rb") as fh:
+                    h.update(fh.read(1 << 16))
+                    fh.seek(max(0, size - (1 << 16)))
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def load_backend(model_id: str, device: str | None = "auto", dtype: str | None = None) -> TransformersBackend:
+    """Load a MusicGen checkpoint by hub id or directory; failures raise ModelLoadError with advice."""
+    import torch
+
+    device = pick_device(device)
+    local = Path(model_id).expanduser()
+    is_dir = local.is_dir()
+    if not is_dir and not _hub_like(model_id):
+        raise ModelLoadError(f"model {model_id!r}: no such directory. {_HELP}", field="model")
+    if is_dir and not (local / "config.json").is_file():
+        raise ModelLoadError(f"model {model_id!r}: the directory has no config.json, so it is not a MusicGen "
+                             f"checkpoint. {_HELP}", field="model")
+    source = str(local) if is_dir else model_id
+    try:
+        config = _quiet(lambda: json.loads((local / "config.json").read_text()) if is_dir else None)
+        kind = (config or {}).get("model_type", "melody" if "melody" in model_id else "musicgen")
+        from transformers import AutoProcessor, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+        cls = MusicgenMelodyForConditionalGeneration if "melody" in kind else MusicgenForConditionalGeneration
+        if dtype is None:
+            dtype = "float16" if device.startswith(("cuda", "mps")) else "float32"
+        model = _quiet(lambda: cls.from_pretrained(source, dtype=getattr(torch, dtype)))
+        processor = _quiet(lambda: AutoProcessor.from_pretrained(source))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers raises OSError/ValueError/HF errors with long texts
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"model {model_id!r} could not be loaded ({type(exc).__name__}: {first[:300]}). "
+                             f"{_HELP}", field="model") from None
+    if not hasattr(model, "decoder") or not hasattr(model, "audio_encoder"):
+        raise ModelLoadError(f"model {model_id!r} is not a MusicGen checkpoint. {_HELP}", field="model")
+    model.to(device).eval()
+    return TransformersBackend(model, processor, model_id, device, model_identity(model_id, local if is_dir else None))
+
+
+def _hub_like(model_id: str) -> bool:
+    """`owner/name` with no path markers: try the hub (or its local cache) rather than the file system."""
+    parts = model_id.split("/")
+    return len(parts) == 2 and all(parts) and not model_id.startswith((".", "~")) and not os.path.exists(model_id)
+
+
+def _quiet(fn):
+    """Run fn with transformers' logging at error level (real checkpoints trigger harmless config warnings)."""
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from transformers.utils import disable_progress_bar  # type: ignore
+        disable_progress_bar()
+    except Exception:
+        pass
+    try:
+        return fn()
+    finally:
+        hf_logging.set_verbosity(old)
