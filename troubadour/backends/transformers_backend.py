@@ -113,10 +113,24 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
         cls = MusicgenMelodyForConditionalGeneration if "melody" in kind else MusicgenForConditionalGeneration
         if dtype is None:
             dtype = "float16" if device.startswith(("cuda", "mps")) else "float32"
-        model = _quiet(lambda: cls.from_pretrained(source, dtype=getattr(torch, dtype)))
-        processor = _quiet(lambda: AutoProcessor.from_pretrained(source))
+        kw = {} if is_dir else {"local_files_only": True}
+        try:
+            model = _quiet(lambda: cls.from_pretrained(source, dtype=getattr(torch, dtype), **kw))
+        except OSError:
+            if is_dir or _offline():
+                raise
+            kw = {}   # not in the local Hugging Face cache: download it
+            model = _quiet(lambda: cls.from_pretrained(source, dtype=getattr(torch, dtype)))
+        processor = _quiet(lambda: AutoProcessor.from_pretrained(source, **kw))
     except ModelLoadError:
         raise
+    except OSError as exc:
+        if not is_dir and _offline():
+            raise ModelLoadError(f"model {model_id!r} is not in the local Hugging Face cache and the hub cannot be "
+                                 f"reached (offline). {_HELP}", field="model") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"model {model_id!r} could not be loaded ({first[:300]}). {_HELP}",
+                             field="model") from None
     except Exception as exc:  # transformers raises OSError/ValueError/HF errors with long texts
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"model {model_id!r} could not be loaded ({type(exc).__name__}: {first[:300]}). "
@@ -125,6 +139,21 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
         raise ModelLoadError(f"model {model_id!r} is not a MusicGen checkpoint. {_HELP}", field="model")
     model.to(device).eval()
     return TransformersBackend(model, processor, model_id, device, model_identity(model_id, local if is_dir else None))
+
+
+def _offline() -> bool:
+    """True when the hub cannot be reached; checked up front because the hub client retries for ~20 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        return False
+    except OSError:
+        return True
 
 
 def _hub_like(model_id: str) -> bool:
@@ -139,12 +168,9 @@ def _quiet(fn):
 
     old = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    try:
-        from transformers.utils import disable_progress_bar  # type: ignore
-        disable_progress_bar()
-    except Exception:
-        pass
+    hf_logging.disable_progress_bar()
     try:
         return fn()
     finally:
         hf_logging.set_verbosity(old)
+        hf_logging.enable_progress_bar()

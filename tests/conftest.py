@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # tests never touch the network
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random-weight MusicGen checkpoint, written through the same code as `make-test-model`."""
+    from troubadour.testmodel import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def backend(tiny_model):
+    from troubadour.backends import load_backend
+
+    return load_backend(str(tiny_model), "cpu")
+
+
+@pytest.fixture(scope="session")
+def engine(backend):
+    from troubadour.engine import Engine
+
+    return Engine(backend)
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """Environment for running the installed `troubadour` console script in a subprocess."""
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def troubadour_cmd() -> list[str]:
+    return [sys.executable, "-m", "troubadour.cli"]

@@ -1,0 +1,80 @@
+"""`troubadour generate` and `make-test-model` end to end, as a user runs them."""
+
+import json
+import subprocess
+
+import numpy as np
+import soundfile as sf
+
+from conftest import troubadour_cmd
+
+
+def run(args, env, cwd, **kw):
+    return subprocess.run(troubadour_cmd() + args, env=env, cwd=cwd, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300, **kw)
+
+
+def test_make_test_model_then_generate_variations_twice_identical(tmp_path, cli_env):
+    r = run(["make-test-model", "m"], cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    args = ["generate", "calm piano", "--model", "m", "--duration", "2", "--variations", "2", "--seed", "7",
+            "--out", "o"]
+    first = run(args, cli_env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    paths = first.stdout.split()
+    assert len(paths) == 2
+    audio = []
+    for p in paths:
+        data, sr = sf.read(tmp_path / p, dtype="float32", always_2d=True)
+        assert sr == 32000 and abs(len(data) - 64000) <= 1
+        assert np.abs(data).max() > 0.01
+        meta = json.loads((tmp_path / p).with_suffix(".json").read_text())
+        for key in ("prompt", "model", "params", "seed", "duration", "generation_seconds", "device", "file"):
+            assert key in meta
+        assert meta["prompt"] == "calm piano" and meta["params"]["temperature"] == 1.0
+        audio.append(data)
+    assert not np.array_equal(audio[0], audio[1]), "variations must differ"
+    again = run(args, cli_env, tmp_path)
+    assert again.returncode == 0 and again.stdout.split() == paths
+    for p, before in zip(paths, audio):
+        assert np.array_equal(sf.read(tmp_path / p, dtype="float32", always_2d=True)[0], before)
+    log = [json.loads(line) for line in (tmp_path / "o" / "metadata.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and {e["seed"] for e in log} == {7, 8}
+
+
+def test_temperature_zero_is_a_one_line_error(tmp_path, cli_env, tiny_model):
+    r = run(["generate", "calm piano", "--model", str(tiny_model), "--temperature", "0"], cli_env, tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "temperature" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_model_is_a_clear_error_without_traceback(tmp_path, cli_env):
+    r = run(["generate", "calm piano", "--model", str(tmp_path / "missing")], cli_env, tmp_path)
+    assert r.returncode == 3
+    assert "missing" in r.stderr and "make-test-model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_prompt_without_terminal_is_an_error(tmp_path, cli_env, tiny_model):
+    r = run(["generate", "--model", str(tiny_model)], cli_env, tmp_path)
+    assert r.returncode == 2 and "no prompt" in r.stderr
+
+
+def test_context_from_bundled_profiles_to_ogg(tmp_path, cli_env, tiny_model):
+    r = run(["generate", "--context", "battle", "--duration", "1", "--format", "ogg", "--model", str(tiny_model),
+             "--out", "o"], cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    (path,) = r.stdout.split()
+    assert path.endswith(".ogg") and "battle" in path
+    info = sf.info(tmp_path / path)
+    assert info.samplerate == 32000 and abs(info.duration - 1.0) < 0.05
+    meta = json.loads((tmp_path / path).with_suffix(".json").read_text())
+    assert meta["context"] == "battle" and "tense" in meta["prompt"].lower()
+
+
+def test_mood_and_genre_build_the_prompt_and_adjust_parameters(tmp_path, cli_env, tiny_model):
+    r = run(["generate", "--mood", "sad", "--genre", "piano", "--duration", "0.5", "--seed", "1",
+             "--model", str(tiny_model), "--out", "o"], cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / r.stdout.split()[0]).with_suffix(".json").read_text())
+    assert "piano" in meta["prompt"].lower()
+    assert meta["params"]["temperature"] < 1.0, "the sad mood preset lowers temperature"

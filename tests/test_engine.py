@@ -1,0 +1,170 @@
+"""The decode loop against the real (tiny) model: streaming, determinism, batching, sampling, control."""
+
+import numpy as np
+import pytest
+import torch
+
+from troubadour.backends import load_backend
+from troubadour.engine import Engine, Job
+from troubadour.errors import Cancelled, ValidationError
+from troubadour.params import GenParams
+
+# Measured: streamed chunks differ from a whole decode by ~1e-7 (float rounding); a seam without
+# lookahead differs by ~0.05. The bound sits well between the two.
+STREAM_TOLERANCE = 1e-4
+
+
+def job(prompt="calm piano", **kw):
+    kw.setdefault("duration", 1.0)
+    return Job(prompt, GenParams(**kw))
+
+
+def test_loads_from_directory_with_real_model_shape(engine, tiny_model):
+    info = engine.info
+    assert (info.sample_rate, info.frame_rate, info.num_codebooks, info.channels) == (32000, 50, 4, 1)
+    assert info.model_id == str(tiny_model)
+    assert len(info.identity) == 16
+
+
+def test_greedy_output_equals_transformers_generate(engine, backend):
+    prompts = ["calm piano", "an epic orchestral battle theme with drums"]
+    ours = engine.generate([job(p, top_k=1, cfg_coef=3.0, duration=1.0) for p in prompts])
+    inputs = backend.processor(text=prompts, padding=True, return_tensors="pt")
+    ref = backend.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=50 + 3)
+    for i, r in enumerate(ours):
+        assert r.audio.shape == (1, 32000)
+        np.testing.assert_allclose(r.audio, ref[i].numpy()[:, :32000], atol=1e-5)
+
+
+def test_stereo_checkpoint_matches_transformers(tmp_path):
+    from troubadour.testmodel import build_test_model
+
+    be = load_backend(str(build_test_model(tmp_path / "stereo", stereo=True)), "cpu")
+    eng = Engine(be)
+    assert eng.info.channels == 2 and eng.info.num_codebooks == 8
+    ours = eng.generate([job("calm piano", top_k=1, duration=0.5)])[0]
+    inputs = be.processor(text=["calm piano"], padding=True, return_tensors="pt")
+    ref = be.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=25 + 3)
+    assert ours.audio.shape == (2, 16000)
+    np.testing.assert_allclose(ours.audio, ref[0].numpy()[:, :16000], atol=1e-5)
+
+
+def test_streamed_chunks_equal_whole_decode(engine):
+    chunks, first_chunk_step, steps_seen = [], None, []
+    jobs = [job(duration=6.0, seed=1)]
+    for c in engine.stream(jobs, progress=lambda d, t: steps_seen.append(d)):
+        if first_chunk_step is None:
+            first_chunk_step = steps_seen[-1]
+        chunks.append(c)
+    total = engine.steps_for(6.0)
+    assert len(chunks) >= 10, "a 6 s track should leave in many chunks"
+    assert first_chunk_step < total / 5, "audio must leave long before generation ends"
+    assert [c.start for c in chunks] == sorted(c.start for c in chunks)
+    starts = np.cumsum([0] + [c.audio.shape[1] for c in chunks[:-1]])
+    assert [c.start for c in chunks] == list(starts)
+    assert chunks[-1].final and not any(c.final for c in chunks[:-1])
+    streamed = np.concatenate([c.audio for c in chunks], axis=1)
+    whole = engine.decode(chunks[-1].codes)
+    assert streamed.shape == whole.shape == (1, 6 * 32000)
+    assert np.abs(streamed - whole).max() < STREAM_TOLERANCE
+
+
+def test_chunk_seams_need_lookahead(backend):
+    """Guards the tolerance above: without right context the seams visibly differ."""
+    eng = Engine(backend, lookahead_frames=0)
+    r = eng.generate([job(duration=3.0, seed=1)])[0]
+    assert np.abs(r.audio - eng.decode(r.codes)).max() > 10 * STREAM_TOLERANCE
+
+
+def test_same_seed_same_audio_and_different_seed_differs(engine):
+    a = engine.generate([job(seed=7)])[0]
+    b = engine.generate([job(seed=7)])[0]
+    c = engine.generate([job(seed=8)])[0]
+    assert np.array_equal(a.audio, b.audio) and np.array_equal(a.codes, b.codes)
+    assert (a.codes != c.codes).mean() > 0.5
+
+
+def test_batch_rows_have_own_shapes_and_match_solo_generation(engine):
+    jobs = [job("calm piano", duration=1.0, seed=3), job("battle drums", duration=2.0, seed=4),
+            job("calm piano", duration=0.5, seed=5, temperature=0.7, top_k=50, cfg_coef=1.0)]
+    batch = engine.generate(jobs)
+    assert [r.audio.shape for r in batch] == [(1, 32000), (1, 64000), (1, 16000)]
+    assert [r.codes.shape for r in batch] == [(4, 50), (4, 100), (4, 25)]
+    for j, r in zip(jobs, batch):
+        solo = engine.generate([j])[0]
+        assert np.array_equal(solo.codes, r.codes)
+
+
+def test_variants_differ(engine):
+    rows = engine.generate([job(seed=10), job(seed=11), job(seed=12)])
+    for i in range(3):
+        for k in range(i + 1, 3):
+            assert (rows[i].codes != rows[k].codes).mean() > 0.5
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(engine):
+    greedy = [engine.generate([job(seed=s, top_k=1)])[0].codes for s in (1, 2)]
+    nucleus = engine.generate([job(seed=3, top_p=1e-6)])[0].codes
+    assert np.array_equal(greedy[0], greedy[1])
+    assert np.array_equal(greedy[0], nucleus)
+
+
+def test_progress_reports_every_step(engine):
+    seen = []
+    engine.generate([job(duration=1.0)], progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 53) for i in range(1, 54)], "N seconds need N*50+3 decoder steps"
+
+
+def test_cancel_between_steps_then_engine_still_works(engine):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 10
+
+    with pytest.raises(Cancelled):
+        list(engine.stream([job(duration=2.0)], should_stop=stop))
+    assert len(calls) == 11
+    assert engine.generate([job(duration=0.2)])[0].audio.shape == (1, 6400)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("duration", 0), ("duration", -1.0), ("duration", 31.0), ("duration", float("nan")),
+    ("temperature", 0), ("temperature", -0.5), ("top_k", -1), ("top_k", 2.5), ("top_p", -0.1),
+    ("top_p", 1.5), ("cfg_coef", 0.5), ("seed", 1.5), ("seed", "7"), ("seed", -1), ("temperature", "hot"),
+])
+def test_invalid_parameters_are_coded_errors(engine, field, value):
+    with pytest.raises(ValidationError) as e:
+        engine.validate([Job("calm piano", GenParams(**{field: value}))])
+    assert e.value.code == "invalid_param" and e.value.field == field
+    assert e.value.to_dict()["field"] == field and e.value.message
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", None])
+def test_empty_prompt_is_a_coded_error(engine, prompt):
+    with pytest.raises(ValidationError) as e:
+        engine.validate([Job(prompt)])
+    assert e.value.field == "prompt"
+    assert e.value.code == ("empty_prompt" if isinstance(prompt, str) else "invalid_param")
+
+
+def test_unknown_parameter_names_field():
+    with pytest.raises(ValidationError) as e:
+        GenParams.from_dict({"duration": 2, "tempreature": 1})
+    assert e.value.field == "tempreature"
+
+
+def test_missing_or_broken_model_gives_model_error(tmp_path):
+    from troubadour.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        load_backend(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_backend(str(tmp_path / "empty"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text('{"model_type": "musicgen"}')
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        load_backend(str(tmp_path / "half"))
+    with pytest.raises(ModelLoadError, match="offline"):
+        load_backend("facebook/musicgen-small")

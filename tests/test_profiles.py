@@ -1,0 +1,499 @@
+"""Tests for troubadour.profiles: prompt composition, presets, profile files and their errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from troubadour.errors import ProfileError, TroubadourError, ValidationError
+from troubadour.params import GenParams
+from troubadour.profiles import (Context, Profiles, apply_presets, compose_prompt, default_profiles_path,
+                                 find_preset, load_profiles, parse_profiles, presets)
+
+BUNDLED_CONTEXTS = {"main_menu", "exploration", "battle", "boss", "victory", "game_over", "sad_moment"}
+
+
+def write(tmp_path: Path, text: str, name: str = "game.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_text(tmp_path: Path, text: str) -> Profiles:
+    return load_profiles(write(tmp_path, text))
+
+
+def profile_error(tmp_path: Path, text: str) -> ProfileError:
+    with pytest.raises(ProfileError) as info:
+        load_text(tmp_path, text)
+    return info.value
+
+
+# ---------------------------------------------------------------- composition
+
+def test_compose_full_template_with_free_text():
+    prompt = compose_prompt(genre="dreamy shoegaze", mood="wistful", instruments=["guitar", "bass", "drums"],
+                            tempo="slow", bpm=120, key="D minor", structure="a slow build", extra="no vocals")
+    assert prompt == ("A dreamy shoegaze piece in D minor with guitar, bass and drums featuring wistful "
+                      "and slow tempo at 120 BPM. The music has a slow build. No vocals.")
+
+
+def test_compose_omits_missing_parts():
+    prompt = compose_prompt(genre="dreamy shoegaze", mood="wistful")
+    assert prompt == "A dreamy shoegaze piece featuring wistful."
+    assert " with " not in prompt and "BPM" not in prompt and "The music has" not in prompt
+    assert compose_prompt(genre="dreamy shoegaze") == "A dreamy shoegaze piece."
+    assert compose_prompt(structure="an intro and outro") == "The music has an intro and outro."
+    assert compose_prompt() == ""
+
+
+def test_compose_bpm_without_tempo_words_and_string_instruments():
+    prompt = compose_prompt(genre="techno", instruments="a 909 drum machine", bpm=132.0)
+    assert prompt == "A techno piece with a 909 drum machine featuring a tempo of 132 BPM."
+
+
+def test_compose_key_already_with_in_and_extra_punctuation_kept():
+    prompt = compose_prompt(genre="blues", key="in E major", extra="Gritty!")
+    assert prompt == "A blues piece in E major. Gritty!"
+
+
+def test_compose_expands_mood_and_genre_presets():
+    tense = presets()["moods"]["tense"]["words"]
+    orchestral = presets()["genres"]["orchestral"]
+    prompt = compose_prompt(genre="orchestral", mood="tense")
+    assert "epic orchestral" in orchestral["words"]
+    assert prompt.startswith(f"An {orchestral['words']} piece")
+    assert tense in prompt
+    # Genre preset supplies default instruments when none are given ...
+    assert "with " + orchestral["instruments"][0] in prompt
+    # ... but explicit instruments win, and an empty list means none.
+    assert "timpani" not in compose_prompt(genre="orchestral", instruments=["kazoo"])
+    assert " with " not in compose_prompt(genre="orchestral", instruments=[])
+
+
+def test_compose_preset_lookup_ignores_case_and_separators():
+    assert compose_prompt(genre="Lo-Fi") == compose_prompt(genre="lofi")
+    assert "lo-fi hip hop" in compose_prompt(genre="LoFi")
+
+
+def test_compose_fix_words_appended():
+    words = presets()["fixes"]["repetitive"]["words"]
+    assert compose_prompt(genre="jazz", fix="repetitive").endswith(words)
+
+
+def test_bundled_presets_have_required_names():
+    p = presets()
+    for mood in ["uplifting", "tense", "sad", "mysterious", "peaceful", "happy", "epic", "dark",
+                 "melancholic", "playful", "heroic", "romantic"]:
+        assert p["moods"][mood]["words"].strip()
+    for genre in ["orchestral", "cinematic", "electronic", "edm", "jazz", "ambient", "chiptune", "rock",
+                  "lofi", "folk", "synthwave", "piano"]:
+        assert p["genres"][genre]["words"].strip()
+    for fix in ["repetitive", "chaotic", "bland", "too_quiet"]:
+        assert fix in p["fixes"]
+
+
+def test_every_preset_yields_valid_params_from_extreme_bases():
+    p = presets()
+    for base in (GenParams().to_dict(), {**GenParams().to_dict(), "temperature": 0.1, "cfg_coef": 1.0,
+                                         "top_k": 10}):
+        for g in p["genres"]:
+            for m in p["moods"]:
+                for f in p["fixes"]:
+                    GenParams(**apply_presets(base, genre=g, mood=m, fix=f)).validate()
+
+
+# ---------------------------------------------------------------- presets on params
+
+def test_mood_sad_lowers_temperature():
+    base = GenParams().to_dict()
+    assert apply_presets(base, mood="sad")["temperature"] < apply_presets(base)["temperature"]
+    assert apply_presets(base)["temperature"] == base["temperature"]
+
+
+def test_free_text_mood_and_genre_change_nothing():
+    base = GenParams().to_dict()
+    assert apply_presets(base, genre="dreamy shoegaze", mood="wistful") == base
+
+
+def test_genre_then_mood_then_fix_order():
+    base = GenParams().to_dict()
+    ambient = apply_presets(base, genre="ambient")
+    assert ambient["temperature"] == 0.9
+    # Mood overrides genre for the same parameter.
+    assert apply_presets(base, genre="ambient", mood="sad")["temperature"] == 0.8
+    # Fix deltas apply last, on top of the mood value.
+    assert apply_presets(base, genre="ambient", mood="sad", fix="repetitive")["temperature"] == 1.0
+
+
+def test_fix_repetitive_raises_temperature_and_top_k():
+    base = GenParams().to_dict()
+    out = apply_presets(base, fix="repetitive")
+    assert out["temperature"] > base["temperature"]
+    assert out["top_k"] > base["top_k"]
+    assert isinstance(out["top_k"], int)
+
+
+def test_fix_chaotic_lowers_temperature_raises_cfg():
+    base = GenParams().to_dict()
+    out = apply_presets(base, fix="chaotic")
+    assert out["temperature"] < base["temperature"]
+    assert out["cfg_coef"] > base["cfg_coef"]
+
+
+def test_fix_clamps_to_valid_range():
+    out = apply_presets({"temperature": 0.1}, fix="chaotic")
+    assert out["temperature"] > 0
+    assert out["cfg_coef"] == GenParams().cfg_coef + 1.0  # missing key started from the default
+
+
+def test_unknown_fix_in_apply_presets():
+    with pytest.raises(ValidationError) as info:
+        apply_presets({}, fix="repetative")
+    assert info.value.field == "fix"
+    assert "repetitive" in info.value.message  # suggestion
+
+
+def test_find_preset():
+    assert find_preset("genres", "Synth Wave") is presets()["genres"]["synthwave"]
+    assert find_preset("moods", "nope") is None
+    assert find_preset("moods", None) is None
+
+
+# ---------------------------------------------------------------- bundled profiles
+
+def test_bundled_profiles_load():
+    prof = load_profiles()
+    assert set(prof.names()) == BUNDLED_CONTEXTS
+    assert prof.game["title"] and prof.game["genre"]
+    assert prof.path == default_profiles_path() and prof.path.is_file()
+    for name in BUNDLED_CONTEXTS:
+        ctx = prof.get(name, strict=True)
+        assert ctx.params.validate() is ctx.params
+        assert 0 < ctx.params.duration <= 15
+        assert ctx.prompt.strip() and not ctx.fallback
+    for name in ("victory", "game_over"):
+        assert not prof.contexts[name].loop
+        assert 4 <= prof.contexts[name].params.duration <= 6
+    for name in BUNDLED_CONTEXTS - {"victory", "game_over"}:
+        assert prof.contexts[name].loop and prof.contexts[name].bpm
+    assert prof.contexts["exploration"].theme == "main_menu"
+
+
+def test_bundled_text_parses_the_same_via_parse_profiles():
+    text = default_profiles_path().read_text(encoding="utf-8")
+    prof = parse_profiles(text, "bundled")
+    assert prof.contexts == load_profiles().contexts
+
+
+# ---------------------------------------------------------------- contexts and precedence
+
+GAME = """
+[game]
+title = "Test"
+genre = "ambient"
+"""
+
+
+def test_precedence_of_param_sources(tmp_path):
+    prof = load_text(tmp_path, GAME + """
+[defaults]
+duration = 8
+temperature = 1.5
+top_k = 111
+top_p = 0.3
+cfg_coef = 2.0
+seed = 5
+
+[contexts.plain]
+mood = "wistful"
+
+[contexts.moody]
+mood = "sad"
+
+[contexts.fixed]
+mood = "sad"
+fix = "repetitive"
+
+[contexts.explicit]
+mood = "sad"
+fix = "repetitive"
+temperature = 0.5
+cfg = 7
+""")
+    plain = prof.contexts["plain"].params
+    # [defaults] beats built-ins; ambient genre (from [game]) beats [defaults] for what it sets.
+    assert (plain.duration, plain.top_k, plain.top_p, plain.seed) == (8.0, 111, 0.3, 5)
+    assert (plain.temperature, plain.cfg_coef) == (0.9, 3.0)
+    assert prof.contexts["moody"].params.temperature == 0.8  # mood beats genre
+    fixed = prof.contexts["fixed"].params
+    assert fixed.temperature == 1.0 and fixed.top_k == 211  # fix deltas on top
+    explicit = prof.contexts["explicit"].params
+    assert explicit.temperature == 0.5 and explicit.cfg_coef == 7.0  # context wins, cfg alias works
+    assert explicit.top_k == 211
+
+
+def test_context_genre_overrides_game_genre(tmp_path):
+    prof = load_text(tmp_path, GAME + """
+[contexts.a]
+mood = "calm"
+[contexts.b]
+genre = "chiptune"
+""")
+    assert prof.contexts["a"].prompt.startswith("An atmospheric ambient piece")
+    assert prof.contexts["a"].bpm == 70.0  # ambient default bpm
+    assert "chiptune" in prof.contexts["b"].prompt and "ambient" not in prof.contexts["b"].prompt
+    assert prof.contexts["b"].params.top_k == 150
+
+
+def test_raw_prompt_used_verbatim_and_defaults(tmp_path):
+    prof = load_text(tmp_path, GAME + """
+[contexts.custom]
+prompt = "  Solo cello, slow and sad  "
+bpm = 60
+""")
+    ctx = prof.contexts["custom"]
+    assert ctx.prompt == "Solo cello, slow and sad"
+    assert ctx.params == GenParams()  # a raw prompt takes no genre/mood preset params
+    assert (ctx.variants, ctx.loop, ctx.bpm, ctx.meter, ctx.key, ctx.theme, ctx.loudness) == \
+        (1, True, 60.0, "4/4", None, None, -16.0)
+    assert ctx.source_fields == {"prompt": "  Solo cello, slow and sad  ", "bpm": 60}
+
+
+def test_all_context_fields_parsed(tmp_path):
+    prof = load_text(tmp_path, GAME + """
+[contexts.town]
+genre = "folk"
+mood = "happy"
+instruments = ["fiddle"]
+tempo = "lively"
+bpm = 112
+key = "G major"
+structure = "a dance"
+extra = "festival"
+variants = 3
+loop = false
+meter = "6/8"
+theme = "field"
+loudness = -18
+duration = 9
+
+[contexts.field]
+prompt = "birdsong"
+""")
+    ctx = prof.contexts["town"]
+    assert ctx.prompt == ("An acoustic folk piece in G major with fiddle featuring "
+                          + presets()["moods"]["happy"]["words"]
+                          + " and lively tempo at 112 BPM. The music has a dance. Festival.")
+    assert (ctx.variants, ctx.loop, ctx.bpm, ctx.meter, ctx.key, ctx.theme, ctx.loudness) == \
+        (3, False, 112.0, "6/8", "G major", "field", -18.0)
+    assert ctx.params.duration == 9.0 and isinstance(ctx.params.duration, float)
+
+
+# ---------------------------------------------------------------- seeds and audio keys
+
+def make_ctx(**kw) -> Context:
+    base = dict(name="x", prompt="p", params=GenParams(seed=10), variants=3)
+    return Context(**{**base, **kw})
+
+
+def test_seed_for_and_params_for():
+    ctx = make_ctx()
+    assert [ctx.seed_for(v) for v in range(3)] == [10, 11, 12]
+    assert ctx.params_for(2) == GenParams(seed=12)
+    for bad in (-1, 3, 1.0, True, "1"):
+        with pytest.raises(ValidationError) as info:
+            ctx.seed_for(bad)
+        assert info.value.field == "variant"
+
+
+def test_audio_key_tracks_audio_fields_not_variants():
+    ctx = make_ctx()
+    key = ctx.audio_key()
+    assert make_ctx(variants=7).audio_key() == key
+    changed = [make_ctx(prompt="q"), make_ctx(params=GenParams(seed=10, temperature=0.9)),
+               make_ctx(loop=False), make_ctx(bpm=90.0), make_ctx(meter="3/4"), make_ctx(loudness=-14.0),
+               make_ctx(params=GenParams(seed=11))]
+    for other in changed:
+        assert other.audio_key() != key
+
+
+def test_audio_key_changes_when_profile_file_changes(tmp_path):
+    one = load_text(tmp_path, GAME + "[contexts.a]\nmood = 'sad'\nvariants = 1\n").contexts["a"]
+    two = load_text(tmp_path, GAME + "[contexts.a]\nmood = 'sad'\nvariants = 4\n").contexts["a"]
+    three = load_text(tmp_path, GAME + "[contexts.a]\nmood = 'dark'\nvariants = 1\n").contexts["a"]
+    assert one.audio_key() == two.audio_key()
+    assert one.audio_key() != three.audio_key()
+    assert one.source_fields != two.source_fields
+
+
+# ---------------------------------------------------------------- lookup and fallback
+
+def test_fallback_for_unknown_context(tmp_path):
+    prof = load_text(tmp_path, GAME + "[defaults]\nseed = 9\nduration = 7\n[contexts.a]\nmood = 'sad'\n")
+    ctx = prof.get("ice_cave")
+    assert ctx.fallback and ctx.name == "ice_cave"
+    assert "ice cave" in ctx.prompt and "ambient" in ctx.prompt
+    assert ctx.prompt == "An atmospheric ambient piece for an ice cave scene in a video game."
+    assert (ctx.variants, ctx.loop) == (1, True)
+    assert ctx.params.seed == 9 and ctx.params.duration == 7.0
+    assert not prof.get("a").fallback
+
+
+def test_fallback_without_game_genre(tmp_path):
+    prof = load_text(tmp_path, "[contexts.a]\nprompt = 'x'\n")
+    assert prof.get("dark-forest").prompt == "Music for a dark forest scene in a video game."
+
+
+def test_strict_unknown_context(tmp_path):
+    prof = load_text(tmp_path, GAME + "[contexts.battle]\nmood = 'tense'\n")
+    with pytest.raises(TroubadourError) as info:
+        prof.get("batle", strict=True)
+    assert info.value.code == "unknown_context" and info.value.field == "context"
+    assert "battle" in info.value.message  # suggestion
+
+
+@pytest.mark.parametrize("name", ["../x", "", "a b", "x" * 65, "a/b", None, "caf\u00e9"])
+def test_invalid_names_rejected_by_get(name):
+    prof = load_profiles()
+    with pytest.raises(ValidationError) as info:
+        prof.get(name)
+    assert info.value.code == "invalid_param" and info.value.field == "context"
+
+
+# ---------------------------------------------------------------- errors
+
+def assert_names(err: ProfileError, path: Path, context: str | None, field: str | None, dotted: str | None):
+    msg = err.message
+    assert msg.startswith(str(path) + ":"), msg
+    if context:
+        assert f"context '{context}'" in msg, msg
+    if field:
+        assert f"field '{field}'" in msg, msg
+    assert err.field == dotted
+    assert err.code == "profile_error"
+
+
+def test_error_message_format(tmp_path):
+    path = write(tmp_path, "[contexts.battle]\nmood = 'tense'\ntemperature = 0\n", name="profiles.toml")
+    with pytest.raises(ProfileError) as info:
+        load_profiles(path)
+    assert info.value.message == f"{path}: context 'battle': field 'temperature': must be > 0, got 0"
+    assert info.value.field == "contexts.battle.temperature"
+    parse = pytest.raises(ProfileError, parse_profiles, "[contexts.battle]\nmood='x'\ntemperature=0\n",
+                          "profiles.toml")
+    assert parse.value.message == "profiles.toml: context 'battle': field 'temperature': must be > 0, got 0"
+
+
+def test_toml_syntax_error_has_line(tmp_path):
+    path = write(tmp_path, "[game]\ntitle = 'ok'\n\n[contexts.a]\nmood = \n")
+    with pytest.raises(ProfileError) as info:
+        load_profiles(path)
+    assert str(path) in info.value.message and "invalid TOML" in info.value.message
+    assert re.search(r"line 5", info.value.message)
+
+
+def test_non_utf8_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"[contexts.a]\nmood = '\xff\xfe'\n")
+    with pytest.raises(ProfileError) as info:
+        load_profiles(path)
+    msg = info.value.message
+    assert str(path) in msg and "UTF-8" in msg and "line 2" in msg
+
+
+def test_missing_and_unreadable_file(tmp_path):
+    with pytest.raises(ProfileError) as info:
+        load_profiles(tmp_path / "nope.toml")
+    assert "nope.toml" in info.value.message and "not found" in info.value.message
+    with pytest.raises(ProfileError) as info:
+        load_profiles(tmp_path)  # a directory
+    assert str(tmp_path) in info.value.message and "cannot read" in info.value.message
+
+
+def test_unknown_context_key_with_suggestion(tmp_path):
+    err = profile_error(tmp_path, GAME + "[contexts.battle]\nmood = 'tense'\ntemprature = 1.2\n")
+    assert_names(err, tmp_path / "game.toml", "battle", "temprature", "contexts.battle.temprature")
+    assert "did you mean 'temperature'" in err.message
+
+
+def test_unknown_top_level_game_and_defaults_keys(tmp_path):
+    err = profile_error(tmp_path, "[gmae]\ntitle = 'x'\n")
+    assert_names(err, tmp_path / "game.toml", None, "gmae", "gmae")
+    assert "did you mean 'game'" in err.message
+    err = profile_error(tmp_path, "[game]\ntitel = 'x'\n")
+    assert_names(err, tmp_path / "game.toml", None, "titel", "game.titel")
+    err = profile_error(tmp_path, "[defaults]\nprompt = 'x'\n")
+    assert_names(err, tmp_path / "game.toml", None, "prompt", "defaults.prompt")
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ("temperature = 'hot'", "temperature", "number"),
+    ("top_k = 2.5", "top_k", "integer"),
+    ("seed = -1", "seed", "seed"),
+    ("duration = 100", "duration", "duration"),
+    ("top_p = 1.5", "top_p", "[0, 1]"),
+    ("cfg_coef = 0.5", "cfg_coef", ">= 1"),
+    ("cfg = 0.5", "cfg", ">= 1"),
+    ("cfg = 3\ncfg_coef = 3", "cfg", "not both"),
+    ("variants = 0", "variants", "[1, 16]"),
+    ("variants = 17", "variants", "[1, 16]"),
+    ("variants = true", "variants", "integer"),
+    ("loop = 'yes'", "loop", "true or false"),
+    ("bpm = 10", "bpm", "[20, 300]"),
+    ("bpm = '120'", "bpm", "number"),
+    ("loudness = -3", "loudness", "[-40, -5]"),
+    ("meter = 'waltz'", "meter", "4/4"),
+    ("mood = 3", "mood", "string"),
+    ("genre = ''", "genre", "empty"),
+    ("instruments = ['a', 2]", "instruments", "list"),
+    ("instruments = 5", "instruments", "string"),
+    ("fix = 'repetative'", "fix", "did you mean 'repetitive'"),
+    ("theme = 'nowhere'", "theme", "no context"),
+    ("theme = 'battle'", "theme", "itself"),
+    ("theme = '../up'", "theme", "invalid"),
+    ("prompt = 'x'\nmood = 'sad'", "prompt", "mood"),
+    ("prompt = 'x' \nextra = 'y'", "prompt", "extra"),
+    ("prompt = '" + "x" * 2001 + "'", "prompt", "2000"),
+])
+def test_context_field_errors(tmp_path, body, field, words):
+    err = profile_error(tmp_path, GAME + "[contexts.battle]\n" + (body if "prompt" in body else
+                                                                   "structure = 'a loop'\n" + body) + "\n")
+    assert_names(err, tmp_path / "game.toml", "battle", field, f"contexts.battle.{field}")
+    assert words in err.message
+
+
+def test_defaults_errors_name_defaults(tmp_path):
+    err = profile_error(tmp_path, "[defaults]\ntemperature = -1\n")
+    assert_names(err, tmp_path / "game.toml", None, "temperature", "defaults.temperature")
+    assert "[defaults]" in err.message
+    err = profile_error(tmp_path, "[defaults]\nloudness = 0\n")
+    assert_names(err, tmp_path / "game.toml", None, "loudness", "defaults.loudness")
+
+
+def test_context_with_nothing_to_compose(tmp_path):
+    err = profile_error(tmp_path, "[contexts.empty]\nduration = 5\n")
+    assert_names(err, tmp_path / "game.toml", "empty", "prompt", "contexts.empty.prompt")
+
+
+@pytest.mark.parametrize("name", ["../x", "a b", "x" * 65, "a.b"])
+def test_invalid_context_names_in_file(tmp_path, name):
+    err = profile_error(tmp_path, f'[contexts."{name}"]\nprompt = "x"\n')
+    assert_names(err, tmp_path / "game.toml", name, None, f"contexts.{name}")
+    assert "invalid context name" in err.message
+
+
+def test_wrong_table_types(tmp_path):
+    err = profile_error(tmp_path, "contexts = 3\n")
+    assert_names(err, tmp_path / "game.toml", None, "contexts", "contexts")
+    err = profile_error(tmp_path, "[contexts]\nbattle = 'loud'\n")
+    assert_names(err, tmp_path / "game.toml", "battle", None, "contexts.battle")
+    assert "table" in err.message
+
+
+def test_free_text_mood_and_genre_allowed(tmp_path):
+    prof = load_text(tmp_path, "[contexts.a]\ngenre = 'dreamy shoegaze'\nmood = 'hazy nostalgia'\n")
+    assert prof.contexts["a"].prompt == "A dreamy shoegaze piece featuring hazy nostalgia."
+    assert prof.contexts["a"].params == GenParams()

@@ -1,0 +1,173 @@
+"""`troubadour` command line: generate, make-test-model, serve, fetch, prefetch, status, cache."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+from . import __version__
+from .backends.base import DEFAULT_MODEL
+from .errors import ModelLoadError, TroubadourError
+
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=os.environ.get("TROUBADOUR_MODEL", DEFAULT_MODEL),
+                   help="hub id (facebook/musicgen-small|medium|large, stereo variants) or a local checkpoint "
+                        f"directory (default {DEFAULT_MODEL}, or $TROUBADOUR_MODEL)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+
+
+def _add_param_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, help="seconds (default 10, or the context's)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int, dest="top_k")
+    p.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling; 0 = off (use top-k)")
+    p.add_argument("--cfg", type=float, dest="cfg_coef", help="classifier-free guidance (>= 1)")
+    p.add_argument("--seed", type=int, help="integer seed; the same seed and settings give the same audio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="troubadour", description="MusicGen music server for games.")
+    parser.add_argument("--version", action="version", version=f"troubadour {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate tracks to files")
+    g.add_argument("prompt", nargs="?", help="text description of the music (asked for on a terminal if omitted)")
+    g.add_argument("--context", help="a game context from the profiles file (e.g. battle)")
+    g.add_argument("--profiles", help="profiles TOML file (default: the bundled profiles)")
+    g.add_argument("--mood", help="mood preset or free text (uplifting, tense, sad, mysterious, ...)")
+    g.add_argument("--genre", help="genre preset or free text (orchestral, electronic, jazz, chiptune, ...)")
+    g.add_argument("--fix", help="troubleshooting preset: repetitive, chaotic, bland, ...")
+    _add_param_args(g)
+    g.add_argument("--variations", type=int, default=None, help="number of variations (seeds seed, seed+1, ...)")
+    g.add_argument("--out", default="out", help="output directory (default ./out)")
+    g.add_argument("--format", choices=["wav", "ogg"], default="wav")
+    g.add_argument("--loudness", type=float, default=None, help="target integrated loudness in LUFS (default -16)")
+    _add_model_args(g)
+
+    m = sub.add_parser("make-test-model", help="write a tiny random-weight MusicGen checkpoint (makes noise)")
+    m.add_argument("dir")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--stereo", action="store_true")
+
+    for name, fn in _extra_commands().items():
+        fn(sub)
+    return parser
+
+
+def _extra_commands() -> dict:
+    """Subcommands that live with their feature (server, client, cache) register themselves here."""
+    found = {}
+    for mod in ("server", "client", "cache"):
+        try:
+            module = __import__(f"troubadour.{mod}", fromlist=["add_cli"])
+        except ImportError:
+            continue
+        if hasattr(module, "add_cli"):
+            found[mod] = module.add_cli
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "make-test-model":
+            return cmd_make_test_model(args)
+        return args.func(args)
+    except ModelLoadError as e:
+        print(f"troubadour: {e.message}", file=sys.stderr)
+        return EXIT_MODEL
+    except TroubadourError as e:
+        print(f"troubadour: error: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("troubadour: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_make_test_model(args) -> int:
+    from .testmodel import build_test_model
+
+    path = build_test_model(args.dir, seed=args.seed, stereo=args.stereo)
+    print(path)
+    return 0
+
+
+def plan_from_args(args):
+    """Turn generate's arguments into a Plan, validating everything before the model loads."""
+    from .generate import Plan
+    from .params import GenParams, validate_prompt
+    from .profiles import apply_presets, compose_prompt, load_profiles
+
+    overrides = {k: getattr(args, k) for k in GenParams.names() if getattr(args, k, None) is not None}
+    if args.context:
+        if args.prompt:
+            raise TroubadourError("give either a PROMPT or --context, not both", code="invalid_param",
+                                  field="context")
+        ctx = load_profiles(args.profiles).get(args.context)
+        base = ctx.params.to_dict()
+        variants = args.variations or ctx.variants
+        loudness = ctx.loudness
+        prompt, context = ctx.prompt, ctx.name
+    else:
+        prompt = args.prompt
+        if not prompt and not (args.mood or args.genre):
+            prompt = _ask_prompt()
+        if args.mood or args.genre or args.fix:
+            prompt = compose_prompt(genre=args.genre, mood=args.mood, fix=args.fix, extra=prompt)
+        base = apply_presets(GenParams().to_dict(), genre=args.genre, mood=args.mood, fix=args.fix)
+        variants, loudness, context = args.variations or 1, -16.0, None
+    if "seed" not in overrides and not args.context:
+        overrides["seed"] = secrets.randbelow(2**31)   # recorded in the metadata, so any take can be redone
+    params = GenParams(**{**base, **overrides}).validate()
+    if not 1 <= variants <= 16:
+        raise TroubadourError(f"--variations must be in [1, 16], got {variants}", code="invalid_param",
+                              field="variations")
+    return Plan(validate_prompt(prompt), params, variants, context,
+                args.loudness if args.loudness is not None else loudness)
+
+
+def _ask_prompt() -> str:
+    if not sys.stdin.isatty():
+        raise TroubadourError("no prompt given: pass PROMPT, --context NAME or --mood/--genre",
+                              code="empty_prompt", field="prompt")
+    return input("Describe the music (e.g. 'calm piano with soft strings'): ").strip()
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from .backends import load_backend
+    from .engine import Engine
+    from .generate import render
+
+    plan = plan_from_args(args)
+    backend = load_backend(args.model, args.device)
+    engine = Engine(backend)
+    engine.validate(plan.jobs())
+    print(f"model {backend.info.model_id} on {backend.info.device}; prompt: {plan.prompt}", file=sys.stderr)
+    bar = tqdm(total=engine.steps_for(plan.params.duration), unit="step", desc="generating", file=sys.stderr,
+               disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        paths = render(engine, plan, args.out, args.format, progress=progress)
+    finally:
+        bar.close()
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

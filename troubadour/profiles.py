@@ -1,0 +1,421 @@
+"""Game music profiles: a TOML file mapping game contexts (battle, menu, ...) to prompts.
+
+A context is described either by a raw `prompt` or by prompt-anatomy fields (genre, mood,
+instruments, ...) that `compose_prompt` turns into a MusicGen text prompt, expanding the
+mood/genre presets of data/presets.toml. See data/profiles.toml for the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from .errors import UNKNOWN_CONTEXT, ProfileError, TroubadourError, ValidationError
+from .params import MAX_SEED, MAX_VARIANTS, GenParams, validate_prompt
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+METER_RE = re.compile(r"^[1-9][0-9]?/(1|2|4|8|16|32)$")
+PRESET_KINDS = ("moods", "genres", "fixes")
+PRESET_PARAMS = ("temperature", "top_k", "top_p", "cfg_coef")
+# Bounds that keep preset results valid GenParams (temperature must stay > 0).
+_CLAMP = {"temperature": (0.05, math.inf), "top_k": (0, math.inf), "top_p": (0.0, 1.0),
+          "cfg_coef": (1.0, math.inf)}
+
+PARAM_KEYS = tuple(GenParams.names())
+COMPOSE_KEYS = ("genre", "mood", "instruments", "tempo", "key", "structure", "extra")
+CONTEXT_KEYS = (*COMPOSE_KEYS, "prompt", "bpm", "fix", *PARAM_KEYS, "cfg",
+                "variants", "loop", "meter", "theme", "loudness")
+DEFAULTS_KEYS = (*PARAM_KEYS, "cfg", "variants", "loop", "meter", "loudness")
+GAME_KEYS = ("title", "genre", "description")
+TOP_KEYS = ("game", "defaults", "contexts")
+COMMON_DEFAULTS = {"variants": 1, "loop": True, "meter": "4/4", "loudness": -16.0}
+TEMPO_NOUNS = {"tempo", "pace", "beat", "rhythm", "groove", "bpm"}
+
+
+# ---------------------------------------------------------------- presets
+@functools.lru_cache(maxsize=1)
+def presets() -> dict:
+    """The bundled presets: {"moods": {...}, "genres": {...}, "fixes": {...}}. Do not mutate."""
+    text = resources.files("troubadour").joinpath("data/presets.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    # Checked here so a bad edit of the shipped file fails loudly, not as odd audio.
+    for kind in PRESET_KINDS:
+        for name, p in data.get(kind, {}).items():
+            allowed = {"words", "params", "delta"} | ({"instruments", "bpm"} if kind == "genres" else set())
+            bad = (set(p) - allowed) | ({k for t in ("params", "delta") for k in p.get(t, {})}
+                                        - set(PRESET_PARAMS))
+            if bad:
+                raise ProfileError(f"presets.toml: {kind}.{name}: unknown keys {sorted(bad)}")
+    return {kind: data.get(kind, {}) for kind in PRESET_KINDS}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def find_preset(kind: str, name: str | None) -> dict | None:
+    """The preset of `kind` called `name` (case, spaces, '-' and '_' ignored), or None."""
+    found = [v for k, v in presets()[kind].items() if name and _norm(k) == _norm(name)]
+    return found[0] if found else None
+
+
+def apply_presets(params: dict, *, genre=None, mood=None, fix=None) -> dict:
+    """A copy of `params` with genre, then mood, then fix presets applied and clamped.
+
+    Free-text genre/mood change nothing; an unknown fix is a ValidationError (field "fix").
+    """
+    out = dict(params)
+    base = GenParams().to_dict()
+    fix_preset = find_preset("fixes", fix)
+    if fix and fix_preset is None:
+        raise ValidationError(f"unknown fix preset {fix!r}{_suggest(fix, presets()['fixes'])}", field="fix")
+    for preset in (find_preset("genres", genre), find_preset("moods", mood), fix_preset):
+        if not preset:
+            continue
+        for key, value in preset.get("params", {}).items():
+            out[key] = value
+        for key, value in preset.get("delta", {}).items():
+            out[key] = out.get(key, base[key]) + value
+        for key in set(preset.get("params", {})) | set(preset.get("delta", {})):
+            lo, hi = _CLAMP[key]
+            v = min(hi, max(lo, out[key]))
+            # Rounding keeps 0.8 + 0.2 == 1.0 so cache keys stay stable.
+            out[key] = int(round(v)) if key == "top_k" else round(float(v), 4)
+    return out
+
+
+# ---------------------------------------------------------------- prompt composition
+def _article(words: str) -> str:
+    # Good enough for genre/scene words; "8-bit" reads "an eight-bit".
+    return "An" if words and words[0].lower() in "aeiou8" else "A"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def compose_prompt(*, genre=None, mood=None, instruments=None, tempo=None, bpm=None,
+                   key=None, structure=None, extra=None, fix=None) -> str:
+    """"A [genre] piece in [key] with [instruments] featuring [mood] and [tempo]. The music has
+    [structure]. [fix words]. [extra]." without the parts not given. Preset genre/mood names
+    expand to their words (a genre also gives default instruments); other text is kept as is."""
+    g = find_preset("genres", genre)
+    m = find_preset("moods", mood)
+    genre_words = g["words"] if g else (genre or "").strip()
+    mood_words = m["words"] if m else (mood or "").strip()
+    if instruments is None and g:
+        instruments = g.get("instruments")
+    if isinstance(instruments, (list, tuple)):
+        instruments = _join([i.strip() for i in instruments]) if instruments else None
+    tempo_words = (tempo or "").strip()
+    # "fast" reads better as "fast tempo"; "driving beat" is already complete.
+    if tempo_words and not TEMPO_NOUNS & set(tempo_words.lower().split()):
+        tempo_words += " tempo"
+    if bpm is not None:
+        tempo_words = f"{tempo_words} at {bpm:g} BPM" if tempo_words else f"a tempo of {bpm:g} BPM"
+
+    sentences = []
+    if genre_words or key or instruments or mood_words or tempo_words:
+        head = f"{_article(genre_words)} {genre_words} piece" if genre_words else "A piece"
+        if key:
+            key = key.strip()
+            head += f" {key}" if key.lower().startswith("in ") else f" in {key}"
+        if instruments:
+            head += f" with {instruments.strip()}"
+        featuring = [w for w in (mood_words, tempo_words) if w]
+        if featuring:
+            head += " featuring " + " and ".join(featuring)
+        sentences.append(_sentence(head))
+    if structure:
+        sentences.append(_sentence(f"The music has {structure.strip().rstrip('.')}"))
+    f = find_preset("fixes", fix)
+    if f and f.get("words"):
+        sentences.append(_sentence(f["words"]))
+    if extra and extra.strip():
+        sentences.append(_sentence(extra))
+    return " ".join(sentences)
+
+
+# ---------------------------------------------------------------- contexts
+@dataclass(frozen=True)
+class Context:
+    name: str
+    prompt: str
+    params: GenParams
+    variants: int = 1
+    loop: bool = True
+    bpm: float | None = None
+    meter: str = "4/4"
+    key: str | None = None
+    theme: str | None = None
+    loudness: float = -16.0
+    source_fields: dict = field(default_factory=dict)
+    fallback: bool = False
+
+    def seed_for(self, variant: int) -> int:
+        if isinstance(variant, bool) or not isinstance(variant, int) or not 0 <= variant < self.variants:
+            raise ValidationError(f"variant must be an integer in [0, {self.variants}), got {variant!r}",
+                                  field="variant")
+        return self.params.seed + variant
+
+    def params_for(self, variant: int) -> GenParams:
+        return dataclasses.replace(self.params, seed=self.seed_for(variant))
+
+    def audio_key(self) -> dict:
+        """Everything that changes the audio of one variant; the variant count does not."""
+        return {"prompt": self.prompt, "params": self.params.to_dict(), "loop": self.loop,
+                "bpm": self.bpm, "meter": self.meter, "loudness": self.loudness}
+
+
+class Profiles:
+    def __init__(self, game: dict, contexts: dict, defaults: dict | None = None,
+                 path: Path | None = None):
+        self.game = game
+        self.contexts = contexts
+        # Parsed [defaults]: the params it sets + variants/loop/meter/loudness.
+        self.defaults = {**COMMON_DEFAULTS, **(defaults or {})}
+        self.path = path
+
+    def names(self) -> list[str]:
+        return list(self.contexts)
+
+    def get(self, name: str, strict: bool = False) -> Context:
+        """The named context; an unknown (valid) name gets a fallback context unless strict."""
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ValidationError(f"invalid context name {name!r}: use 1-64 letters, digits, '_' or '-'",
+                                  field="context")
+        if name in self.contexts:
+            return self.contexts[name]
+        if strict:
+            raise TroubadourError(f"unknown context {name!r}{_suggest(name, self.contexts)}",
+                                  code=UNKNOWN_CONTEXT, field="context")
+        return self._fallback(name)
+
+    def _fallback(self, name: str) -> Context:
+        # Unknown situations still get music in the game's style rather than an error.
+        genre = self.game.get("genre")
+        g = find_preset("genres", genre)
+        genre_words = g["words"] if g else genre
+        scene = name.replace("_", " ").replace("-", " ").strip() or name
+        where = f"for {_article(scene).lower()} {scene} scene in a video game."
+        prompt = f"{_article(genre_words)} {genre_words} piece {where}" if genre_words else f"Music {where}"
+        d = self.defaults
+        params = GenParams(**apply_presets({k: d[k] for k in PARAM_KEYS if k in d}, genre=genre))
+        return Context(name=name, prompt=prompt, params=params.validate(), variants=1, loop=True,
+                       meter=d["meter"], loudness=d["loudness"], fallback=True)
+
+
+# ---------------------------------------------------------------- loading
+def default_profiles_path() -> Path:
+    return Path(str(resources.files("troubadour").joinpath("data/profiles.toml")))
+
+
+def load_profiles(path=None) -> Profiles:
+    """Load a profiles file; None loads the bundled default profile."""
+    path = Path(path) if path is not None else default_profiles_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: profiles file not found", field="path") from None
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot read profiles file: {e.strerror or e}", field="path") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ProfileError(f"{path}: not valid UTF-8 text (line {line}, byte {e.start})") from None
+    return parse_profiles(text, str(path), path=path)
+
+
+def _suggest(name, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Where:
+    """Where in the file a value lives, for messages like "f.toml: context 'x': field 'y': ..."."""
+
+    def __init__(self, source: str, label: str | None, path: str):
+        self.source, self.label, self.path = source, label, path
+
+    def fail(self, key: str | None, message: str):
+        parts = [self.source] + ([self.label] if self.label else []) + ([f"field {key!r}"] if key else [])
+        dotted = ".".join(p for p in (self.path, key) if p) or None
+        raise ProfileError(": ".join(parts + [message]), field=dotted)
+
+    def check_keys(self, table: dict, allowed) -> None:
+        for key in table:
+            if key not in allowed:
+                self.fail(key, f"unknown field{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+
+
+def _text(where: _Where, table: dict, key: str) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        where.fail(key, f"must be a string, got {type(value).__name__} {value!r}")
+    if not value.strip():
+        where.fail(key, "must not be empty")
+    return value.strip()
+
+
+def _number(where: _Where, table: dict, key: str, lo: float, hi: float) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        where.fail(key, f"must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        where.fail(key, f"must be in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def _params(where: _Where, table: dict) -> dict:
+    """The GenParams fields a table sets, `cfg` being an alias of `cfg_coef`."""
+    if "cfg" in table and "cfg_coef" in table:
+        where.fail("cfg", "set either 'cfg' or 'cfg_coef', not both")
+    out = {k: table[k] for k in PARAM_KEYS if k in table}
+    if "cfg" in table:
+        out["cfg_coef"] = table["cfg"]
+    return out
+
+
+def _validated(where: _Where, table: dict, values: dict) -> GenParams:
+    try:
+        p = GenParams(**values).validate()
+    except ValidationError as e:
+        key = "cfg" if e.field == "cfg_coef" and "cfg" in table else e.field
+        msg = e.message[len(e.field) + 1:] if e.field and e.message.startswith(e.field + " ") else e.message
+        where.fail(key, msg)
+    # TOML `duration = 8` is an int; widen so equal settings give equal cache keys.
+    return dataclasses.replace(p, duration=float(p.duration), temperature=float(p.temperature),
+                               top_p=float(p.top_p), cfg_coef=float(p.cfg_coef))
+
+
+def _common(where: _Where, table: dict, inherited: dict) -> dict:
+    """Checks the non-GenParams fields shared by [defaults] and contexts."""
+    out = dict(inherited)
+    v = table.get("variants", out["variants"])
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_VARIANTS:
+        where.fail("variants", f"must be an integer in [1, {MAX_VARIANTS}], got {v!r}")
+    if not isinstance(table.get("loop", True), bool):
+        where.fail("loop", f"must be true or false, got {table['loop']!r}")
+    meter = _text(where, table, "meter")
+    if meter is not None and not METER_RE.match(meter):
+        where.fail("meter", f"must look like '4/4', '3/4' or '6/8', got {meter!r}")
+    loudness = _number(where, table, "loudness", -40, -5)
+    out.update(variants=v, loop=table.get("loop", out["loop"]), meter=meter or out["meter"],
+               loudness=out["loudness"] if loudness is None else loudness)
+    return out
+
+
+def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None = None) -> Profiles:
+    """Parse profiles TOML text; `source` names the file in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{source}: invalid TOML: {e}") from None
+    top = _Where(source, None, "")
+    top.check_keys(data, TOP_KEYS)
+    for key in TOP_KEYS:
+        if key in data and not isinstance(data[key], dict):
+            top.fail(key, f"must be a table, got {type(data[key]).__name__}")
+
+    game_where = _Where(source, "[game]", "game")
+    game_raw = data.get("game", {})
+    game_where.check_keys(game_raw, GAME_KEYS)
+    game = {k: v for k in GAME_KEYS if (v := _text(game_where, game_raw, k)) is not None}
+
+    d_where = _Where(source, "[defaults]", "defaults")
+    d_raw = data.get("defaults", {})
+    d_where.check_keys(d_raw, DEFAULTS_KEYS)
+    d_params = _params(d_where, d_raw)
+    d_valid = _validated(d_where, d_raw, {**GenParams().to_dict(), **d_params})
+    defaults = {**{k: getattr(d_valid, k) for k in d_params}, **_common(d_where, d_raw, COMMON_DEFAULTS)}
+
+    contexts = {}
+    for name, table in data.get("contexts", {}).items():
+        where = _Where(source, f"context {name!r}", f"contexts.{name}")
+        if not NAME_RE.match(name):
+            where.fail(None, "invalid context name: use 1-64 letters, digits, '_' or '-'")
+        if not isinstance(table, dict):
+            where.fail(None, f"must be a table, got {type(table).__name__}")
+        contexts[name] = _build_context(where, name, table, game, defaults)
+
+    for ctx in contexts.values():
+        if ctx.theme is not None and (ctx.theme not in contexts or ctx.theme == ctx.name):
+            why = "cannot name the context itself" if ctx.theme == ctx.name else "names no context here"
+            _Where(source, f"context {ctx.name!r}", f"contexts.{ctx.name}").fail(
+                "theme", f"{ctx.theme!r} {why}{_suggest(ctx.theme, contexts)}")
+    return Profiles(game=game, contexts=contexts, defaults=defaults, path=path)
+
+
+def _build_context(where: _Where, name: str, table: dict, game: dict, defaults: dict) -> Context:
+    where.check_keys(table, CONTEXT_KEYS)
+    words = {k: _text(where, table, k) for k in ("genre", "mood", "tempo", "key", "structure", "extra",
+                                                "prompt", "fix", "theme")}
+    instruments = table.get("instruments")
+    if isinstance(instruments, list):
+        if not all(isinstance(i, str) and i.strip() for i in instruments):
+            where.fail("instruments", "must be a list of non-empty strings")
+    elif instruments is not None:
+        instruments = _text(where, table, "instruments")
+    bpm = _number(where, table, "bpm", 20, 300)
+    fix = words["fix"]
+    if fix and find_preset("fixes", fix) is None:
+        where.fail("fix", f"unknown fix preset {fix!r}{_suggest(fix, presets()['fixes'])}; "
+                          f"known: {', '.join(presets()['fixes'])}")
+    raw_prompt = words["prompt"]
+    if raw_prompt is not None:
+        mixed = [k for k in COMPOSE_KEYS if k in table]
+        if mixed:
+            where.fail("prompt", f"cannot be combined with {', '.join(mixed)}: write them into the prompt "
+                                 f"or remove 'prompt'")
+        # A raw prompt is the user's exact text, so genre/mood presets do not touch its params.
+        genre = mood = None
+        prompt = raw_prompt
+    else:
+        genre, mood = words["genre"] or game.get("genre"), words["mood"]
+        g = find_preset("genres", genre)
+        if bpm is None and g and "bpm" in g:
+            bpm = float(g["bpm"])
+        prompt = compose_prompt(genre=genre, mood=mood, instruments=instruments, tempo=words["tempo"],
+                                bpm=bpm, key=words["key"], structure=words["structure"],
+                                extra=words["extra"], fix=fix)
+        if not prompt:
+            where.fail("prompt", "describes no music: set 'prompt' or some of " + ", ".join(COMPOSE_KEYS))
+    try:
+        prompt = validate_prompt(prompt)
+    except ValidationError as e:
+        where.fail("prompt", e.message)
+
+    base = {**GenParams().to_dict(), **{k: defaults[k] for k in PARAM_KEYS if k in defaults}}
+    values = {**apply_presets(base, genre=genre, mood=mood, fix=fix), **_params(where, table)}
+    params = _validated(where, table, values)
+    common = _common(where, table, {k: defaults[k] for k in COMMON_DEFAULTS})
+    if params.seed + common["variants"] - 1 > MAX_SEED:
+        where.fail("seed", f"seed + variants - 1 must stay <= 2**63-1, got seed {params.seed}")
+    theme = words["theme"]
+    if theme is not None and not NAME_RE.match(theme):
+        where.fail("theme", f"invalid context name {theme!r}")
+    return Context(name=name, prompt=prompt, params=params, bpm=bpm, key=words["key"], theme=theme,
+                   source_fields=copy.deepcopy(table), **common)
