@@ -1,0 +1,270 @@
+"""Generation jobs: a priority queue with dedup, and the engine thread that owns the model.
+
+Only the server's I/O thread submits and cancels; only the worker thread runs the engine. The worker reports
+through `emit(event)` callbacks, in order: ("started", jobs), ("progress", job, done, total),
+("chunk", job, start, audio), ("done", job, audio, meta) or ("failed", job, error); ("dead", error) when the
+engine cannot go on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .engine import Engine, Job
+from .errors import ENGINE_ERROR, Cancelled, TroubadourError
+from .params import GenParams
+
+PRIORITY_GET = 10        # a game waiting for music
+PRIORITY_PREFETCH = 0    # level loading, hot-swap
+BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """A fully resolved track: what to generate and what to store with it."""
+
+    key: str
+    prompt: str
+    params: GenParams
+    context: str | None = None
+    variant: int | None = None
+    info: dict = field(default_factory=dict)   # bpm, meter, loop... for headers and the cache
+
+
+class GenJob:
+    _ids = itertools.count(1)
+
+    def __init__(self, spec: TrackSpec, priority: int):
+        self.id = next(self._ids)
+        self.spec = spec
+        self.priority = priority
+        self.owners: set = set()
+        self.state = "queued"          # queued -> running -> done | failed | cancelled
+        self.cancelled = False
+        self.total_steps = 0
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+
+class Scheduler:
+    """Priority queue of jobs; identical tracks (same key) share one job."""
+
+    def __init__(self, max_queue: int = 64, max_batch: int = 4):
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self._lock = threading.Condition()
+        self._heap: list = []
+        self._order = itertools.count()
+        self._by_key: dict[str, GenJob] = {}     # queued or running
+        self._closed = False
+
+    # -- I/O thread side
+    def find(self, key: str) -> GenJob | None:
+        with self._lock:
+            return self._by_key.get(key)
+
+    def submit(self, spec: TrackSpec, priority: int, owner) -> tuple[GenJob, bool]:
+        """Queue a track or join the identical one in flight. Returns (job, created)."""
+        with self._lock:
+            job = self._by_key.get(spec.key)
+            if job is not None and not job.cancelled:
+                job.owners.add(owner)
+                if job.state == "queued" and priority > job.priority:
+                    job.priority = priority
+                    self._push(job)      # stale heap entries are skipped when popped
+                return job, False
+            if self.queued() >= self.max_queue:
+                raise TroubadourError(f"the generation queue is full ({self.max_queue} tracks); retry later",
+                                      code=BUSY)
+            job = GenJob(spec, priority)
+            job.owners.add(owner)
+            self._by_key[spec.key] = job
+            self._push(job)
+            self._lock.notify_all()
+            return job, True
+
+    def release(self, job: GenJob, owner) -> bool:
+        """`owner` no longer wants `job`; with no owners left the job is cancelled. True if cancelled."""
+        with self._lock:
+            job.owners.discard(owner)
+            if job.owners or job.state not in ("queued", "running"):
+                return False
+            job.cancelled = True
+            if job.state == "queued":
+                job.state = "cancelled"
+                self._by_key.pop(job.key, None)
+            return True
+
+    def queued(self) -> int:
+        return sum(1 for j in self._by_key.values() if j.state == "queued")
+
+    def running(self) -> list[GenJob]:
+        with self._lock:
+            return [j for j in self._by_key.values() if j.state == "running"]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    # -- worker side
+    def next_batch(self, timeout: float | None = None) -> list[GenJob]:
+        """The most urgent job plus queued jobs of the same priority and similar length (one batch)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                first = self._pop()
+                if first is not None or self._closed:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return []
+                self._lock.wait(left)
+            if first is None:
+                return []
+            batch = [first]
+            d = first.spec.params.duration
+            for _, _, job in sorted(self._heap):
+                if len(batch) >= self.max_batch:
+                    break
+                # same urgency only: a waiting game must not pay for prefetch rows; similar length because a
+                # batch runs as long as its longest row
+                if (self._live(job) and job not in batch and job.priority == first.priority
+                        and 0.6 * d <= job.spec.params.duration <= d):
+                    batch.append(job)
+            for job in batch:
+                job.state = "running"
+            return batch
+
+    def finish(self, job: GenJob, state: str) -> None:
+        with self._lock:
+            job.state = state
+            if self._by_key.get(job.key) is job:
+                del self._by_key[job.key]
+
+    def _push(self, job: GenJob) -> None:
+        heapq.heappush(self._heap, (-job.priority, next(self._order), job))
+
+    def _live(self, job: GenJob) -> bool:
+        return job.state == "queued" and not job.cancelled
+
+    def _pop(self) -> GenJob | None:
+        while self._heap:
+            prio, _, job = heapq.heappop(self._heap)
+            if self._live(job) and -prio == job.priority:
+                return job
+        return None
+
+
+class Worker(threading.Thread):
+    """The engine thread: the only thread that touches the model."""
+
+    def __init__(self, engine: Engine, scheduler: Scheduler, emit: Callable, cache=None,
+                 progress_every: int = 10):
+        super().__init__(name="troubadour-engine", daemon=True)
+        self.engine = engine
+        self.scheduler = scheduler
+        self.emit = emit
+        self.cache = cache
+        self.progress_every = progress_every
+        self.busy = False
+        self.failures = 0
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.scheduler.close()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            batch = self.scheduler.next_batch(timeout=0.5)
+            if not batch:
+                continue
+            self.busy = True
+            try:
+                self._run_batch(batch)
+                self.failures = 0
+            except Cancelled:
+                for job in batch:
+                    self.scheduler.finish(job, "cancelled")
+                    self.emit(("failed", job, Cancelled()))
+            except Exception as exc:  # the model failed: fail these requests, keep serving others
+                self.failures += 1
+                err = _engine_error(exc)
+                _free_device_memory()
+                for job in batch:
+                    self.scheduler.finish(job, "failed")
+                    self.emit(("failed", job, err))
+                if self.failures >= 3 or _fatal(exc):
+                    self.emit(("dead", err))
+                    return
+            finally:
+                self.busy = False
+
+    def _run_batch(self, batch: list[GenJob]) -> None:
+        jobs = [Job(j.spec.prompt, j.spec.params) for j in batch]
+        total = self.engine.steps_for(max(j.params.duration for j in jobs))
+        for j in batch:
+            j.total_steps = self.engine.steps_for(j.spec.params.duration)
+        self.emit(("started", batch))
+        parts: list[list[np.ndarray]] = [[] for _ in batch]
+        t0 = time.perf_counter()
+
+        def progress(done: int, _total: int) -> None:
+            if done % self.progress_every == 0 or done == total:
+                for j in batch:
+                    if not j.cancelled and done <= j.total_steps:
+                        self.emit(("progress", j, done, j.total_steps))
+
+        def should_stop() -> bool:
+            return self._stop_event.is_set() or all(j.cancelled for j in batch)
+
+        for chunk in self.engine.stream(jobs, progress=progress, should_stop=should_stop):
+            job = batch[chunk.row]
+            parts[chunk.row].append(chunk.audio)
+            self.emit(("chunk", job, chunk.start, chunk.audio))
+            if chunk.final:
+                audio = np.concatenate(parts[chunk.row], axis=1)
+                meta = self._meta(job, time.perf_counter() - t0, len(batch))
+                if self.cache is not None:
+                    # stored before the job leaves the in-flight map, so a new request finds one or the other
+                    self.cache.put(job.key, audio, self.engine.sample_rate, meta)
+                self.scheduler.finish(job, "done")
+                self.emit(("done", job, audio, meta))
+
+    def _meta(self, job: GenJob, seconds: float, batch: int) -> dict:
+        s = job.spec
+        info = self.engine.info
+        return {"prompt": s.prompt, "params": s.params.to_dict(), "context": s.context, "variant": s.variant,
+                **s.info, "model": info.model_id, "model_identity": info.identity, "device": info.device,
+                "generation_seconds": round(seconds, 3), "batch_size": batch, "created": time.time()}
+
+
+def _engine_error(exc: Exception) -> TroubadourError:
+    if isinstance(exc, TroubadourError):
+        return exc
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return TroubadourError(f"generation failed: {last[:300]}", code=ENGINE_ERROR)
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _fatal(exc: Exception) -> bool:
+    """Errors after which the model's state can't be trusted (device lost, not a single bad batch)."""
+    text = str(exc).lower()
+    return "device-side assert" in text or ("cuda error" in text and "out of memory" not in text)
