@@ -1,0 +1,446 @@
+"""Troubadour wire protocol, version 1: framing, the msgpack subset, request validation.
+
+protocol/PROTOCOL.md is the specification; this module is its one implementation, shared by the
+server, the Python client and the tests. Golden vectors: protocol/vectors/vectors.json.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import dataclass
+
+import msgpack
+
+from .errors import (CANCELLED, EMPTY_PROMPT, ENGINE_DEAD, ENGINE_ERROR, INVALID_PARAM, MODEL_ERROR,
+                     PROFILE_ERROR, UNKNOWN_CONTEXT, TroubadourError)
+from .params import MAX_DURATION, MAX_VARIANTS, GenParams, validate_prompt
+from .profiles import NAME_RE
+
+VERSION = 1          # major: in the header; a change means old peers cannot talk to new ones
+MINOR = 0            # additions only (new optional fields, requests, events); sent in `info`
+MAGIC = b"TRB"
+HEADER = MAGIC + bytes([VERSION])
+
+# Requests (client -> server).
+REQUEST_TYPES = ("info", "health", "list_profiles", "get_track", "prefetch", "cancel", "subscribe",
+                 "unsubscribe", "reload_profiles", "ping")
+(INFO, HEALTH, LIST_PROFILES, GET_TRACK, PREFETCH, CANCEL, SUBSCRIBE, UNSUBSCRIBE, RELOAD_PROFILES,
+ PING) = REQUEST_TYPES
+# Server -> client messages (`info` and `health` answer the requests of the same name).
+REPLY_TYPES = ("info", "health", "profiles", "track", "chunk", "end", "accepted", "progress", "done", "cancelled",
+               "subscribed", "unsubscribed", "reloaded", "pong", "event", "error")
+(_, _, PROFILES, TRACK, CHUNK, END, ACCEPTED, PROGRESS, DONE, CANCELLED_REPLY,
+ SUBSCRIBED, UNSUBSCRIBED, RELOADED, PONG, EVENT, ERROR) = REPLY_TYPES
+PAYLOAD_TYPES = (TRACK, CHUNK)
+
+EVENTS = ("track_ready", "profiles_changed", "profiles_error", "progress")
+TRACK_READY_REASONS = ("hot_swap", "prefetch", "generated")
+HEALTH_STATUSES = ("ok", "loading", "degraded")
+FORMATS = ("pcm_s16le", "pcm_f32le", "wav", "ogg")
+DEFAULT_FORMAT = "pcm_s16le"
+SAMPLE_RATES = (32000, 44100, 48000)
+
+# Error codes (the ones shared with the library come from errors.py).
+BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_TYPE = "bad_request", "unsupported_version", "unknown_type"
+TOO_LARGE, BUSY, NOT_FOUND, INTERNAL = "too_large", "busy", "not_found", "internal"
+ERROR_CODES = (BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_TYPE, TOO_LARGE, INVALID_PARAM, EMPTY_PROMPT,
+               UNKNOWN_CONTEXT, PROFILE_ERROR, BUSY, CANCELLED, NOT_FOUND, ENGINE_ERROR, ENGINE_DEAD,
+               MODEL_ERROR, INTERNAL)
+
+# Limits. Request bytes are capped hard because any client can send them; replies come from a trusted server.
+MAX_REQUEST_BYTES = 64 * 1024           # header + type + body of one request
+MAX_REPLY_BODY_BYTES = 1024 * 1024      # body frame of one server message
+MAX_CHUNK_BYTES = 1024 * 1024           # payload of one `chunk`
+MAX_TRACK_BYTES = 32 * 1024 * 1024      # payload of a non-streamed `track` (30 s, 48 kHz, stereo f32 = 11.5 MB)
+MAX_STR_BYTES = 16 * 1024               # any msgpack str (UTF-8 bytes) or bin
+MAX_ARRAY_LEN = 4096
+MAX_MAP_LEN = 256
+MAX_DEPTH = 16                          # the body map is depth 1
+MAX_TYPE_LEN = 32
+MAX_ID_CHARS = 64
+MAX_PREFETCH_CONTEXTS = 256
+MAX_ERROR_MESSAGE = 1000
+PRIORITY_RANGE = (-100, 100)
+GET_TRACK_PRIORITY, PREFETCH_PRIORITY = 0, -50
+HEARTBEAT_MS = 2000
+HEARTBEAT_LIVENESS = 3                  # silent heartbeat periods before a peer counts as dead
+INT_MIN, INT_MAX = -2**63, 2**63 - 1    # int64: what C# long and Godot int hold
+
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_FLOAT_PARAMS = ("duration", "temperature", "top_p", "cfg_coef")
+
+
+class ProtocolError(TroubadourError):
+    """A message or request the protocol rejects; `req_id` is the request's id when it could be read."""
+
+    code = BAD_REQUEST
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None, req_id=None):
+        super().__init__(message, code=code, field=field)
+        self.req_id = req_id
+
+
+@dataclass
+class Message:
+    type: str
+    body: dict
+    payload: bytes | memoryview | None = None
+
+    # The fields every server message carries (absent in requests except id).
+    id = property(lambda self: self.body.get("id"))
+    seq = property(lambda self: self.body.get("seq"))
+    final = property(lambda self: self.body.get("final"))
+
+
+# ---------------------------------------------------------------- msgpack subset
+def _canon(obj, depth: int = 1):
+    """A copy of `obj` with map keys sorted, checked against the msgpack subset and limits."""
+    if obj is None or isinstance(obj, (bool, str, float)):
+        if isinstance(obj, str) and len(obj) * 4 > MAX_STR_BYTES and len(obj.encode("utf-8")) > MAX_STR_BYTES:
+            raise ProtocolError(f"string longer than {MAX_STR_BYTES} bytes", code=TOO_LARGE)
+        return obj
+    if isinstance(obj, numbers.Integral):  # numpy integers too
+        if not INT_MIN <= obj <= INT_MAX:
+            raise ProtocolError(f"integer {obj} outside the int64 range")
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        obj = bytes(obj)
+        if len(obj) > MAX_STR_BYTES:
+            raise ProtocolError(f"bin longer than {MAX_STR_BYTES} bytes", code=TOO_LARGE)
+        return obj
+    if isinstance(obj, (list, tuple, dict)):
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"nesting deeper than {MAX_DEPTH} levels", code=TOO_LARGE)
+        if isinstance(obj, dict):
+            if len(obj) > MAX_MAP_LEN:
+                raise ProtocolError(f"map with more than {MAX_MAP_LEN} entries", code=TOO_LARGE)
+            if not all(isinstance(k, str) for k in obj):
+                raise ProtocolError("map keys must be strings")
+            return {k: _canon(obj[k], depth + 1) for k in sorted(obj)}
+        if len(obj) > MAX_ARRAY_LEN:
+            raise ProtocolError(f"array with more than {MAX_ARRAY_LEN} items", code=TOO_LARGE)
+        return [_canon(v, depth + 1) for v in obj]
+    raise ProtocolError(f"{type(obj).__name__} is not in the msgpack subset")
+
+
+class _ExtType(Exception):
+    """Raised from msgpack's ext_hook: ext types (timestamps included) are outside the subset."""
+
+
+def _no_ext(code, data):
+    raise _ExtType(code)
+
+
+def _unpack(data: bytes) -> dict:
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, max_str_len=MAX_STR_BYTES,
+                               max_bin_len=MAX_STR_BYTES, max_array_len=MAX_ARRAY_LEN,
+                               max_map_len=MAX_MAP_LEN, max_ext_len=64, ext_hook=_no_ext)
+    except _ExtType as e:
+        raise ProtocolError(f"msgpack ext types are not allowed (ext {e.args[0]})") from None
+    except msgpack.StackError:
+        raise ProtocolError(f"nesting deeper than {MAX_DEPTH} levels", code=TOO_LARGE) from None
+    except UnicodeDecodeError:
+        raise ProtocolError("string is not valid UTF-8") from None
+    except ValueError as e:
+        # msgpack reports its length limits as "N exceeds max_<kind>_len(M)".
+        if "exceeds max_" in str(e):
+            raise ProtocolError(f"body exceeds a size limit: {e}", code=TOO_LARGE) from None
+        raise ProtocolError(f"body is not valid msgpack: {e or type(e).__name__}") from None
+    except Exception as e:  # the C unpacker may raise others on garbage input
+        raise ProtocolError(f"body is not valid msgpack: {type(e).__name__}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("body must be a msgpack map")
+    return _canon(body)
+
+
+# ---------------------------------------------------------------- framing
+def encode(msg_type: str, body: dict, payload=None) -> list:
+    """Frames header, type, body[, payload]; the caller adds the empty delimiter / ROUTER envelope.
+
+    `payload` (any buffer: bytes, memoryview, numpy array) becomes its own frame, not copied.
+    Map keys are written sorted so equal bodies give equal bytes (the test vectors rely on it)."""
+    if msg_type not in REQUEST_TYPES and msg_type not in REPLY_TYPES:
+        raise ProtocolError(f"unknown message type {msg_type!r}", code=INTERNAL)
+    if not isinstance(body, dict):
+        raise ProtocolError("body must be a dict", code=INTERNAL)
+    try:
+        data = msgpack.packb(_canon(body), use_bin_type=True)
+    except ProtocolError as e:
+        raise ProtocolError(f"cannot encode {msg_type}: {e.message}", code=INTERNAL) from None
+    if len(data) > MAX_REPLY_BODY_BYTES:
+        raise ProtocolError(f"{msg_type} body is {len(data)} bytes", code=INTERNAL)
+    frames = [HEADER, msg_type.encode("ascii"), data]
+    if payload is not None:
+        if msg_type not in PAYLOAD_TYPES:
+            raise ProtocolError(f"{msg_type} carries no payload", code=INTERNAL)
+        limit = MAX_CHUNK_BYTES if msg_type == CHUNK else MAX_TRACK_BYTES
+        if memoryview(payload).nbytes > limit:
+            raise ProtocolError(f"{msg_type} payload over {limit} bytes", code=INTERNAL)
+        frames.append(payload)
+    return frames
+
+
+def decode(frames, *, reply: bool = False) -> Message:
+    """Parse frames header, type, body[, payload] (envelope removed): a request, or with reply=True a
+    server message. Raises ProtocolError: bad_request, unsupported_version, unknown_type or too_large."""
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise ProtocolError("a message is a non-empty list of frames")
+    try:
+        parts = [memoryview(f) for f in frames]
+    except TypeError:
+        raise ProtocolError("frames must be byte strings") from None
+    header = bytes(parts[0][:8])
+    if header[:3] == MAGIC and len(header) >= 4 and header[3] != VERSION:
+        raise ProtocolError(f"protocol version {header[3]} is not supported; this server speaks {VERSION}",
+                            code=UNSUPPORTED_VERSION)
+    if parts[0].nbytes != 4 or header != HEADER:
+        raise ProtocolError("first frame must be the header b'TRB\\x01'")
+    if not 3 <= len(parts) <= 4:
+        raise ProtocolError(f"a message has 3 or 4 frames after the envelope, got {len(parts)}")
+    raw_type = bytes(parts[1][:MAX_TYPE_LEN + 1])
+    try:
+        msg_type = raw_type.decode("ascii")
+    except UnicodeDecodeError:
+        msg_type = ""
+    if len(raw_type) > MAX_TYPE_LEN or not _TYPE_RE.match(msg_type):
+        raise ProtocolError("message type must be 1-32 characters a-z, 0-9, '_'")
+    known = REPLY_TYPES if reply else REQUEST_TYPES
+    if not reply and sum(p.nbytes for p in parts) > MAX_REQUEST_BYTES:
+        raise ProtocolError(f"request larger than {MAX_REQUEST_BYTES} bytes", code=TOO_LARGE)
+    if reply and parts[2].nbytes > MAX_REPLY_BODY_BYTES:
+        raise ProtocolError(f"body larger than {MAX_REPLY_BODY_BYTES} bytes", code=TOO_LARGE)
+    if msg_type not in known:
+        try:  # still find the id so the client can match the error to its request
+            req_id = request_id(_unpack(bytes(parts[2])))
+        except ProtocolError:
+            req_id = None
+        raise ProtocolError(f"unknown message type {msg_type!r}", code=UNKNOWN_TYPE, req_id=req_id)
+    body = _unpack(bytes(parts[2]))
+    payload = None
+    if len(parts) == 4:
+        payload = frames[3] if isinstance(frames[3], bytes) else parts[3]
+    if reply:
+        _check_reply(msg_type, body, payload)
+    elif payload is not None:
+        raise ProtocolError("requests carry no payload frame", req_id=request_id(body))
+    return Message(msg_type, body, payload)
+
+
+def _check_reply(msg_type: str, body: dict, payload) -> None:
+    if "id" not in body or not (body["id"] is None or request_id(body) is not None):
+        raise ProtocolError("id must be nil, an int >= 0 or a string of 1-64 characters", field="id")
+    seq, final = body.get("seq"), body.get("final")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ProtocolError("seq must be an int >= 0", field="seq")
+    if not isinstance(final, bool):
+        raise ProtocolError("final must be a bool", field="final")
+    size = None if payload is None else memoryview(payload).nbytes
+    if msg_type == CHUNK and (size is None or size > MAX_CHUNK_BYTES):
+        raise ProtocolError(f"chunk needs a payload of at most {MAX_CHUNK_BYTES} bytes",
+                            code=BAD_REQUEST if size is None else TOO_LARGE)
+    if msg_type == TRACK and (size is not None) != final:
+        raise ProtocolError("track carries a payload exactly when final is true")
+    if msg_type == TRACK and size is not None and size > MAX_TRACK_BYTES:
+        raise ProtocolError(f"track payload over {MAX_TRACK_BYTES} bytes", code=TOO_LARGE)
+    if msg_type not in PAYLOAD_TYPES and size is not None:
+        raise ProtocolError(f"{msg_type} carries no payload frame")
+
+
+def split_envelope(frames) -> tuple[list, list]:
+    """(envelope, rest): the frames up to and including the first empty frame, and the message."""
+    for i, frame in enumerate(frames):
+        if memoryview(frame).nbytes == 0:
+            return list(frames[:i + 1]), list(frames[i + 1:])
+    raise ProtocolError("no empty delimiter frame before the message")
+
+
+# ---------------------------------------------------------------- server messages
+def reply(req_id, seq: int, final: bool, msg_type: str, payload=None, **fields) -> list:
+    """Frames of one server message answering request `req_id`."""
+    return encode(msg_type, {"id": req_id, "seq": seq, "final": final, **fields}, payload)
+
+
+def event_frames(seq: int, event: str, **fields) -> list:
+    """An unsolicited event; `seq` counts the events sent to this subscriber."""
+    return reply(None, seq, False, EVENT, event=event, **fields)
+
+
+def error_frames(req_id, seq: int, exc: BaseException) -> list:
+    """The final `error` message for `exc`; exceptions without a wire code become `internal`."""
+    if isinstance(exc, TroubadourError):
+        fields = exc.to_dict()
+        if fields["code"] not in ERROR_CODES:
+            fields["code"] = INTERNAL
+    else:
+        fields = {"code": INTERNAL, "message": f"{type(exc).__name__}: {exc}"}
+    fields["message"] = str(fields["message"])[:MAX_ERROR_MESSAGE]
+    return reply(req_id, seq, True, ERROR, **fields)
+
+
+# ---------------------------------------------------------------- requests
+def request_id(body: dict):
+    """The body's id if it is a valid request id (int 0..2**63-1 or str of 1-64 chars), else None."""
+    rid = body.get("id") if isinstance(body, dict) else None
+    if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= INT_MAX:
+        return rid
+    if isinstance(rid, str) and 1 <= len(rid) <= MAX_ID_CHARS:
+        return rid
+    return None
+
+
+# Fields each request may carry besides `id`; requests not listed take none.
+REQUEST_FIELDS = {
+    GET_TRACK: ("context", "variant", "fallback", "prompt", "params", "format", "sample_rate", "stream",
+                "regenerate", "cached_only", "priority"),
+    PREFETCH: ("contexts", "variants", "priority", "stream", "format", "sample_rate"),
+    CANCEL: ("target",),
+    SUBSCRIBE: ("events",),
+}
+
+
+def parse_request(msg: Message, *, max_duration: float = MAX_DURATION,
+                  sample_rates=SAMPLE_RATES) -> dict:
+    """The request as {"type", "id", ...fields with defaults filled}; nil values count as absent.
+
+    Raises ProtocolError carrying the code, the offending `field` and `req_id` (None if the id is bad).
+    """
+    req_id = request_id(msg.body)
+    try:
+        if msg.type not in REQUEST_TYPES:
+            raise ProtocolError(f"unknown request type {msg.type!r}", code=UNKNOWN_TYPE)
+        body = {k: v for k, v in msg.body.items() if v is not None}
+        if req_id is None:
+            raise ProtocolError("id must be an int in [0, 2**63-1] or a string of 1-64 characters", field="id")
+        allowed = REQUEST_FIELDS.get(msg.type, ())
+        for key in body:
+            if key != "id" and key not in allowed:
+                raise ProtocolError(f"unknown field {key!r} in {msg.type}", field=key)
+        out = {"type": msg.type, "id": req_id}
+        if msg.type == GET_TRACK:
+            out.update(_get_track(body, max_duration, sample_rates))
+        elif msg.type == PREFETCH:
+            out.update(_prefetch(body, sample_rates))
+        elif msg.type == CANCEL:
+            if "target" not in body:
+                raise ProtocolError("cancel needs a target", field="target")
+            out["target"] = request_id({"id": body["target"]})
+            if out["target"] is None:
+                raise ProtocolError("target must be a request id", field="target")
+        elif msg.type == SUBSCRIBE:
+            events = _list(body, "events", list(EVENTS), str)
+            # Unknown names are dropped, not refused, so newer clients work with older servers.
+            out["events"] = [e for e in EVENTS if e in events]
+        return out
+    except ProtocolError as e:
+        e.req_id = req_id
+        raise
+    except TroubadourError as e:
+        raise ProtocolError(e.message, code=e.code, field=e.field, req_id=req_id) from e
+
+
+def _typed(body: dict, key: str, kind, default, what: str):
+    value = body.get(key, default)
+    if value is not default and (isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind)):
+        raise ProtocolError(f"{key} must be {what}, got {type(value).__name__}", field=key)
+    return value
+
+
+def _int(body: dict, key: str, default, lo: int, hi: int) -> int | None:
+    value = _typed(body, key, int, default, "an integer")
+    if value is not default and not lo <= value <= hi:
+        raise ProtocolError(f"{key} must be in [{lo}, {hi}], got {value}", code=INVALID_PARAM, field=key)
+    return value
+
+
+def _choice(body: dict, key: str, options, default, kind=str):
+    value = _typed(body, key, kind, default, "an integer" if kind is int else "a string")
+    if value is not default and value not in options:
+        raise ProtocolError(f"{key} must be one of {list(options)}, got {value!r}", code=INVALID_PARAM, field=key)
+    return value
+
+
+def _list(body: dict, key: str, default, kind) -> list:
+    value = _typed(body, key, list, default, "an array")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, kind):
+            raise ProtocolError(f"{key}[{i}] must be a {kind.__name__}", field=f"{key}[{i}]")
+    return value
+
+
+def _context_name(name: str, field: str) -> str:
+    if not NAME_RE.match(name):
+        raise ProtocolError(f"invalid context name {name!r}: use 1-64 letters, digits, '_' or '-'",
+                            code=INVALID_PARAM, field=field)
+    return name
+
+
+def _output(body: dict, sample_rates) -> dict:
+    return {"format": _choice(body, "format", FORMATS, DEFAULT_FORMAT),
+            "sample_rate": _choice(body, "sample_rate", sample_rates, None, kind=int)}
+
+
+def _get_track(body: dict, max_duration: float, sample_rates) -> dict:
+    has_context, has_prompt = "context" in body, "prompt" in body
+    if has_context and has_prompt:
+        raise ProtocolError("give context or prompt, not both", field="prompt")
+    if not has_context and not has_prompt:
+        raise ProtocolError("get_track needs a context or a prompt", field="context")
+    out = {"context": None, "variant": None, "fallback": True, "prompt": None}
+    if has_context:
+        out["context"] = _context_name(_typed(body, "context", str, None, "a string"), "context")
+        out["variant"] = _int(body, "variant", None, 0, MAX_VARIANTS - 1)
+        out["fallback"] = _typed(body, "fallback", bool, True, "a bool")
+    else:
+        for key in ("variant", "fallback"):
+            if key in body:
+                raise ProtocolError(f"{key} applies only to context requests", field=key)
+        out["prompt"] = validate_prompt(_typed(body, "prompt", str, None, "a string"))
+    out["params"] = _params(_typed(body, "params", dict, {}, "a map"), max_duration)
+    out.update(_output(body, sample_rates))
+    for key in ("stream", "regenerate", "cached_only"):
+        out[key] = _typed(body, key, bool, False, "a bool")
+    if out["regenerate"] and out["cached_only"]:
+        raise ProtocolError("regenerate and cached_only exclude each other", field="cached_only")
+    out["priority"] = _int(body, "priority", GET_TRACK_PRIORITY, *PRIORITY_RANGE)
+    return out
+
+
+def _params(params: dict, max_duration: float) -> dict:
+    """The overrides given, type-checked here (bad_request) and range-checked by GenParams."""
+    params = {k: v for k, v in params.items() if v is not None}
+    for key, value in params.items():
+        field = f"params.{key}"
+        if key not in GenParams.names():
+            raise ProtocolError(f"unknown parameter {key!r}", field=field)
+        number = key in _FLOAT_PARAMS
+        if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
+            raise ProtocolError(f"{field} must be {'a number' if number else 'an integer'}", field=field)
+    try:
+        GenParams.from_dict(params, max_duration)
+    except TroubadourError as e:
+        raise ProtocolError(e.message, code=e.code, field=f"params.{e.field}") from None
+    # Floats stay floats so equal requests give equal cache keys.
+    return {k: float(v) if k in _FLOAT_PARAMS else v for k, v in params.items()}
+
+
+def _prefetch(body: dict, sample_rates) -> dict:
+    if "contexts" not in body:
+        raise ProtocolError("prefetch needs contexts", field="contexts")
+    contexts = _list(body, "contexts", None, str)
+    if not 1 <= len(contexts) <= MAX_PREFETCH_CONTEXTS:
+        raise ProtocolError(f"contexts must list 1-{MAX_PREFETCH_CONTEXTS} names", code=INVALID_PARAM,
+                            field="contexts")
+    names = [_context_name(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
+    variants = body.get("variants", "all")
+    if variants != "all":
+        if isinstance(variants, str):
+            raise ProtocolError("variants must be \"all\" or an integer", code=INVALID_PARAM, field="variants")
+        variants = _int(body, "variants", None, 1, MAX_VARIANTS)
+    _output(body, sample_rates)  # accepted so clients can reuse their get_track options; unused
+    return {"contexts": list(dict.fromkeys(names)), "variants": variants,
+            "priority": _int(body, "priority", PREFETCH_PRIORITY, *PRIORITY_RANGE),
+            "stream": _typed(body, "stream", bool, False, "a bool")}
