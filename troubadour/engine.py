@@ -26,6 +26,10 @@ CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM and convs s
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
 
 
+class EngineFault(RuntimeError):
+    """The model misbehaved on this batch (not the request's fault)."""
+
+
 @dataclass(frozen=True)
 class Job:
     prompt: str
@@ -82,6 +86,13 @@ class Engine:
 
     def frames_for(self, duration: float) -> int:
         return max(1, int(round(duration * self.info.frame_rate)))
+
+    def samples_for(self, duration: float) -> int:
+        return self.frames_for(duration) * self._hop
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.chunk_frames * self._hop
 
     def steps_for(self, duration: float) -> int:
         """Decoder forward passes for one track: frames plus the codebook delay."""
@@ -159,6 +170,9 @@ class Engine:
             complete = s - max_delay + 1                         # frames finished on every codebook
             if complete <= 0:
                 continue
+            if (complete % self.chunk_frames == 0 or complete >= min(frames)) and not torch.isfinite(logits).all():
+                # checked where audio leaves, not every step (a GPU sync); NaN spreads through the KV cache
+                raise EngineFault("the model produced non-finite values (NaN/inf)")
             for r in range(b):
                 if done[r]:
                     continue

@@ -2,7 +2,7 @@
 
 Only the server's I/O thread submits and cancels; only the worker thread runs the engine. The worker reports
 through `emit(event)` callbacks, in order: ("started", jobs), ("progress", job, done, total),
-("chunk", job, start, audio), ("done", job, audio, meta) or ("failed", job, error); ("dead", error) when the
+("chunk", job, start, audio, final), ("done", job, audio, meta) or ("failed", job, error); ("dead", error) when the
 engine cannot go on.
 """
 
@@ -22,8 +22,8 @@ from .engine import Engine, Job
 from .errors import ENGINE_ERROR, Cancelled, TroubadourError
 from .params import GenParams
 
-PRIORITY_GET = 10        # a game waiting for music
-PRIORITY_PREFETCH = 0    # level loading, hot-swap
+PRIORITY_GET = 0          # a game waiting for music (protocol default)
+PRIORITY_PREFETCH = -50   # level loading, hot-swap
 BUSY = "busy"
 
 
@@ -42,8 +42,9 @@ class TrackSpec:
 class GenJob:
     _ids = itertools.count(1)
 
-    def __init__(self, spec: TrackSpec, priority: int):
+    def __init__(self, spec: TrackSpec, priority: int, reason: str = "generated"):
         self.id = next(self._ids)
+        self.reason = reason           # for track_ready: generated | prefetch | hot_swap
         self.spec = spec
         self.priority = priority
         self.owners: set = set()
@@ -73,7 +74,7 @@ class Scheduler:
         with self._lock:
             return self._by_key.get(key)
 
-    def submit(self, spec: TrackSpec, priority: int, owner) -> tuple[GenJob, bool]:
+    def submit(self, spec: TrackSpec, priority: int, owner, reason: str = "generated") -> tuple[GenJob, bool]:
         """Queue a track or join the identical one in flight. Returns (job, created)."""
         with self._lock:
             job = self._by_key.get(spec.key)
@@ -86,7 +87,7 @@ class Scheduler:
             if self.queued() >= self.max_queue:
                 raise TroubadourError(f"the generation queue is full ({self.max_queue} tracks); retry later",
                                       code=BUSY)
-            job = GenJob(spec, priority)
+            job = GenJob(spec, priority, reason)
             job.owners.add(owner)
             self._by_key[spec.key] = job
             self._push(job)
@@ -179,6 +180,7 @@ class Worker(threading.Thread):
         self.progress_every = progress_every
         self.busy = False
         self.failures = 0
+        self.generated = 0
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -232,14 +234,17 @@ class Worker(threading.Thread):
         for chunk in self.engine.stream(jobs, progress=progress, should_stop=should_stop):
             job = batch[chunk.row]
             parts[chunk.row].append(chunk.audio)
-            self.emit(("chunk", job, chunk.start, chunk.audio))
             if chunk.final:
                 audio = np.concatenate(parts[chunk.row], axis=1)
                 meta = self._meta(job, time.perf_counter() - t0, len(batch))
                 if self.cache is not None:
-                    # stored before the job leaves the in-flight map, so a new request finds one or the other
+                    # stored before the job leaves the in-flight map (and before its last chunk is sent), so a
+                    # request finds either the live job or the cached track, and a finished stream is cached
                     self.cache.put(job.key, audio, self.engine.sample_rate, meta)
                 self.scheduler.finish(job, "done")
+                self.generated += 1
+            self.emit(("chunk", job, chunk.start, chunk.audio, chunk.final))
+            if chunk.final:
                 self.emit(("done", job, audio, meta))
 
     def _meta(self, job: GenJob, seconds: float, batch: int) -> dict:

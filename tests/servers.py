@@ -1,0 +1,184 @@
+"""Test helpers: a real `troubadour serve` subprocess on a loopback port, and a raw protocol connection."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from troubadour import protocol as P
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, model, workdir, profiles=None, args=(), port=None):
+        self.model, self.workdir, self.profiles, self.args = str(model), Path(workdir), profiles, list(args)
+        self.port = port or free_port()
+        self.cache = self.workdir / "cache"
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.proc = None
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 120) -> "ServerProcess":
+        cmd = [sys.executable, "-m", "troubadour.cli", "serve", "--model", self.model, "--cache", str(self.cache),
+               "--bind", self.address, *self.args]
+        if self.profiles:
+            cmd += ["--profiles", str(self.profiles)]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+        self.lines = []
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
+        ready = threading.Event()
+
+        def read():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if " ready on " in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.time() + timeout
+        while not ready.wait(0.1):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        return self
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+class Conn:
+    """A DEALER speaking the protocol directly, so tests see exactly what is on the wire."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, address: str, ctx: zmq.Context | None = None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.pending: list = []
+
+    def close(self):
+        self.sock.close(0)
+
+    def send(self, msg_type: str, **body):
+        body.setdefault("id", next(self._ids))
+        self.sock.send_multipart([b""] + P.encode(msg_type, body))
+        return body["id"]
+
+    def send_raw(self, frames):
+        self.sock.send_multipart([b""] + list(frames))
+
+    def recv(self, timeout: float = 60) -> P.Message:
+        if self.pending:
+            return self.pending.pop(0)
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no message from the server")
+        frames = self.sock.recv_multipart()
+        assert frames[0] == b"", "replies start with the empty delimiter"
+        return P.decode(frames[1:], reply=True)
+
+    def until_final(self, req_id, timeout: float = 60) -> list:
+        """Every message for req_id up to its final one; others are kept for later recv()."""
+        out, other = [], []
+        deadline = time.time() + timeout
+        while True:
+            m = self.recv(max(0.1, deadline - time.time())) if not self.pending else self.pending.pop(0)
+            if m.id == req_id:
+                out.append(m)
+                if m.final:
+                    break
+            else:
+                other.append(m)
+        self.pending = other + self.pending
+        return out
+
+    def call(self, msg_type: str, **body) -> list:
+        return self.until_final(self.send(msg_type, **body))
+
+    def events(self, timeout: float) -> list:
+        """Event messages arriving within `timeout` seconds."""
+        out, deadline = [], time.time() + timeout
+        while time.time() < deadline:
+            try:
+                m = self.recv(max(0.05, deadline - time.time()))
+            except TimeoutError:
+                break
+            if m.type == P.EVENT:
+                out.append(m)
+            else:
+                self.pending.append(m)
+        return out
+
+    def wait_event(self, pred, timeout: float = 60):
+        deadline = time.time() + timeout
+        seen = []
+        while time.time() < deadline:
+            try:
+                m = self.recv(max(0.05, deadline - time.time()))
+            except TimeoutError:
+                break
+            if m.type == P.EVENT:
+                seen.append(m.body)
+                if pred(m.body):
+                    return m.body, seen
+        raise TimeoutError(f"event not seen; got {seen}")
+
+
+PROFILES = """
+[game]
+title = "Test Game"
+genre = "chiptune"
+
+[defaults]
+duration = 1.0
+seed = 100
+
+[contexts.menu]
+mood = "happy"
+bpm = 120
+
+[contexts.explore]
+mood = "peaceful"
+variants = 2
+
+[contexts.battle]
+mood = "tense"
+bpm = 140
+
+[contexts.boss]
+mood = "epic"
+
+[contexts.victory]
+mood = "heroic"
+loop = false
+"""
+
+
+def audio_of(messages) -> bytes:
+    return b"".join(bytes(m.payload) for m in messages if m.type == P.CHUNK)

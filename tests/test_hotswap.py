@@ -1,0 +1,76 @@
+"""Hot-swap and persistence: edit the profiles file while a game listens; restart keeps the cache."""
+
+import time
+
+import pytest
+
+from servers import PROFILES, Conn, ServerProcess, audio_of
+from troubadour import protocol as P
+
+
+@pytest.fixture
+def server(tiny_model, tmp_path):
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(PROFILES)
+    srv = ServerProcess(tiny_model, tmp_path, profiles).start()
+    yield srv
+    srv.stop()
+
+
+def fetch(conn, **req):
+    msgs = conn.call(P.GET_TRACK, stream=True, **req)
+    assert msgs[-1].type == P.END, [m.body for m in msgs]
+    return msgs
+
+
+def test_edit_profiles_file_pushes_track_ready_with_new_audio(server):
+    game = Conn(server.address)
+    game.call(P.SUBSCRIBE)
+    before = fetch(game, context="battle")
+    text = server.profiles.read_text().replace('mood = "tense"', 'mood = "mysterious"')
+    server.profiles.write_text(text)
+    changed, _ = game.wait_event(lambda e: e["event"] == "profiles_changed", timeout=30)
+    assert changed["contexts"] == ["battle"]
+    ready, _ = game.wait_event(lambda e: e["event"] == "track_ready", timeout=60)
+    assert ready["context"] == "battle" and ready["reason"] == "hot_swap"
+    assert ready["track_id"] != before[0].body["track_id"]
+    after = fetch(game, context="battle")
+    assert after[0].body["cached"] is True and after[0].body["track_id"] == ready["track_id"]
+    assert "mysterious" in after[0].body["prompt"].lower()
+    assert audio_of(after) != audio_of(before)
+    game.close()
+
+
+def test_broken_profiles_file_reports_error_and_keeps_serving(server):
+    game = Conn(server.address)
+    game.call(P.SUBSCRIBE)
+    before = fetch(game, context="menu")
+    good = server.profiles.read_text()
+    server.profiles.write_text(good.replace("[contexts.menu]", "[contexts.menu\n"))
+    err, _ = game.wait_event(lambda e: e["event"] == "profiles_error", timeout=30)
+    assert "profiles.toml" in err["message"] and err["file"].endswith("profiles.toml")
+    again = fetch(game, context="menu")
+    assert again[0].body["cached"] and audio_of(again) == audio_of(before)
+    names = {c["name"] for c in game.call(P.LIST_PROFILES)[0].body["contexts"]}
+    assert names == {"menu", "explore", "battle", "boss", "victory"}
+    game.close()
+
+
+def test_restart_keeps_cache(server):
+    c = Conn(server.address)
+    cold = fetch(c, context="explore", variant=1)
+    assert cold[0].body["cached"] is False
+    c.close()
+    assert server.stop() == 0
+    server.start()
+    c = Conn(server.address)
+    warm = fetch(c, context="explore", variant=1)
+    assert warm[0].body["cached"] is True and audio_of(warm) == audio_of(cold)
+    c.close()
+
+
+def test_variants_rotate_per_client(server):
+    c = Conn(server.address)
+    got = [fetch(c, context="explore")[0].body["variant"] for _ in range(4)]
+    assert sorted(set(got)) == [0, 1] and got[0] != got[1]
+    c.close()

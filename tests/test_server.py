@@ -1,0 +1,229 @@
+"""The server over real ZeroMQ sockets with the tiny model: tracks, cache, dedup, priority, cancel, errors."""
+
+import hashlib
+import time
+
+import msgpack
+import zmq
+import numpy as np
+import pytest
+
+from servers import PROFILES, Conn, ServerProcess, audio_of
+from troubadour import protocol as P
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    profiles = work / "profiles.toml"
+    profiles.write_text(PROFILES)
+    srv = ServerProcess(tiny_model, work, profiles, args=["--max-batch", "1", "--max-queue", "6"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def conn(server):
+    c = Conn(server.address)
+    yield c
+    c.close()
+
+
+def track(conn, **req):
+    msgs = conn.call(P.GET_TRACK, stream=True, **req)
+    assert [m.type for m in msgs][0] == P.TRACK and msgs[-1].type == P.END, [m.body for m in msgs]
+    return msgs
+
+
+def test_info_health_profiles(conn, server):
+    (info,) = conn.call(P.INFO)
+    assert info.body["model"]["sample_rate"] == 32000 and info.body["protocol_version"] == 1
+    assert set(info.body["profiles"]) == {"menu", "explore", "battle", "boss", "victory"}
+    (health,) = conn.call(P.HEALTH)
+    assert health.body["status"] == "ok"
+    (profiles,) = conn.call(P.LIST_PROFILES)
+    explore = next(c for c in profiles.body["contexts"] if c["name"] == "explore")
+    assert explore["variants"] == 2 and "peaceful" in explore["prompt"].lower()
+
+
+def test_cold_then_cached_identical_audio_in_order(conn):
+    cold = track(conn, context="battle", params={"duration": 2.0})
+    hot = track(conn, context="battle", params={"duration": 2.0})
+    assert cold[0].body["cached"] is False and hot[0].body["cached"] is True
+    assert cold[0].body["track_id"] == hot[0].body["track_id"]
+    for msgs in (cold, hot):
+        assert [m.seq for m in msgs] == list(range(len(msgs)))
+        assert [m.final for m in msgs].count(True) == 1
+        chunks = [m for m in msgs if m.type == P.CHUNK]
+        assert len(chunks) >= 2
+        offsets = np.cumsum([0] + [c.body["frames"] for c in chunks[:-1]])
+        assert [c.body["offset"] for c in chunks] == list(offsets)
+        data = audio_of(msgs)
+        assert len(data) == msgs[0].body["frames"] * 2 == 2 * 64000
+        assert msgs[-1].body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert audio_of(cold) == audio_of(hot)
+
+
+def test_cold_stream_starts_before_generation_ends(conn):
+    rid = conn.send(P.GET_TRACK, context="boss", stream=True, params={"duration": 8.0, "seed": 5})
+    t0 = time.time()
+    arrivals = []
+    while True:
+        m = conn.recv()
+        assert m.id == rid
+        arrivals.append((m.type, time.time() - t0))
+        if m.final:
+            break
+    first_chunk = next(t for kind, t in arrivals if kind == P.CHUNK)
+    assert first_chunk < 0.5 * arrivals[-1][1], arrivals
+
+
+def test_resampled_and_file_formats(conn):
+    base = dict(context="menu", params={"duration": 1.0})
+    pcm48 = track(conn, sample_rate=48000, format="pcm_f32le", **base)
+    assert pcm48[0].body["sample_rate"] == 48000 and pcm48[0].body["frames"] == 48000
+    data = np.frombuffer(audio_of(pcm48), dtype="<f4")
+    assert len(data) == 48000 and np.abs(data).max() > 0.01
+    again = track(conn, sample_rate=48000, format="pcm_f32le", **base)
+    assert again[0].body["cached"] and audio_of(again) == audio_of(pcm48)
+    import io
+
+    import soundfile as sf
+    for fmt in ("wav", "ogg"):
+        msgs = track(conn, format=fmt, **base)
+        audio, sr = sf.read(io.BytesIO(audio_of(msgs)))
+        assert sr == 32000 and abs(len(audio) - 32000) < 200
+    (whole,) = conn.call(P.GET_TRACK, stream=False, **base)
+    assert whole.type == P.TRACK and whole.final and len(whole.payload) == 2 * 32000
+    assert whole.body["sha256"] == hashlib.sha256(bytes(whole.payload)).hexdigest()
+
+
+def test_two_clients_same_track_one_generation(server):
+    a, b = Conn(server.address), Conn(server.address)
+    probe = Conn(server.address)
+    before = probe.call(P.HEALTH)[0].body["generated"]
+    req = dict(context="explore", variant=1, stream=True, params={"duration": 3.0, "seed": 77})
+    ra = a.send(P.GET_TRACK, **req)
+    time.sleep(0.3)
+    rb = b.send(P.GET_TRACK, **req)
+    ma, mb = a.until_final(ra), b.until_final(rb)
+    after = probe.call(P.HEALTH)[0].body["generated"]
+    assert after - before == 1, "identical requests must share one generation"
+    assert ma[0].body["cached"] is False and mb[0].body["track_id"] == ma[0].body["track_id"]
+    assert audio_of(ma) == audio_of(mb) and len(audio_of(ma)) == 2 * 3 * 32000
+    for c in (a, b, probe):
+        c.close()
+
+
+def test_get_track_beats_queued_prefetch(server):
+    sub, c = Conn(server.address), Conn(server.address)
+    sub.call(P.SUBSCRIBE, events=["track_ready"])
+    # distinct seeds so nothing is cached; max-batch 1 so jobs run one by one
+    pf = c.send(P.PREFETCH, contexts=["menu", "battle", "boss", "victory"], stream=True, priority=-50)
+    g = c.send(P.GET_TRACK, context="explore", variant=0, stream=True, params={"duration": 1.0, "seed": 999})
+    c.until_final(g, timeout=120)
+    prefetch = c.until_final(pf, timeout=120)
+    accepted, done = prefetch[0], prefetch[-1]
+    assert accepted.type == P.ACCEPTED and done.type == P.DONE
+    ready = [e.body["context"] for e in sub.events(1.0)]
+    pending = [j["context"] for j in accepted.body["jobs"] if not j["cached"]]
+    assert "explore" in ready
+    later = [ctx for ctx in pending if ctx in ready[ready.index("explore"):]]
+    assert len(later) >= len(pending) - 1, f"get_track waited behind prefetch: {ready}"
+    sub.close()
+    c.close()
+
+
+def test_prefetch_progress_then_cached(conn):
+    msgs = conn.call(P.PREFETCH, contexts=["victory"], stream=True, priority=-50, variants="all")
+    kinds = [m.type for m in msgs]
+    assert kinds[0] == P.ACCEPTED and kinds[-1] == P.DONE
+    done = msgs[-1].body
+    assert done["generated"] + done["cached"] == 1 and done["failed"] == []
+    if done["generated"]:
+        progress = [m.body for m in msgs if m.type == P.PROGRESS]
+        assert progress and progress[-1]["done_steps"] == progress[-1]["total_steps"] == 53
+    (hit,) = conn.call(P.GET_TRACK, context="victory", cached_only=True)
+    assert hit.body["cached"] is True
+
+
+def test_cancel_stops_delivery_and_generation(conn, server):
+    rid = conn.send(P.GET_TRACK, context="boss", stream=True, params={"duration": 20.0, "seed": 4242})
+    first = conn.recv()
+    assert first.type == P.TRACK
+    (cancelled,) = conn.call(P.CANCEL, target=rid)
+    assert cancelled.body == {**cancelled.body, "found": True, "target": rid}
+    rest = conn.until_final(rid, timeout=5)
+    assert rest[-1].type == P.ERROR and rest[-1].body["code"] == "cancelled"
+    deadline = time.time() + 10
+    while conn.call(P.HEALTH)[0].body["generating"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert conn.call(P.HEALTH)[0].body["generating"] == 0, "an unwanted generation must stop"
+    (miss,) = conn.call(P.GET_TRACK, context="boss", cached_only=True, params={"duration": 20.0, "seed": 4242})
+    assert miss.body["code"] == "not_found"
+    (again,) = conn.call(P.CANCEL, target=rid)
+    assert again.body["found"] is False
+
+
+def test_error_codes(conn, server):
+    def err(msgs):
+        assert msgs[-1].type == P.ERROR, [m.body for m in msgs]
+        return msgs[-1].body
+
+    assert err(conn.call(P.GET_TRACK, prompt="x", params={"temperature": 0}))["field"] == "params.temperature"
+    assert err(conn.call(P.GET_TRACK, prompt="   "))["code"] == "empty_prompt"
+    assert err(conn.call(P.GET_TRACK, context="nowhere", fallback=False))["code"] == "unknown_context"
+    assert err(conn.call(P.PREFETCH, contexts=["menu", "nowhere"]))["field"] == "contexts[1]"
+    assert err(conn.call(P.GET_TRACK, context="menu", variant=3))["code"] == "invalid_param"
+    assert err(conn.call(P.GET_TRACK, context="menu", tempo=3))["code"] == "bad_request"
+    conn.send_raw([P.HEADER, b"get_track", msgpack.packb({"id": 7, "prompt": "x" * 20000})])
+    assert conn.recv().body["code"] == "too_large"
+    assert err(conn.call(P.GET_TRACK, prompt="never made", cached_only=True))["code"] == "not_found"
+    conn.send_raw([b"TRB\x07", b"info", msgpack.packb({"id": 5})])
+    assert conn.recv().body["code"] == "unsupported_version"
+    conn.send_raw([P.HEADER, b"get_trak", msgpack.packb({"id": 6})])
+    m = conn.recv()
+    assert m.body["code"] == "unknown_type" and m.id == 6
+    conn.send_raw([P.HEADER, b"info", b"\xc1garbage"])
+    assert conn.recv().body["code"] == "bad_request"
+    # the server still serves after all of that
+    assert conn.call(P.PING)[0].type == P.PONG
+
+
+def test_busy_when_queue_is_full(conn):
+    ids = [conn.send(P.GET_TRACK, prompt=f"busy test {i}", stream=True, params={"duration": 5.0, "seed": i})
+           for i in range(10)]
+    finals = {}
+    for rid in ids:
+        msgs = conn.until_final(rid, timeout=180)
+        finals[rid] = msgs[-1]
+    codes = [finals[r].body.get("code") for r in ids]
+    assert "busy" in codes, codes
+    assert sum(1 for r in ids if finals[r].type == P.END) >= 6, "queued requests still complete"
+
+
+def test_profile_error_on_reload_keeps_old_profiles(conn, server):
+    good = server.profiles.read_text()
+    try:
+        server.profiles.write_text(good + "\n[contexts.broken]\ntemperature = -1\n")
+        body = conn.call(P.RELOAD_PROFILES)[-1].body
+        assert body["code"] == "profile_error" and "broken" in body["message"]
+        names = {c["name"] for c in conn.call(P.LIST_PROFILES)[0].body["contexts"]}
+        assert "battle" in names and "broken" not in names
+    finally:
+        server.profiles.write_text(good)
+        conn.call(P.RELOAD_PROFILES)
+
+
+def test_unread_stream_does_not_block_other_clients(server):
+    slow = Conn(server.address)
+    slow.sock.setsockopt(zmq.RCVHWM, 1)
+    slow.send(P.GET_TRACK, context="battle", stream=True, format="pcm_f32le", sample_rate=48000,
+              params={"duration": 2.0})
+    fast = Conn(server.address)
+    t0 = time.time()
+    assert fast.call(P.PING)[0].type == P.PONG
+    assert time.time() - t0 < 2
+    slow.close()
+    fast.close()
+

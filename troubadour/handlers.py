@@ -1,0 +1,333 @@
+"""Request handlers and engine-event handling of the server (mixed into server.Server; I/O thread only)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from . import __version__
+from . import protocol as P
+from .cache import track_key
+from .delivery import Delivery
+from .errors import ENGINE_DEAD, UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
+from .jobs import TrackSpec
+from .params import MAX_VARIANTS, GenParams
+from .profiles import load_profiles
+from .streams import LiveTrack, Reply, TrackStream, replay, track_header
+
+BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
+IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
+
+
+class Subscription:
+    def __init__(self, envelope: list, events: list):
+        self.envelope = envelope
+        self.events = set(events)
+        self.seq = 0
+        self.outbox: deque = deque()
+        self.source = None
+
+    @property
+    def client(self) -> bytes:
+        return bytes(self.envelope[0])
+
+    def refill(self) -> None:
+        pass
+
+    def push(self, name: str, **fields) -> None:
+        if name in self.events:
+            self.outbox.append(P.event_frames(self.seq, name, **fields))
+            self.seq += 1
+
+
+class PrefetchState:
+    def __init__(self, reply: Reply, jobs: list):
+        self.reply = reply
+        self.pending = {spec.key: (spec.context, spec.variant) for spec, cached in jobs if not cached}
+        self.cached = sum(1 for _, cached in jobs if cached)
+        self.generated = 0
+        self.failed: list = []
+
+    def finish_if_done(self) -> None:
+        if not self.pending:
+            self.reply.send(P.DONE, final=True, generated=self.generated, cached=self.cached, failed=self.failed)
+
+
+class Handlers:
+    # ------------------------------------------------------------------ dispatch
+    def dispatch(self, envelope: list, req: dict) -> None:
+        client, rid, kind = bytes(envelope[0]), req["id"], req["type"]
+        key = (client, rid)
+        if key in self.replies and not self.replies[key].closed:
+            raise P.ProtocolError(f"request id {rid!r} is already open on this connection", req_id=rid)
+        if kind not in IMMEDIATE and self.open_count(client) >= self.max_inflight:
+            raise TroubadourError(f"{self.max_inflight} requests already open on this connection", code="busy")
+        if self.dead is not None and kind in (P.GET_TRACK, P.PREFETCH):
+            raise self.dead
+        reply = Reply(envelope, rid, kind)
+        self.replies[key] = reply
+        try:
+            getattr(self, "on_" + kind)(reply, req)
+        except TroubadourError as e:
+            reply.fail(e)
+
+    max_inflight = 32
+
+    # ------------------------------------------------------------------ simple requests
+    def on_ping(self, reply, req):
+        reply.send(P.PONG, final=True, time=time.time())
+
+    def on_info(self, reply, req):
+        info = self.engine.info
+        rates = sorted(set(P.SAMPLE_RATES) | {info.sample_rate})
+        reply.send(P.INFO, final=True, server_version=__version__, protocol_version=P.VERSION,
+                   protocol_minor=P.MINOR,
+                   model={"id": info.model_id, "identity": info.identity, "sample_rate": info.sample_rate,
+                          "channels": info.channels, "device": info.device},
+                   sample_rates=rates, formats=list(P.FORMATS),
+                   limits={"max_message_bytes": P.MAX_REQUEST_BYTES, "max_duration": self.engine.max_duration,
+                           "max_variants": MAX_VARIANTS, "max_chunk_bytes": P.MAX_CHUNK_BYTES,
+                           "max_track_bytes": P.MAX_TRACK_BYTES, "max_inflight_per_client": self.max_inflight,
+                           "queue_length": self.scheduler.max_queue},
+                   profiles=self.profiles.names(), heartbeat_ms=P.HEARTBEAT_MS)
+
+    def on_health(self, reply, req):
+        status = "degraded" if (self.dead or self.worker.failures) else "ok"
+        reply.send(P.HEALTH, final=True, status=status, queue=self.scheduler.queued(),
+                   generating=len(self.scheduler.running()), generated=self.worker.generated, uptime_s=round(time.time() - self.started, 3))
+
+    def on_list_profiles(self, reply, req):
+        rows = []
+        for name in self.profiles.names():
+            c = self.profiles.get(name)
+            row = {"name": name, "prompt": c.prompt, "variants": c.variants, "duration": c.params.duration,
+                   "loop": c.loop, "meter": c.meter}
+            if c.bpm is not None:
+                row["bpm"] = c.bpm
+            rows.append(row)
+        game = {k: v for k, v in self.profiles.game.items() if isinstance(v, str)}
+        reply.send(P.PROFILES, final=True, contexts=rows, game=game)
+
+    def on_subscribe(self, reply, req):
+        self.subscribers[reply.client] = Subscription(reply.envelope, req["events"])
+        reply.send(P.SUBSCRIBED, final=True, events=req["events"])
+
+    def on_unsubscribe(self, reply, req):
+        self.subscribers.pop(reply.client, None)
+        reply.send(P.UNSUBSCRIBED, final=True)
+
+    def on_reload_profiles(self, reply, req):
+        names, changed = self.reload_profiles()
+        reply.send(P.RELOADED, final=True, contexts=names, changed=changed)
+
+    def on_cancel(self, reply, req):
+        target = self.replies.get((reply.client, req["target"]))
+        found = target is not None and not target.closed
+        if found:
+            self._detach(target)
+            target.fail(Cancelled("cancelled by the client"))
+        reply.send(P.CANCELLED_REPLY, final=True, target=req["target"], found=found)
+
+    # ------------------------------------------------------------------ tracks
+    def resolve(self, client: bytes, req: dict) -> TrackSpec:
+        """A get_track request (context or prompt) -> the exact track to deliver."""
+        overrides = req.get("params") or {}
+        if req.get("context") is None:
+            params = GenParams.from_dict({**GenParams().to_dict(), **overrides}, self.engine.max_duration)
+            return self._spec(req["prompt"], params, None, None, {})
+        ctx = self.profiles.get(req["context"], strict=not req.get("fallback", True))
+        variant = req.get("variant")
+        if variant is None:
+            variant = self._pick_variant(client, ctx)
+        elif variant >= ctx.variants:
+            raise ValidationError(f"variant must be in [0, {ctx.variants}) for context {ctx.name!r}",
+                                  field="variant")
+        params = ctx.params_for(variant)
+        if overrides:
+            merged = {**params.to_dict(), **overrides}
+            if "seed" in overrides:
+                merged["seed"] = overrides["seed"] + variant
+            params = GenParams.from_dict(merged, self.engine.max_duration)
+        info = {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop, "fallback": ctx.fallback}
+        return self._spec(ctx.prompt, params, ctx.name, variant, info)
+
+    def _spec(self, prompt, params, context, variant, info) -> TrackSpec:
+        key = track_key(self.engine.info.identity, prompt, params)
+        return TrackSpec(key, prompt, params, context, variant, info)
+
+    def _pick_variant(self, client: bytes, ctx) -> int:
+        """Rotate through a context's variants per client, preferring ones already cached."""
+        n = self.rotation.get((client, ctx.name), 0)
+        self.rotation[(client, ctx.name)] = n + 1
+        order = [(n + i) % ctx.variants for i in range(ctx.variants)]
+        for v in order:
+            if self.cache.contains(self._spec(ctx.prompt, ctx.params_for(v), ctx.name, v, {}).key):
+                return v
+        return order[0]
+
+    def on_get_track(self, reply, req):
+        spec = self.resolve(reply.client, req)
+        job = self.scheduler.find(spec.key)
+        track = None
+        if job is None and not req["regenerate"]:
+            track = self.cache.get(spec.key)
+        if job is None and track is None and req["cached_only"]:
+            raise TroubadourError("track not in the cache yet", code=P.NOT_FOUND)
+        native_frames = track.audio.shape[1] if track else self.engine.samples_for(spec.params.duration)
+        delivery = Delivery(self.engine.sample_rate, self.engine.channels, native_frames, req["format"],
+                            req["sample_rate"])
+        finished = job is not None and spec.key in self.live and self.live[spec.key].finished
+        header = track_header(spec, track is not None or finished, delivery)
+        if spec.info.get("fallback") is not None:
+            header["fallback"] = spec.info["fallback"]
+        ts = TrackStream(reply, delivery, header, req["stream"])
+        reply.stream = ts
+        if track is not None:
+            self.cache.pin(spec.key)
+            reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.engine.chunk_samples))
+            return
+        if job is None:
+            reason = "hot_swap" if req["regenerate"] else "generated"
+            job, _ = self.scheduler.submit(spec, req["priority"], reply, reason)
+            self.live[spec.key] = LiveTrack(job, native_frames)
+        else:
+            self.scheduler.submit(spec, req["priority"], reply)   # join: one generation, both streamed
+        reply.job = job
+        self.live[spec.key].attach(ts)
+
+    def on_prefetch(self, reply, req):
+        specs = []
+        for i, name in enumerate(req["contexts"]):
+            if name not in self.profiles.contexts:
+                raise TroubadourError(f"unknown context {name!r}", code=UNKNOWN_CONTEXT, field=f"contexts[{i}]")
+            ctx = self.profiles.get(name)
+            count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
+            for v in range(count):
+                specs.append(self._spec(ctx.prompt, ctx.params_for(v), name, v,
+                                        {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop}))
+        jobs = []
+        for spec in specs:
+            cached = self.scheduler.find(spec.key) is None and self.cache.contains(spec.key)
+            if not cached:
+                self._submit_background(spec, req["priority"], "prefetch")
+            jobs.append((spec, cached))
+        rows = [{"context": s.context, "variant": s.variant, "track_id": s.key, "cached": c} for s, c in jobs]
+        reply.send(P.ACCEPTED, final=not req["stream"], jobs=rows)
+        if req["stream"]:
+            state = PrefetchState(reply, jobs)
+            for key in state.pending:
+                self.prefetches.setdefault(key, []).append(state)
+            state.finish_if_done()
+
+    def _submit_background(self, spec: TrackSpec, priority: int, reason: str):
+        job, created = self.scheduler.submit(spec, priority, BACKGROUND, reason)
+        if created:
+            self.live[spec.key] = LiveTrack(job, self.engine.samples_for(spec.params.duration))
+        return job
+
+    # ------------------------------------------------------------------ hot-swap
+    def reload_profiles(self):
+        try:
+            new = load_profiles(self.profiles_path)
+        except TroubadourError as e:
+            for s in self.subscribers.values():
+                s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))
+            raise
+        old = self.profiles
+        changed = sorted(n for n in set(old.contexts) | set(new.contexts)
+                         if n not in old.contexts or n not in new.contexts
+                         or old.contexts[n].audio_key() != new.contexts[n].audio_key()
+                         or old.contexts[n].variants != new.contexts[n].variants)
+        self.profiles = new
+        for s in self.subscribers.values():
+            s.push("profiles_changed", contexts=changed)
+        for name in changed:
+            ctx = new.contexts.get(name)
+            for v in range(ctx.variants if ctx else 0):
+                spec = self._spec(ctx.prompt, ctx.params_for(v), name, v,
+                                  {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop})
+                if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
+                    self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
+                else:
+                    self._submit_background(spec, P.PREFETCH_PRIORITY, "hot_swap")
+        return new.names(), changed
+
+    def _track_ready(self, spec: TrackSpec, reason: str) -> None:
+        if spec.context is None:
+            return
+        for s in self.subscribers.values():
+            s.push("track_ready", context=spec.context, variant=spec.variant, track_id=spec.key, reason=reason)
+
+    # ------------------------------------------------------------------ engine events
+    def on_event(self, event) -> None:
+        kind = event[0]
+        if kind == "profiles_file":
+            try:
+                self.reload_profiles()
+            except TroubadourError:
+                pass   # subscribers got profiles_error; the old profiles stay
+        elif kind == "progress":
+            _, job, done, total = event
+            fields = {"track_id": job.key, "done_steps": done, "total_steps": total}
+            if job.spec.context is not None:
+                fields.update(context=job.spec.context, variant=job.spec.variant)
+            for state in self.prefetches.get(job.key, []):
+                state.reply.send(P.PROGRESS, **fields)
+            for s in self.subscribers.values():
+                s.push("progress", **fields)
+        elif kind == "chunk":
+            _, job, _start, audio, final = event
+            live = self.live.get(job.key)
+            if live is not None and live.job is job:
+                live.add(audio, final)
+        elif kind == "done":
+            _, job, _audio, _meta = event
+            if self.live.get(job.key) is not None and self.live[job.key].job is job:
+                del self.live[job.key]
+            self._track_ready(job.spec, job.reason)
+            for state in self.prefetches.pop(job.key, []):
+                state.pending.pop(job.key, None)
+                state.generated += 1
+                state.finish_if_done()
+        elif kind == "failed":
+            _, job, err = event
+            live = self.live.pop(job.key, None)
+            if live is not None and live.job is job:
+                for ts in live.streams:
+                    ts.reply.fail(err)
+            for state in self.prefetches.pop(job.key, []):
+                ctx, variant = state.pending.pop(job.key, (None, None))
+                state.failed.append({"context": ctx, "variant": variant, "error": err.to_dict()})
+                state.finish_if_done()
+        elif kind == "dead":
+            err = event[1]
+            self.dead = TroubadourError(f"the engine stopped: {err.message}", code=ENGINE_DEAD)
+            self.fail_all(self.dead)
+
+    # ------------------------------------------------------------------ clients going away
+    def _detach(self, reply) -> None:
+        if reply.stream is not None and reply.job is not None:
+            live = self.live.get(reply.job.key)
+            if live is not None:
+                live.detach(reply.stream)
+        if reply.job is not None:
+            self.scheduler.release(reply.job, reply)
+        reply.source = None
+        for states in self.prefetches.values():
+            states[:] = [s for s in states if s.reply is not reply]
+
+    def drop_client(self, client: bytes, why: str) -> None:
+        for key in [k for k in self.replies if k[0] == client]:
+            reply = self.replies.pop(key)
+            self._detach(reply)
+            reply.outbox.clear()
+        self.subscribers.pop(client, None)
+
+
+def _pinned(cache, key, source):
+    """Keep a cached track from eviction while it is being sent."""
+    try:
+        yield from source
+    finally:
+        cache.unpin(key)
+

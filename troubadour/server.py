@@ -1,0 +1,278 @@
+"""The troubadour server: a ZeroMQ ROUTER I/O loop in front of one engine thread.
+
+The I/O thread (this module) parses requests, answers from the cache, fans live audio out to listeners and
+never waits on the model; the engine thread (jobs.Worker) generates and reports back through a queue plus an
+inproc wake-up socket. Request handling lives in handlers.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import sys
+import threading
+import time
+
+import zmq
+
+from . import protocol as P
+from .cache import TrackCache
+from .errors import TroubadourError
+from .handlers import Handlers
+from .jobs import Scheduler, Worker
+from .profiles import load_profiles
+from .streams import MAX_OUTBOX
+
+SEND_BATCH = 16          # messages per holder per pass: fairness between clients
+SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
+EXIT_ENGINE_DEAD = 70
+
+
+def log(msg: str) -> None:
+    print(f"troubadour: {msg}", file=sys.stderr, flush=True)
+
+
+class Server(Handlers):
+    def __init__(self, engine, *, cache_dir: str, bind: str = "tcp://127.0.0.1:5555", profiles_path=None,
+                 max_queue: int = 64, max_batch: int = 4, watch: bool = True, context: zmq.Context | None = None,
+                 cache_size: int | None = None):
+        self.engine = engine
+        self.bind_address = bind
+        self.profiles_path = profiles_path
+        self.profiles = load_profiles(profiles_path)
+        self.cache = TrackCache(cache_dir, **({"size_limit_bytes": cache_size} if cache_size else {}))
+        self.scheduler = Scheduler(max_queue=max_queue, max_batch=max_batch)
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.ctx = context or zmq.Context.instance()
+        self.started = time.time()
+        self.replies: dict = {}          # (client, id) -> Reply, open requests
+        self.subscribers: dict = {}      # client -> Subscription
+        self.live: dict = {}             # track key -> LiveTrack
+        self.prefetches: dict = {}       # track key -> [PrefetchState]
+        self.rotation: dict = {}         # (client, context) -> next variant counter
+        self.dead: TroubadourError | None = None
+        self._stop = threading.Event()
+        self._wake_lock = threading.Lock()
+        self.worker = Worker(engine, self.scheduler, self._emit, self.cache)
+        self.watcher = None
+        if watch and profiles_path is not None:
+            from .watcher import ProfilesWatcher
+            self.watcher = ProfilesWatcher(profiles_path, lambda: self._emit(("profiles_file",)))
+
+    # ------------------------------------------------------------------ lifecycle
+    def serve_forever(self, ready=None) -> int:
+        self.socket = self.ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a full or vanished peer is reported, not dropped
+        self.socket.setsockopt(zmq.MAXMSGSIZE, P.MAX_REQUEST_BYTES)
+        self.socket.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(self.bind_address)
+        self.bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        wake_addr = f"inproc://troubadour-wake-{id(self)}"
+        self._wake_rx = self.ctx.socket(zmq.PULL)
+        self._wake_rx.bind(wake_addr)
+        self._wake_tx = self.ctx.socket(zmq.PUSH)
+        self._wake_tx.setsockopt(zmq.SNDHWM, 1)   # one pending wake-up is enough
+        self._wake_tx.connect(wake_addr)
+        self.worker.start()
+        if self.watcher:
+            self.watcher.start()
+        if ready:
+            ready(self)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return EXIT_ENGINE_DEAD if self.dead else 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+
+    def _shutdown(self) -> None:
+        self.worker.stop()
+        if self.watcher:
+            self.watcher.stop()
+        self.worker.join(timeout=5)
+        for s in (self.socket, self._wake_rx, self._wake_tx):
+            s.close(linger=0)
+        self.cache.close()
+
+    def _emit(self, event) -> None:
+        """Called from the engine and watcher threads."""
+        self.events.put(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            with self._wake_lock:   # zmq sockets are not thread-safe
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+        except (zmq.Again, AttributeError, zmq.ZMQError):
+            pass
+
+    # ------------------------------------------------------------------ I/O loop
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        blocked = False
+        while not self._stop.is_set():
+            pending = self._has_output()
+            timeout = 100 if not pending else (5 if blocked else 0)
+            ready = dict(poller.poll(timeout))
+            if self._wake_rx in ready:
+                while True:
+                    try:
+                        self._wake_rx.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            if self.socket in ready:
+                for _ in range(256):
+                    try:
+                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_frames(frames)
+            self._drain_events()
+            blocked = self._flush()
+            if self.dead is not None and not self._has_output():
+                log(f"engine is dead ({self.dead.message}); exiting for a supervisor to restart")
+                return
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.on_event(event)
+            except Exception as exc:   # a bug in one event must not take the server down
+                log(f"internal error handling {event[0]}: {exc!r}")
+
+    def _on_frames(self, frames) -> None:
+        try:
+            envelope, rest = P.split_envelope(frames)
+        except P.ProtocolError:
+            return   # not even an envelope: nothing to answer to
+        req_id = None
+        try:
+            msg = P.decode(rest)
+            req_id = P.request_id(msg.body)
+            req = P.parse_request(msg, max_duration=self.engine.max_duration)
+            self.dispatch(envelope, req)
+        except P.ProtocolError as e:
+            self._send_now(envelope, P.error_frames(e.req_id if e.req_id is not None else req_id, 0, e))
+        except TroubadourError as e:
+            self._send_now(envelope, P.error_frames(req_id, 0, e))
+        except Exception as e:  # never let one request kill the loop
+            log(f"internal error: {e!r}")
+            self._send_now(envelope, P.error_frames(req_id, 0, TroubadourError(str(e), code=P.INTERNAL)))
+
+    # ------------------------------------------------------------------ sending
+    def _holders(self):
+        yield from list(self.replies.values())
+        yield from list(self.subscribers.values())
+
+    def _has_output(self) -> bool:
+        return any(h.outbox or h.source is not None for h in self._holders())
+
+    def _flush(self) -> bool:
+        """One fair pass over every outbox. Returns True if some peer could not take more."""
+        blocked = False
+        for h in self._holders():
+            h.refill()
+            if len(h.outbox) > MAX_OUTBOX:
+                # the client stopped reading: drop its stream (the track is still generated and cached)
+                self.drop_client(h.client, f"stopped reading ({len(h.outbox)} messages queued)")
+                continue
+            for _ in range(SEND_BATCH):
+                if not h.outbox:
+                    h.refill()
+                    if not h.outbox:
+                        break
+                try:
+                    self.socket.send_multipart(h.envelope + h.outbox[0], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    blocked = True
+                    break
+                except zmq.ZMQError as e:
+                    if e.errno == errno.EHOSTUNREACH:   # the client is gone
+                        self.drop_client(h.client, "disconnected")
+                        break
+                    raise
+                h.outbox.popleft()
+            if getattr(h, "done", None) and h.done():
+                self.replies.pop((h.client, h.id), None)
+        return blocked
+
+    def _send_now(self, envelope, frames) -> None:
+        try:
+            self.socket.send_multipart(envelope + frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass   # full or gone: a one-off error reply is not worth queueing
+
+    def open_count(self, client: bytes) -> int:
+        return sum(1 for (c, _), r in self.replies.items() if c == client and not r.closed)
+
+    def fail_all(self, err: TroubadourError) -> None:
+        for r in list(self.replies.values()):
+            r.fail(err)
+        self.live.clear()
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("serve", help="run the music server")
+    from .cli import _add_model_args
+
+    _add_model_args(p)
+    p.add_argument("--profiles", help="profiles TOML file, watched for hot-swap (default: the bundled profiles)")
+    p.add_argument("--cache", default="troubadour-cache", help="cache directory (default ./troubadour-cache)")
+    p.add_argument("--cache-size", type=float, default=2.0, help="cache size limit in GB (default 2)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default tcp://127.0.0.1:5555)")
+    p.add_argument("--max-queue", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--no-watch", action="store_true", help="do not watch the profiles file")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import signal
+
+    from .backends import load_backend
+    from .engine import Engine, Job
+
+    if not _is_loopback(args.bind):
+        log(f"WARNING: binding {args.bind} exposes the server beyond this machine without authentication; "
+            "anyone who can reach it can use it")
+    load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
+    log(f"loading model {args.model} ...")
+    engine = Engine(load_backend(args.model, args.device))
+    t0 = time.perf_counter()
+    engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
+    log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}")
+    server = Server(engine, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
+                    max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
+                    cache_size=int(args.cache_size * 1e9))
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+
+    def ready(s):
+        log(f"ready on {s.bound} (model {engine.info.model_id}, {len(s.profiles.names())} contexts, "
+            f"cache {args.cache})")
+
+    return server.serve_forever(ready)
+
+
+def engine_params_for_warmup():
+    from .params import GenParams
+
+    return GenParams(duration=0.1, seed=0)
+
+
+def _is_loopback(address: str) -> bool:
+    if not address.startswith("tcp://"):
+        return True   # ipc:// and inproc:// never leave the machine
+    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
