@@ -78,3 +78,22 @@ def test_mood_and_genre_build_the_prompt_and_adjust_parameters(tmp_path, cli_env
     meta = json.loads((tmp_path / r.stdout.split()[0]).with_suffix(".json").read_text())
     assert "piano" in meta["prompt"].lower()
     assert meta["params"]["temperature"] < 1.0, "the sad mood preset lowers temperature"
+
+
+def test_cache_ls_stats_clear(tmp_path, cli_env):
+    from troubadour.cache import TrackCache, track_key
+
+    with TrackCache(tmp_path / "c") as cache:
+        for seed in (1, 2):
+            key = track_key("model", "calm piano", {"seed": seed})
+            cache.put(key, np.zeros((1, 32000), np.float32), 32000, {"prompt": "calm piano", "context": "menu",
+                                                                      "variant": seed - 1})
+    ls = run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path)
+    rows = json.loads(ls.stdout)
+    assert ls.returncode == 0 and len(rows) == 2 and rows[0]["context"] == "menu"
+    stats = json.loads(run(["cache", "stats", "--cache", "c", "--json"], cli_env, tmp_path).stdout)
+    assert stats["entries"] == 2 and stats["bytes"] > 2 * 128000
+    assert json.loads(run(["cache", "clear", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == {"removed": 2}
+    assert json.loads(run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == []
+    missing = run(["cache", "ls", "--cache", "nope"], cli_env, tmp_path)
+    assert missing.returncode == 2 and "no cache" in missing.stderr

@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--stereo", action="store_true")
 
+    c = sub.add_parser("cache", help="inspect or clear a track cache")
+    c.add_argument("action", choices=["ls", "stats", "clear"])
+    c.add_argument("--cache", default="troubadour-cache", help="cache directory (default ./troubadour-cache)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_cache)
+
     for name, fn in _extra_commands().items():
         fn(sub)
     return parser
@@ -63,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> dict:
     """Subcommands that live with their feature (server, client, cache) register themselves here."""
     found = {}
-    for mod in ("server", "client", "cache"):
+    for mod in ("server", "client"):
         try:
             module = __import__(f"troubadour.{mod}", fromlist=["add_cli"])
         except ImportError:
@@ -98,6 +104,31 @@ def cmd_make_test_model(args) -> int:
 
     path = build_test_model(args.dir, seed=args.seed, stereo=args.stereo)
     print(path)
+    return 0
+
+
+def cmd_cache(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .cache import TrackCache
+
+    if not Path(args.cache).is_dir():
+        raise TroubadourError(f"no cache at {args.cache}", code="not_found", field="cache")
+    with TrackCache(args.cache) as cache:
+        if args.action == "clear":
+            n = cache.clear()
+            print(json.dumps({"removed": n}) if args.json else f"removed {n} tracks")
+        elif args.action == "stats":
+            st = cache.stats()
+            print(json.dumps(st) if args.json else "\n".join(f"{k}: {v}" for k, v in st.items()))
+        else:
+            rows = cache.ls()
+            if args.json:
+                print(json.dumps(rows))
+            for r in rows if not args.json else []:
+                ctx = f"{r.get('context')}#{r.get('variant')}" if r.get("context") else "-"
+                print(f"{r['key']}  {r['duration']:6.1f}s  {r['bytes'] / 1e6:7.2f} MB  {ctx:20}  {r['prompt']}")
     return 0
 
 
