@@ -129,7 +129,7 @@ def test_cancel_between_steps_then_engine_still_works(engine):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("duration", 0), ("duration", -1.0), ("duration", 31.0), ("duration", float("nan")),
+    ("duration", 0), ("duration", -1.0), ("duration", 301.0), ("duration", float("nan")),
     ("temperature", 0), ("temperature", -0.5), ("top_k", -1), ("top_k", 2.5), ("top_p", -0.1),
     ("top_p", 1.5), ("cfg_coef", 0.5), ("seed", 1.5), ("seed", "7"), ("seed", -1), ("temperature", "hot"),
 ])
@@ -168,3 +168,30 @@ def test_missing_or_broken_model_gives_model_error(tmp_path):
         load_backend(str(tmp_path / "half"))
     with pytest.raises(ModelLoadError, match="offline"):
         load_backend("facebook/musicgen-small")
+
+
+def test_long_track_continues_window_by_window_matching_transformers(backend):
+    """A 1 s window and 0.4 s of continuation: 1.6 s = a window + one continuation of 0.6 s."""
+    eng = Engine(backend, window_s=1.0, continuation_s=0.4)
+    jobs = [job("calm piano", duration=1.6, top_k=1)]
+    steps = []
+    (ours,) = eng.generate(jobs, progress=lambda d, t: steps.append((d, t)))
+    assert ours.codes.shape == (4, 80) and ours.audio.shape == (1, 80 * 640)
+    assert steps[-1] == (eng.steps_for(1.6), eng.steps_for(1.6)) == (53 + 33, 86)
+    # seamless: the streamed audio is the decode of one continuous code sequence
+    assert np.abs(ours.audio - eng.decode(ours.codes)).max() < STREAM_TOLERANCE
+    # the continuation equals transformers' generate() given the same 20 frames as an audio prompt
+    inputs = backend.processor(text=["calm piano"], return_tensors="pt")
+    start = torch.full((4, 1), backend.decoder.config.decoder_start_token_id)
+    prompt = torch.cat([start, torch.as_tensor(ours.codes[:, 30:50])], dim=1)
+    ref = backend.model.generate(**inputs, decoder_input_ids=prompt, do_sample=False, guidance_scale=3.0,
+                                 max_new_tokens=30 + 3)
+    np.testing.assert_allclose(eng.decode(ours.codes[:, 30:80]), ref[0].numpy(), atol=1e-5)
+
+
+def test_batch_with_long_and_short_rows(backend):
+    eng = Engine(backend, window_s=1.0, continuation_s=0.4)
+    rows = eng.generate([job(duration=2.5, seed=1), job(duration=0.5, seed=2)])
+    assert [r.audio.shape[1] for r in rows] == [2.5 * 32000, 0.5 * 32000]
+    solo = eng.generate([job(duration=2.5, seed=1)])[0]
+    assert np.array_equal(solo.codes, rows[0].codes)

@@ -17,13 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled, ValidationError
-from .params import GenParams, validate_prompt
+from .params import MAX_DURATION, GenParams, validate_prompt
+from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
 # concatenated chunks match a whole-sequence decode to well under the asserted tolerance.
 CHUNK_FRAMES = 25      # audio leaves every 0.5 s of generated music
 CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM and convs settle before the kept part
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
+WINDOW_S = 30.0        # MusicGen was trained on 30 s; longer tracks continue window by window
+CONTINUATION_S = 10.0  # codes of the previous window a continuation is conditioned on
 
 
 class EngineFault(RuntimeError):
@@ -54,13 +57,18 @@ class Result:
 
 
 class Engine:
-    def __init__(self, backend, *, max_duration: float = 30.0, chunk_frames: int = CHUNK_FRAMES,
-                 context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES):
+    def __init__(self, backend, *, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES,
+                 context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES,
+                 window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S):
         self.backend = backend
         self.info = backend.info
         if self.info.melody:
             raise ValidationError("musicgen-melody checkpoints are not supported by this engine yet", field="model")
-        self.max_duration = min(max_duration, (self.info.max_frames - self.info.num_codebooks) / self.info.frame_rate)
+        fr = self.info.frame_rate
+        positions = self.info.max_frames - self.info.num_codebooks - 1   # the decoder's positional window
+        self.window_frames = min(int(window_s * fr), positions)
+        self.continuation_frames = min(int(continuation_s * fr), self.window_frames // 2)
+        self.max_duration = max_duration
         self.chunk_frames, self.context_frames, self.lookahead_frames = chunk_frames, context_frames, lookahead_frames
         dec = backend.decoder.model.decoder
         self._dec = dec
@@ -95,8 +103,16 @@ class Engine:
         return self.chunk_frames * self._hop
 
     def steps_for(self, duration: float) -> int:
-        """Decoder forward passes for one track: frames plus the codebook delay."""
-        return self.frames_for(duration) + max(self._delays)
+        """Decoder forward passes for one track (a prefill counts as one): frames plus the codebook delay,
+        per window."""
+        frames, delay = self.frames_for(duration), max(self._delays)
+        steps = min(frames, self.window_frames) + delay
+        frames -= min(frames, self.window_frames)
+        while frames > 0:
+            n = min(self.window_frames - self.continuation_frames, frames)
+            steps += n + delay
+            frames -= n
+        return steps
 
     def validate(self, jobs: list[Job]) -> None:
         if not jobs:
@@ -125,68 +141,104 @@ class Engine:
     @torch.inference_mode()
     def stream(self, jobs: list[Job], *, progress: Callable[[int, int], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Iterator[Chunk]:
-        """Generate a batch, yielding each row's audio in order as soon as it can be decoded."""
+        """Generate a batch, yielding each row's audio in order as soon as it can be decoded.
+
+        Tracks longer than the model window continue window by window from the last CONTINUATION_S seconds
+        of their own codes; the codes form one sequence, so the audio has no seams.
+        """
         self.validate(jobs)
-        b, k = len(jobs), self.info.num_codebooks
+        b = len(jobs)
         frames = [self.frames_for(j.params.duration) for j in jobs]
-        max_delay = max(self._delays)
-        steps = max(frames) + max_delay
+        total = self.steps_for(max(j.params.duration for j in jobs))
         cfg = any(j.params.cfg_coef > 1 for j in jobs)
-        rows = 2 * b if cfg else b
-        dev = self._device
-
         hidden, mask = self.backend.encode_text([j.prompt for j in jobs])
-        if cfg:  # unconditional rows: null conditioning, as in MusicGen training
-            hidden = torch.cat([hidden, torch.zeros_like(hidden)])
-            mask = torch.cat([mask, torch.zeros_like(mask)])
-        cross = self._cross_kv(hidden, mask)
-        cache = self._alloc_cache(rows, steps)
-        pos = self._positions(steps).to(hidden.dtype)
+        sampler = Sampler([j.params for j in jobs], self._device)
+        decoders = [_RowDecoder(self, n) for n in frames]
+        state = {"done": 0}
 
-        sampler = _Sampler(jobs, dev)
-        seq = torch.full((b, k, steps + 1), self._pad, dtype=torch.long, device=dev)
-        delays = torch.tensor(self._delays, device=dev)
-        row_frames = torch.tensor(frames, device=dev)
-        emitted = [0] * b
-        done = [False] * b
-
-        for s in range(steps):
+        def tick() -> None:
             if should_stop is not None and should_stop():
                 raise Cancelled()
-            tokens = seq[:, :, s]
+            state["done"] += 1
+            if progress is not None:
+                progress(state["done"], total)
+
+        first = True
+        while True:
+            active = [r for r in range(b) if decoders[r].filled < frames[r]]
+            if not active:
+                return
+            keep = 0 if first else self.continuation_frames
+            new = [min(self.window_frames - keep, frames[r] - decoders[r].filled) for r in active]
+            prefix = None if first else torch.stack([decoders[r].codes[:, decoders[r].filled - keep:
+                                                                       decoders[r].filled] for r in active])
+            idx = torch.tensor(active, device=self._device)
+            h, m = hidden[idx], mask[idx]
+            if cfg:   # unconditional rows: null conditioning, as in MusicGen training
+                h, m = torch.cat([h, torch.zeros_like(h)]), torch.cat([m, torch.zeros_like(m)])
+            for i, codes in self._segment(h, m, cfg, sampler.subset(active), prefix, new, tick):
+                r = active[i]
+                for chunk in decoders[r].add(codes):
+                    chunk.row = r
+                    yield chunk
+            first = False
+
+    def _segment(self, hidden, mask, cfg: bool, sampler, prefix, new: list[int], tick):
+        """One window of the decode loop. Yields (row, codes (K, n)) as frames complete on every codebook.
+
+        With a prefix (B, K, p) of known codes, positions 0..p are fed in one forward pass (prefill) and the
+        delayed codebooks keep taking prefix codes until they pass it (teacher forcing).
+        """
+        b, k = len(new), self.info.num_codebooks
+        p = 0 if prefix is None else prefix.shape[2]
+        max_delay = max(self._delays)
+        steps = p + max(new) + max_delay
+        dev = self._device
+        cross = self._cross_kv(hidden, mask)
+        cache = self._alloc_cache(hidden.shape[0], steps)
+        pos = self._positions(steps).to(hidden.dtype)
+        delays = torch.tensor(self._delays, device=dev)
+        limit = torch.tensor(new, device=dev) + p
+        seq = torch.full((b, k, steps + 1), self._pad, dtype=torch.long, device=dev)
+        if prefix is not None:
+            for c, d in enumerate(self._delays):
+                seq[:, c, d + 1:d + 1 + p] = prefix[:, c]
+        known = seq.clone()   # prefix codes at their delayed positions; pad elsewhere
+        out = [0] * b          # frames yielded per row (after the prefix)
+        s = 0
+        while s < steps:
+            tick()
+            if s == 0 and p:   # prefill: positions 0..p in one pass
+                tokens = seq[:, :, :p + 1]
+                s = p
+            else:
+                tokens = seq[:, :, s:s + 1]
             if cfg:
                 tokens = torch.cat([tokens, tokens])
-            x = self._embed(tokens) + pos[s]
-            logits = self._forward_step(x[:, None, :], s, cache, cross)
+            n = tokens.shape[2]
+            x = self._embed(tokens) + pos[s - n + 1:s + 1]
+            logits = self._forward(x, s - n + 1, cache, cross)
             if cfg:
                 cond, uncond = logits[:b], logits[b:]
                 logits = uncond + (cond - uncond) * sampler.cfg
             nxt = sampler.sample(logits)
-            frame = s - delays                                   # frame index each codebook predicts now
-            valid = (frame[None, :] >= 0) & (frame[None, :] < row_frames[:, None])
-            seq[:, :, s + 1] = torch.where(valid, nxt, self._pad)
-            if progress is not None:
-                progress(s + 1, steps)
-            complete = s - max_delay + 1                         # frames finished on every codebook
+            frame = s - delays                                    # frame each codebook predicts now
+            valid = (frame[None, :] >= 0) & (frame[None, :] < limit[:, None])
+            forced = frame[None, :] < p
+            seq[:, :, s + 1] = torch.where(forced, known[:, :, s + 1], torch.where(valid, nxt, self._pad))
+            s += 1
+            complete = s - max_delay - p                          # new frames finished on every codebook
             if complete <= 0:
                 continue
-            if (complete % self.chunk_frames == 0 or complete >= min(frames)) and not torch.isfinite(logits).all():
+            if complete % self.chunk_frames == 0 and not torch.isfinite(logits).all():
                 # checked where audio leaves, not every step (a GPU sync); NaN spreads through the KV cache
                 raise EngineFault("the model produced non-finite values (NaN/inf)")
             for r in range(b):
-                if done[r]:
-                    continue
-                avail = min(complete, frames[r])
-                final = avail == frames[r]
-                end = avail if final else avail - self.lookahead_frames
-                if not final and end - emitted[r] < self.chunk_frames:
-                    continue
-                codes = self._codes(seq[r], avail)
-                audio = self._decode_window(codes, emitted[r], end)
-                yield Chunk(r, emitted[r] * self._hop, audio, final,
-                            codes.cpu().numpy() if final else None)
-                emitted[r] = end
-                done[r] = final
+                upto = min(complete, new[r])
+                if upto > out[r]:
+                    yield r, torch.stack([seq[r, c, d + 1 + p + out[r]:d + 1 + p + upto]
+                                          for c, d in enumerate(self._delays)])
+                    out[r] = upto
 
     # ------------------------------------------------------------------ decode loop pieces
     def _fuse_projections(self) -> None:
@@ -217,6 +269,7 @@ class Engine:
         return emb.weights[:steps]
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(rows, K, n) tokens -> (rows, n, D): the sum of the codebooks' embeddings."""
         emb = self._dec.embed_tokens
         x = emb[0](tokens[:, 0])
         for c in range(1, tokens.shape[1]):
@@ -240,78 +293,58 @@ class Engine:
             out.append((kk, vv))
         return out, bias
 
-    def _forward_step(self, x: torch.Tensor, s: int, cache, cross) -> torch.Tensor:
-        rows, _, d = x.shape
+    def _forward(self, x: torch.Tensor, start: int, cache, cross) -> torch.Tensor:
+        """Decoder layers over positions [start, start + n); returns logits of the last one (rows, K, V)."""
+        rows, n, d = x.shape
         h = self._num_heads
         cross_kv, cross_bias = cross
+        end = start + n
         for i, layer in enumerate(self._layers):
             att = layer.self_attn
             y = layer.self_attn_layer_norm(x)
             w, bias = self._qkv[i]
-            q, kk, vv = F.linear(y, w, bias).view(rows, 1, 3, h, d // h).unbind(2)
+            q, kk, vv = F.linear(y, w, bias).view(rows, n, 3, h, d // h).unbind(2)
             kc, vc = cache[i]
-            kc[:, :, s] = kk[:, 0]
-            vc[:, :, s] = vv[:, 0]
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :s + 1], vc[:, :, :s + 1],
-                                               scale=att.scaling)
-            x = x + att.out_proj(a.transpose(1, 2).reshape(rows, 1, d))
+            kc[:, :, start:end] = kk.transpose(1, 2)
+            vc[:, :, start:end] = vv.transpose(1, 2)
+            # a prefill starts at 0, so PyTorch's top-left causal mask is the right one
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
+                                               is_causal=n > 1, scale=att.scaling)
+            x = x + att.out_proj(a.transpose(1, 2).reshape(rows, n, d))
 
             catt = layer.encoder_attn
             y = layer.encoder_attn_layer_norm(x)
-            q = catt.q_proj(y).view(rows, 1, h, d // h).transpose(1, 2)
+            q = catt.q_proj(y).view(rows, n, h, d // h).transpose(1, 2)
             ck, cv = cross_kv[i]
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=catt.scaling)
-            x = x + catt.out_proj(a.transpose(1, 2).reshape(rows, 1, d))
+            x = x + catt.out_proj(a.transpose(1, 2).reshape(rows, n, d))
 
             y = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(y)))
-        x = self._dec.layer_norm(x)[:, 0]
+        x = self._dec.layer_norm(x[:, -1])
         return torch.stack([head(x) for head in self._heads], dim=1).float()   # (rows, K, V)
 
-    def _codes(self, row_seq: torch.Tensor, n: int) -> torch.Tensor:
-        """Undo the delay pattern: (K, n) codes of the first n frames."""
-        return torch.stack([row_seq[c, d + 1:d + 1 + n] for c, d in enumerate(self._delays)])
+class _RowDecoder:
+    """One track's codes as they arrive, decoded to audio chunks with context on both sides of each chunk."""
 
-    def _decode_window(self, codes: torch.Tensor, start: int, end: int) -> np.ndarray:
-        """Audio of frames [start, end), decoded with context on both sides and trimmed to the kept part."""
-        lo = max(0, start - self.context_frames)
-        hi = min(codes.shape[1], end + self.lookahead_frames)
-        audio = self.backend.decode_audio(codes[None, :, lo:hi])[0]
-        return audio[:, (start - lo) * self._hop:(end - lo) * self._hop].float().cpu().numpy()
+    def __init__(self, engine: Engine, total: int):
+        self.engine = engine
+        self.total = total
+        self.codes = torch.empty((engine.info.num_codebooks, total), dtype=torch.long, device=engine._device)
+        self.filled = 0
+        self.emitted = 0
 
-
-class _Sampler:
-    """Per-row temperature, top-k, top-p, CFG and seed, vectorised over the batch.
-
-    Sampling is an exponential race (argmax of logit - log E, E ~ Exp(1) from the row's own generator),
-    which draws from the same distribution as multinomial sampling but lets every row keep its own
-    seeded stream, so a track does not depend on what else shares its batch.
-    """
-
-    def __init__(self, jobs: list[Job], device):
-        p = [j.params for j in jobs]
-        self.cfg = torch.tensor([x.cfg_coef for x in p], device=device)[:, None, None]
-        self.temp = torch.tensor([x.temperature for x in p], device=device)[:, None, None]
-        self.top_k = torch.tensor([x.top_k for x in p], device=device)
-        self.top_p = torch.tensor([x.top_p for x in p], device=device, dtype=torch.float32)
-        self.gens = []
-        for x in p:
-            g = torch.Generator(device=device)
-            g.manual_seed(x.seed)
-            self.gens.append(g)
-
-    def sample(self, logits: torch.Tensor) -> torch.Tensor:
-        b, k, v = logits.shape
-        logits = logits / self.temp
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        ranks = torch.arange(v, device=logits.device)
-        kk = torch.where(self.top_k > 0, self.top_k, v).clamp(max=v)
-        keep = ranks[None, None, :] < kk[:, None, None]
-        # top-p (nucleus) takes precedence when set, as in audiocraft
-        probs = sorted_logits.softmax(dim=-1)
-        keep_p = (probs.cumsum(-1) - probs) < self.top_p[:, None, None]
-        keep = torch.where((self.top_p > 0)[:, None, None], keep_p, keep)
-        masked = sorted_logits.masked_fill(~keep, float("-inf"))
-        noise = torch.stack([torch.empty(k, v, device=logits.device).exponential_(generator=g) for g in self.gens])
-        pick = (masked - noise.clamp_min(1e-20).log()).argmax(dim=-1, keepdim=True)
-        return order.gather(-1, pick)[..., 0]
+    def add(self, codes: torch.Tensor) -> Iterator[Chunk]:
+        n = codes.shape[1]
+        self.codes[:, self.filled:self.filled + n] = codes
+        self.filled += n
+        e = self.engine
+        final = self.filled == self.total
+        end = self.filled if final else self.filled - e.lookahead_frames
+        if final or end - self.emitted >= e.chunk_frames:
+            lo = max(0, self.emitted - e.context_frames)
+            hi = min(self.filled, end + e.lookahead_frames)
+            audio = e.backend.decode_audio(self.codes[None, :, lo:hi])[0]
+            audio = audio[:, (self.emitted - lo) * e._hop:(end - lo) * e._hop].float().cpu().numpy()
+            yield Chunk(-1, self.emitted * e._hop, audio, final, self.codes.cpu().numpy() if final else None)
+            self.emitted = end

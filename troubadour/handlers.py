@@ -160,10 +160,18 @@ class Handlers:
         n = self.rotation.get((client, ctx.name), 0)
         self.rotation[(client, ctx.name)] = n + 1
         order = [(n + i) % ctx.variants for i in range(ctx.variants)]
+        specs = {v: self._spec(ctx.prompt, ctx.params_for(v), ctx.name, v, self._ctx_info(ctx)) for v in order}
         for v in order:
-            if self.cache.contains(self._spec(ctx.prompt, ctx.params_for(v), ctx.name, v, {}).key):
+            if self.cache.contains(specs[v].key):
+                if v != order[0] and self.scheduler.find(specs[order[0]].key) is None:
+                    # answer now from the cache, and make the variant whose turn it was for next time
+                    self._submit_background(specs[order[0]], P.PREFETCH_PRIORITY, "prefetch")
                 return v
         return order[0]
+
+    @staticmethod
+    def _ctx_info(ctx) -> dict:
+        return {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop}
 
     def on_get_track(self, reply, req):
         spec = self.resolve(reply.client, req)
@@ -204,7 +212,7 @@ class Handlers:
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
             for v in range(count):
                 specs.append(self._spec(ctx.prompt, ctx.params_for(v), name, v,
-                                        {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop}))
+                                        self._ctx_info(ctx)))
         jobs = []
         for spec in specs:
             cached = self.scheduler.find(spec.key) is None and self.cache.contains(spec.key)
@@ -244,8 +252,7 @@ class Handlers:
         for name in changed:
             ctx = new.contexts.get(name)
             for v in range(ctx.variants if ctx else 0):
-                spec = self._spec(ctx.prompt, ctx.params_for(v), name, v,
-                                  {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop})
+                spec = self._spec(ctx.prompt, ctx.params_for(v), name, v, self._ctx_info(ctx))
                 if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
                     self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
                 else:

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import EMPTY_PROMPT, ValidationError
 
-# Upper bound on one request; the model window (~30 s for MusicGen) is the practical limit.
-MAX_DURATION = 30.0
+# Upper bound on one track. Past the model's 30 s window the engine continues window by window.
+MAX_DURATION = 300.0
 MAX_VARIANTS = 16
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
