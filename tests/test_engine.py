@@ -29,7 +29,7 @@ def test_loads_from_directory_with_real_model_shape(engine, tiny_model):
 def test_greedy_output_equals_transformers_generate(engine, backend):
     prompts = ["calm piano", "an epic orchestral battle theme with drums"]
     ours = engine.generate([job(p, top_k=1, cfg_coef=3.0, duration=1.0) for p in prompts])
-    inputs = backend.processor(text=prompts, padding=True, return_tensors="pt")
+    inputs = backend.tokenizer(prompts, padding=True, return_tensors="pt")
     ref = backend.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=50 + 3)
     for i, r in enumerate(ours):
         assert r.audio.shape == (1, 32000)
@@ -43,7 +43,7 @@ def test_stereo_checkpoint_matches_transformers(tmp_path):
     eng = Engine(be)
     assert eng.info.channels == 2 and eng.info.num_codebooks == 8
     ours = eng.generate([job("calm piano", top_k=1, duration=0.5)])[0]
-    inputs = be.processor(text=["calm piano"], padding=True, return_tensors="pt")
+    inputs = be.tokenizer(["calm piano"], padding=True, return_tensors="pt")
     ref = be.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=25 + 3)
     assert ours.audio.shape == (2, 16000)
     np.testing.assert_allclose(ours.audio, ref[0].numpy()[:, :16000], atol=1e-5)
@@ -181,7 +181,7 @@ def test_long_track_continues_window_by_window_matching_transformers(backend):
     # seamless: the streamed audio is the decode of one continuous code sequence
     assert np.abs(ours.audio - eng.decode(ours.codes)).max() < STREAM_TOLERANCE
     # the continuation equals transformers' generate() given the same 20 frames as an audio prompt
-    inputs = backend.processor(text=["calm piano"], return_tensors="pt")
+    inputs = backend.tokenizer(["calm piano"], return_tensors="pt")
     start = torch.full((4, 1), backend.decoder.config.decoder_start_token_id)
     prompt = torch.cat([start, torch.as_tensor(ours.codes[:, 30:50])], dim=1)
     ref = backend.model.generate(**inputs, decoder_input_ids=prompt, do_sample=False, guidance_scale=3.0,

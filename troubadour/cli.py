@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("dir")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--stereo", action="store_true")
+    m.add_argument("--melody", action="store_true", help="a musicgen-melody-style checkpoint (follows a theme)")
 
     c = sub.add_parser("cache", help="inspect or clear a track cache")
     c.add_argument("action", choices=["ls", "stats", "clear"])
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_make_test_model(args) -> int:
     from .testmodel import build_test_model
 
-    path = build_test_model(args.dir, seed=args.seed, stereo=args.stereo)
+    path = build_test_model(args.dir, seed=args.seed, stereo=args.stereo, melody=args.melody)
     print(path)
     return 0
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
+from .chroma import chroma_features
 from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
@@ -33,10 +34,11 @@ class EngineFault(RuntimeError):
     """The model misbehaved on this batch (not the request's fault)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Job:
     prompt: str
     params: GenParams = GenParams()
+    melody: np.ndarray | None = None   # (channels, samples) at the model's rate: a theme to follow (melody models)
 
 
 @dataclass
@@ -62,8 +64,6 @@ class Engine:
                  window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S):
         self.backend = backend
         self.info = backend.info
-        if self.info.melody:
-            raise ValidationError("musicgen-melody checkpoints are not supported by this engine yet", field="model")
         fr = self.info.frame_rate
         positions = self.info.max_frames - self.info.num_codebooks - 1   # the decoder's positional window
         self.window_frames = min(int(window_s * fr), positions)
@@ -120,6 +120,9 @@ class Engine:
         for job in jobs:
             validate_prompt(job.prompt)
             job.params.validate(self.max_duration)
+            if job.melody is not None and not self.info.melody:
+                raise ValidationError(f"model {self.info.model_id} cannot follow a melody (theme): use a "
+                                      "musicgen-melody checkpoint", field="theme")
 
     def generate(self, jobs: list[Job], **kwargs) -> list[Result]:
         """Whole tracks for a batch (the streamed chunks concatenated)."""
@@ -152,6 +155,7 @@ class Engine:
         total = self.steps_for(max(j.params.duration for j in jobs))
         cfg = any(j.params.cfg_coef > 1 for j in jobs)
         hidden, mask = self.backend.encode_text([j.prompt for j in jobs])
+        chroma = [None if j.melody is None else chroma_features(j.melody, self.sample_rate) for j in jobs]
         sampler = Sampler([j.params for j in jobs], self._device)
         decoders = [_RowDecoder(self, n) for n in frames]
         state = {"done": 0}
@@ -174,29 +178,40 @@ class Engine:
                                                                        decoders[r].filled] for r in active])
             idx = torch.tensor(active, device=self._device)
             h, m = hidden[idx], mask[idx]
+            rows_chroma = [chroma[r] for r in active]
             if cfg:   # unconditional rows: null conditioning, as in MusicGen training
                 h, m = torch.cat([h, torch.zeros_like(h)]), torch.cat([m, torch.zeros_like(m)])
-            for i, codes in self._segment(h, m, cfg, sampler.subset(active), prefix, new, tick):
+                rows_chroma += [None] * len(active)
+            if self.info.melody:
+                cond = (None, self.backend.melody_prefix(h, rows_chroma))
+            else:
+                cond = (self._cross_kv(h, m), None)
+            for i, codes in self._segment(cond, cfg, sampler.subset(active), prefix, new, tick):
                 r = active[i]
                 for chunk in decoders[r].add(codes):
                     chunk.row = r
                     yield chunk
             first = False
 
-    def _segment(self, hidden, mask, cfg: bool, sampler, prefix, new: list[int], tick):
+    def _segment(self, cond, cfg: bool, sampler, prefix, new: list[int], tick):
         """One window of the decode loop. Yields (row, codes (K, n)) as frames complete on every codebook.
 
-        With a prefix (B, K, p) of known codes, positions 0..p are fed in one forward pass (prefill) and the
-        delayed codebooks keep taking prefix codes until they pass it (teacher forcing).
+        `cond` is (cross-attention keys/values, None) or, for melody models, (None, conditioning embeddings
+        prepended to the sequence). With a prefix (B, K, p) of known codes, the conditioning and positions
+        0..p go through in one forward pass (prefill) and the delayed codebooks keep taking prefix codes
+        until they pass it (teacher forcing).
         """
+        cross, lead = cond
         b, k = len(new), self.info.num_codebooks
         p = 0 if prefix is None else prefix.shape[2]
+        off = 0 if lead is None else lead.shape[1]        # sequence positions taken by the conditioning
         max_delay = max(self._delays)
         steps = p + max(new) + max_delay
         dev = self._device
-        cross = self._cross_kv(hidden, mask)
-        cache = self._alloc_cache(hidden.shape[0], steps)
-        pos = self._positions(steps).to(hidden.dtype)
+        rows = b * (2 if cfg else 1)
+        dtype = next(self._dec.parameters()).dtype
+        cache = self._alloc_cache(rows, off + steps)
+        pos = self._positions(off + steps).to(dtype)
         delays = torch.tensor(self._delays, device=dev)
         limit = torch.tensor(new, device=dev) + p
         seq = torch.full((b, k, steps + 1), self._pad, dtype=torch.long, device=dev)
@@ -208,7 +223,7 @@ class Engine:
         s = 0
         while s < steps:
             tick()
-            if s == 0 and p:   # prefill: positions 0..p in one pass
+            if s == 0:   # first pass: conditioning prefix (melody) and known positions 0..p at once
                 tokens = seq[:, :, :p + 1]
                 s = p
             else:
@@ -216,8 +231,12 @@ class Engine:
             if cfg:
                 tokens = torch.cat([tokens, tokens])
             n = tokens.shape[2]
-            x = self._embed(tokens) + pos[s - n + 1:s + 1]
-            logits = self._forward(x, s - n + 1, cache, cross)
+            x = self._embed(tokens) + pos[off + s - n + 1:off + s + 1]
+            start = off + s - n + 1
+            if s == p and off:
+                x = torch.cat([lead + pos[:off], x], dim=1)
+                start = 0
+            logits = self._forward(x, start, cache, cross)
             if cfg:
                 cond, uncond = logits[:b], logits[b:]
                 logits = uncond + (cond - uncond) * sampler.cfg
@@ -297,7 +316,7 @@ class Engine:
         """Decoder layers over positions [start, start + n); returns logits of the last one (rows, K, V)."""
         rows, n, d = x.shape
         h = self._num_heads
-        cross_kv, cross_bias = cross
+        cross_kv, cross_bias = cross if cross is not None else (None, None)
         end = start + n
         for i, layer in enumerate(self._layers):
             att = layer.self_attn
@@ -312,12 +331,13 @@ class Engine:
                                                is_causal=n > 1, scale=att.scaling)
             x = x + att.out_proj(a.transpose(1, 2).reshape(rows, n, d))
 
-            catt = layer.encoder_attn
-            y = layer.encoder_attn_layer_norm(x)
-            q = catt.q_proj(y).view(rows, n, h, d // h).transpose(1, 2)
-            ck, cv = cross_kv[i]
-            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=catt.scaling)
-            x = x + catt.out_proj(a.transpose(1, 2).reshape(rows, n, d))
+            if cross is not None:
+                catt = layer.encoder_attn
+                y = layer.encoder_attn_layer_norm(x)
+                q = catt.q_proj(y).view(rows, n, h, d // h).transpose(1, 2)
+                ck, cv = cross_kv[i]
+                a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=catt.scaling)
+                x = x + catt.out_proj(a.transpose(1, 2).reshape(rows, n, d))
 
             y = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(y)))

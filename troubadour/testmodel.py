@@ -44,12 +44,13 @@ def _tokenizer(vocab_size: int):
 
 
 def build_test_model(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 32,
-                     heads: int = 2, codebook_size: int = 64, stereo: bool = False) -> Path:
-    """Write a tiny MusicGen checkpoint (model + processor) to `out_dir` and return the path."""
+                     heads: int = 2, codebook_size: int = 64, stereo: bool = False, melody: bool = False) -> Path:
+    """Write a tiny MusicGen (or MusicGen-Melody) checkpoint with its tokenizer to `out_dir`."""
     import torch
     from transformers import (EncodecConfig, EncodecFeatureExtractor, MusicgenConfig,
-                              MusicgenDecoderConfig, MusicgenForConditionalGeneration, MusicgenProcessor,
-                              T5Config)
+                              MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                              MusicgenMelodyForConditionalGeneration, MusicgenProcessor, T5Config)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,14 +61,19 @@ def build_test_model(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hid
                           target_bandwidths=[2.2], codebook_size=codebook_size, hidden_size=32, num_filters=4,
                           num_lstm_layers=2, use_causal_conv=False, normalize=False, chunk_length_s=None)
     codebooks = 8 if stereo else 4
-    decoder = MusicgenDecoderConfig(vocab_size=codebook_size, max_position_embeddings=4096,
+    decoder_cls = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    decoder = decoder_cls(vocab_size=codebook_size, max_position_embeddings=4096,
                                     num_hidden_layers=layers, ffn_dim=hidden * 4, num_attention_heads=heads,
                                     hidden_size=hidden, num_codebooks=codebooks,
                                     audio_channels=2 if stereo else 1, pad_token_id=codebook_size,
                                     decoder_start_token_id=codebook_size, bos_token_id=codebook_size)
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    parts = dict(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(config)
+    if melody:   # conditions on a chroma prefix (12 pitch classes) instead of cross-attention
+        model = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(**parts, num_chroma=12,
+                                                                            chroma_length=235))
+    else:
+        model = MusicgenForConditionalGeneration(MusicgenConfig(**parts))
     # EnCodec codebooks start as zeros (they are learned by k-means); random ones make audio depend on codes.
     with torch.no_grad():
         for layer in model.audio_encoder.quantizer.layers:
@@ -79,8 +85,11 @@ def build_test_model(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hid
     gen.do_sample, gen.guidance_scale, gen.max_length, gen.top_k = True, 3.0, 1503, 250
     gen.pad_token_id = gen.decoder_start_token_id = gen.bos_token_id = codebook_size
     model.save_pretrained(out)
-    fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=32000, padding_value=0.0)
-    MusicgenProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out)
+    if melody:   # its feature extractor needs torchaudio; the tokenizer is all troubadour loads
+        tokenizer.save_pretrained(out)
+    else:
+        fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=32000, padding_value=0.0)
+        MusicgenProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out)
     (out / "README.md").write_text(
         "Tiny random-weight MusicGen checkpoint written by `troubadour make-test-model`.\n"
         "For wiring and tests only: it produces noise, not music.\n")

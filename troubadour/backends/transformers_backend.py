@@ -16,11 +16,11 @@ _HELP = ("Pass --model with a local checkpoint directory, or a hub id such as fa
 
 
 class TransformersBackend(Backend):
-    def __init__(self, model, processor, model_id: str, device: str, identity: str):
+    def __init__(self, model, tokenizer, model_id: str, device: str, identity: str):
         import torch
 
         self.model = model
-        self.processor = processor
+        self.tokenizer = tokenizer
         self.decoder = model.decoder
         self.melody = type(model).__name__.startswith("MusicgenMelody")
         cfg = model.config
@@ -37,7 +37,7 @@ class TransformersBackend(Backend):
     def encode_text(self, prompts: list[str]):
         import torch
 
-        tok = self.processor.tokenizer(prompts, padding=True, return_tensors="pt")
+        tok = self.tokenizer(prompts, padding=True, return_tensors="pt")
         ids = tok["input_ids"].to(self.torch_device)
         mask = tok["attention_mask"].to(self.torch_device)
         with torch.inference_mode():
@@ -48,17 +48,30 @@ class TransformersBackend(Backend):
             hidden = hidden * mask[..., None].to(hidden.dtype)
         return hidden, mask
 
-    def melody_prefix(self, batch: int):
-        """Conditioning rows for the chroma slot of musicgen-melody when no melody is given (zeros, as upstream)."""
+    def melody_prefix(self, hidden, chroma: list) -> "torch.Tensor":
+        """musicgen-melody's conditioning: chroma frames then text, prepended to the decoder input.
+
+        `hidden` holds the text rows (unconditional rows included, as zeros); `chroma` has one (frames, 12)
+        array or None per row of `hidden`. None is the null melody: pitch class 0 everywhere, as upstream."""
         import torch
 
         cfg = self.model.config
-        chroma = torch.zeros((batch, 1, cfg.num_chroma), device=self.torch_device, dtype=self.dtype)
+        length, n = int(cfg.chroma_length), int(cfg.num_chroma)
+        null = torch.zeros(length, n)
+        null[:, 0] = 1
+        rows = []
+        for ch in chroma:
+            if ch is None:
+                rows.append(null)
+            else:
+                t = torch.as_tensor(ch, dtype=torch.float32)
+                rows.append(t.repeat(-(-length // t.shape[0]), 1)[:length])   # loop a short melody
+        audio = torch.stack(rows).to(self.torch_device, self.dtype)
         proj = getattr(self.model, "audio_enc_to_dec_proj", None)
         with torch.inference_mode():
-            hidden = proj(chroma) if proj is not None else chroma
-        reps = int(cfg.chroma_length)
-        return hidden.repeat(1, reps, 1)
+            if proj is not None:
+                audio = proj(audio)
+            return torch.cat([audio, hidden], dim=1)
 
     def decode_audio(self, codes):
         import torch
@@ -108,7 +121,7 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
     try:
         config = _quiet(lambda: json.loads((local / "config.json").read_text()) if is_dir else None)
         kind = (config or {}).get("model_type", "melody" if "melody" in model_id else "musicgen")
-        from transformers import AutoProcessor, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+        from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
         cls = MusicgenMelodyForConditionalGeneration if "melody" in kind else MusicgenForConditionalGeneration
         if dtype is None:
@@ -121,7 +134,8 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
                 raise
             kw = {}   # not in the local Hugging Face cache: download it
             model = _quiet(lambda: cls.from_pretrained(source, dtype=getattr(torch, dtype)))
-        processor = _quiet(lambda: AutoProcessor.from_pretrained(source, **kw))
+        # only the tokenizer: musicgen-melody's feature extractor needs torchaudio, and we compute chroma ourselves
+        tokenizer = _quiet(lambda: AutoTokenizer.from_pretrained(source, **kw))
     except ModelLoadError:
         raise
     except OSError as exc:
@@ -138,7 +152,7 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
     if not hasattr(model, "decoder") or not hasattr(model, "audio_encoder"):
         raise ModelLoadError(f"model {model_id!r} is not a MusicGen checkpoint. {_HELP}", field="model")
     model.to(device).eval()
-    return TransformersBackend(model, processor, model_id, device, model_identity(model_id, local if is_dir else None))
+    return TransformersBackend(model, tokenizer, model_id, device, model_identity(model_id, local if is_dir else None))
 
 
 def _offline() -> bool:
