@@ -144,7 +144,9 @@ def plan_from_args(args):
         if args.prompt:
             raise TroubadourError("give either a PROMPT or --context, not both", code="invalid_param",
                                   field="context")
-        ctx = load_profiles(args.profiles).get(args.context)
+        profiles = load_profiles(args.profiles)
+        ctx = profiles.get(args.context)
+        theme = profiles.get(ctx.theme) if ctx.theme else None
         base = ctx.params.to_dict()
         variants = args.variations or ctx.variants
         loudness = ctx.loudness
@@ -156,15 +158,16 @@ def plan_from_args(args):
         if args.mood or args.genre or args.fix:
             prompt = compose_prompt(genre=args.genre, mood=args.mood, fix=args.fix, extra=prompt)
         base = apply_presets(GenParams().to_dict(), genre=args.genre, mood=args.mood, fix=args.fix)
-        variants, loudness, context = args.variations or 1, -16.0, None
+        variants, loudness, context, theme = args.variations or 1, -16.0, None, None
     if "seed" not in overrides and not args.context:
         overrides["seed"] = secrets.randbelow(2**31)   # recorded in the metadata, so any take can be redone
     params = GenParams(**{**base, **overrides}).validate()
     if not 1 <= variants <= 16:
         raise TroubadourError(f"--variations must be in [1, 16], got {variants}", code="invalid_param",
                               field="variations")
-    return Plan(validate_prompt(prompt), params, variants, context,
+    plan = Plan(validate_prompt(prompt), params, variants, context,
                 args.loudness if args.loudness is not None else loudness)
+    return plan, theme
 
 
 def _ask_prompt() -> str:
@@ -181,9 +184,21 @@ def cmd_generate(args) -> int:
     from .engine import Engine
     from .generate import render
 
-    plan = plan_from_args(args)
+    import dataclasses
+
+    from .engine import Job
+
+    plan, theme = plan_from_args(args)
     backend = load_backend(args.model, args.device)
     engine = Engine(backend)
+    if theme is not None:
+        if not backend.info.melody:
+            raise TroubadourError(f"context {plan.context!r} follows theme {theme.name!r}, which needs a "
+                                  f"musicgen-melody checkpoint; {backend.info.model_id} is text-only",
+                                  code="profile_error", field="theme")
+        print(f"rendering theme {theme.name!r} first", file=sys.stderr)
+        melody = engine.generate([Job(theme.prompt, theme.params_for(0))])[0].audio
+        plan = dataclasses.replace(plan, melody=melody)
     engine.validate(plan.jobs())
     print(f"model {backend.info.model_id} on {backend.info.device}; prompt: {plan.prompt}", file=sys.stderr)
     bar = tqdm(total=engine.steps_for(plan.params.duration), unit="step", desc="generating", file=sys.stderr,

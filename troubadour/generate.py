@@ -26,9 +26,11 @@ class Plan:
     variants: int = 1
     context: str | None = None
     loudness: float = -16.0
+    melody: object = None     # theme audio (channels, samples) for melody models
 
     def jobs(self) -> list[Job]:
-        return [Job(self.prompt, replace(self.params, seed=self.params.seed + i)) for i in range(self.variants)]
+        return [Job(self.prompt, replace(self.params, seed=self.params.seed + i), self.melody)
+                for i in range(self.variants)]
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -12,7 +12,7 @@ from .delivery import Delivery
 from .errors import ENGINE_DEAD, UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
 from .jobs import TrackSpec
 from .params import MAX_VARIANTS, GenParams
-from .profiles import load_profiles
+from .profiles import check_model_support, load_profiles
 from .streams import LiveTrack, Reply, TrackStream, replay, track_header
 
 BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
@@ -148,19 +148,27 @@ class Handlers:
             if "seed" in overrides:
                 merged["seed"] = overrides["seed"] + variant
             params = GenParams.from_dict(merged, self.engine.max_duration)
-        info = {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop, "fallback": ctx.fallback}
-        return self._spec(ctx.prompt, params, ctx.name, variant, info)
+        return self.context_spec(ctx, variant, params)
 
-    def _spec(self, prompt, params, context, variant, info) -> TrackSpec:
-        key = track_key(self.engine.info.identity, prompt, params)
-        return TrackSpec(key, prompt, params, context, variant, info)
+    def context_spec(self, ctx, variant: int, params=None) -> TrackSpec:
+        """The track of a context variant; a context with a `theme` follows the theme's variant 0 (melody)."""
+        theme = None
+        if ctx.theme:
+            theme = self.context_spec(self.profiles.get(ctx.theme), 0)
+        info = {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop, "fallback": ctx.fallback}
+        return self._spec(ctx.prompt, params or ctx.params_for(variant), ctx.name, variant, info, theme)
+
+    def _spec(self, prompt, params, context, variant, info, theme=None) -> TrackSpec:
+        extra = {"theme": theme.key} if theme is not None else None
+        key = track_key(self.engine.info.identity, prompt, params, extra)
+        return TrackSpec(key, prompt, params, context, variant, info, theme)
 
     def _pick_variant(self, client: bytes, ctx) -> int:
         """Rotate through a context's variants per client, preferring ones already cached."""
         n = self.rotation.get((client, ctx.name), 0)
         self.rotation[(client, ctx.name)] = n + 1
         order = [(n + i) % ctx.variants for i in range(ctx.variants)]
-        specs = {v: self._spec(ctx.prompt, ctx.params_for(v), ctx.name, v, self._ctx_info(ctx)) for v in order}
+        specs = {v: self.context_spec(ctx, v) for v in order}
         for v in order:
             if self.cache.contains(specs[v].key):
                 if v != order[0] and self.scheduler.find(specs[order[0]].key) is None:
@@ -168,10 +176,6 @@ class Handlers:
                     self._submit_background(specs[order[0]], P.PREFETCH_PRIORITY, "prefetch")
                 return v
         return order[0]
-
-    @staticmethod
-    def _ctx_info(ctx) -> dict:
-        return {"bpm": ctx.bpm, "meter": ctx.meter, "loop": ctx.loop}
 
     def on_get_track(self, reply, req):
         spec = self.resolve(reply.client, req)
@@ -211,8 +215,7 @@ class Handlers:
             ctx = self.profiles.get(name)
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
             for v in range(count):
-                specs.append(self._spec(ctx.prompt, ctx.params_for(v), name, v,
-                                        self._ctx_info(ctx)))
+                specs.append(self.context_spec(ctx, v))
         jobs = []
         for spec in specs:
             cached = self.scheduler.find(spec.key) is None and self.cache.contains(spec.key)
@@ -237,6 +240,7 @@ class Handlers:
     def reload_profiles(self):
         try:
             new = load_profiles(self.profiles_path)
+            check_model_support(new, self.engine.info)
         except TroubadourError as e:
             for s in self.subscribers.values():
                 s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))
@@ -252,7 +256,7 @@ class Handlers:
         for name in changed:
             ctx = new.contexts.get(name)
             for v in range(ctx.variants if ctx else 0):
-                spec = self._spec(ctx.prompt, ctx.params_for(v), name, v, self._ctx_info(ctx))
+                spec = self.context_spec(ctx, v)
                 if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
                     self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
                 else:

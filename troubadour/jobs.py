@@ -37,6 +37,7 @@ class TrackSpec:
     context: str | None = None
     variant: int | None = None
     info: dict = field(default_factory=dict)   # bpm, meter, loop... for headers and the cache
+    theme: "TrackSpec | None" = None           # a track whose melody this one follows (leitmotif)
 
 
 class GenJob:
@@ -213,8 +214,20 @@ class Worker(threading.Thread):
             finally:
                 self.busy = False
 
+    def _melody(self, spec: TrackSpec | None):
+        """The audio of a theme track: from the cache, or generated (and cached) first."""
+        if spec is None:
+            return None
+        track = self.cache.get(spec.key) if self.cache is not None else None
+        if track is not None:
+            return track.audio
+        audio = self.engine.generate([Job(spec.prompt, spec.params, self._melody(spec.theme))])[0].audio
+        if self.cache is not None:
+            self.cache.put(spec.key, audio, self.engine.sample_rate, self._meta_for(spec, 0.0, 1))
+        return audio
+
     def _run_batch(self, batch: list[GenJob]) -> None:
-        jobs = [Job(j.spec.prompt, j.spec.params) for j in batch]
+        jobs = [Job(j.spec.prompt, j.spec.params, self._melody(j.spec.theme)) for j in batch]
         total = self.engine.steps_for(max(j.params.duration for j in jobs))
         for j in batch:
             j.total_steps = self.engine.steps_for(j.spec.params.duration)
@@ -248,11 +261,14 @@ class Worker(threading.Thread):
                 self.emit(("done", job, audio, meta))
 
     def _meta(self, job: GenJob, seconds: float, batch: int) -> dict:
-        s = job.spec
+        return self._meta_for(job.spec, seconds, batch)
+
+    def _meta_for(self, s: TrackSpec, seconds: float, batch: int) -> dict:
         info = self.engine.info
         return {"prompt": s.prompt, "params": s.params.to_dict(), "context": s.context, "variant": s.variant,
                 **s.info, "model": info.model_id, "model_identity": info.identity, "device": info.device,
-                "generation_seconds": round(seconds, 3), "batch_size": batch, "created": time.time()}
+                "generation_seconds": round(seconds, 3), "batch_size": batch, "created": time.time(),
+                **({"theme": s.theme.key} if s.theme is not None else {})}
 
 
 def _engine_error(exc: Exception) -> TroubadourError:

@@ -223,6 +223,19 @@ class Profiles:
                        meter=d["meter"], loudness=d["loudness"], fallback=True)
 
 
+def check_model_support(profiles: "Profiles", model_info) -> None:
+    """A `theme` (leitmotif) needs a melody-capable checkpoint; say so when the profiles load, not mid-game."""
+    if getattr(model_info, "melody", False):
+        return
+    for ctx in profiles.contexts.values():
+        if ctx.theme:
+            where = profiles.path or "<profiles>"
+            raise ProfileError(f"{where}: context {ctx.name!r}: field 'theme': following another context's "
+                               f"melody needs a musicgen-melody checkpoint; {model_info.model_id} is text-only "
+                               "(remove `theme` or use --model facebook/musicgen-melody)",
+                               field=f"contexts.{ctx.name}.theme")
+
+
 # ---------------------------------------------------------------- loading
 def default_profiles_path() -> Path:
     return Path(str(resources.files("troubadour").joinpath("data/profiles.toml")))

@@ -20,7 +20,7 @@ from .cache import TrackCache
 from .errors import TroubadourError
 from .handlers import Handlers
 from .jobs import Scheduler, Worker
-from .profiles import load_profiles
+from .profiles import check_model_support, load_profiles
 from .streams import MAX_OUTBOX
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
@@ -40,6 +40,7 @@ class Server(Handlers):
         self.bind_address = bind
         self.profiles_path = profiles_path
         self.profiles = load_profiles(profiles_path)
+        check_model_support(self.profiles, engine.info)
         self.cache = TrackCache(cache_dir, **({"size_limit_bytes": cache_size} if cache_size else {}))
         self.scheduler = Scheduler(max_queue=max_queue, max_batch=max_batch)
         self.events: queue.SimpleQueue = queue.SimpleQueue()
