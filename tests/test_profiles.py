@@ -434,7 +434,7 @@ def test_unknown_top_level_game_and_defaults_keys(tmp_path):
     ("temperature = 'hot'", "temperature", "number"),
     ("top_k = 2.5", "top_k", "integer"),
     ("seed = -1", "seed", "seed"),
-    ("duration = 100", "duration", "duration"),
+    ("duration = 400", "duration", "duration"),
     ("top_p = 1.5", "top_p", "[0, 1]"),
     ("cfg_coef = 0.5", "cfg_coef", ">= 1"),
     ("cfg = 0.5", "cfg", ">= 1"),
