@@ -35,7 +35,7 @@ def log(msg: str) -> None:
 class Server(Handlers):
     def __init__(self, engine, *, cache_dir: str, bind: str = "tcp://127.0.0.1:5555", profiles_path=None,
                  max_queue: int = 64, max_batch: int = 4, watch: bool = True, context: zmq.Context | None = None,
-                 cache_size: int | None = None):
+                 cache_size: int | None = None, curve_secret=None, allow_dir=None):
         self.engine = engine
         self.bind_address = bind
         self.profiles_path = profiles_path
@@ -55,6 +55,8 @@ class Server(Handlers):
         self._stop = threading.Event()
         self._wake_lock = threading.Lock()
         self.worker = Worker(engine, self.scheduler, self._emit, self.cache)
+        self.curve = (curve_secret, allow_dir) if curve_secret else None
+        self.authenticator = None
         self.watcher = None
         if watch and profiles_path is not None:
             from .watcher import ProfilesWatcher
@@ -67,6 +69,9 @@ class Server(Handlers):
         self.socket.setsockopt(zmq.MAXMSGSIZE, P.MAX_REQUEST_BYTES)
         self.socket.setsockopt(zmq.SNDHWM, SNDHWM)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            from .auth import secure_server
+            self.authenticator = secure_server(self.socket, self.ctx, *self.curve)
         self.socket.bind(self.bind_address)
         self.bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         wake_addr = f"inproc://troubadour-wake-{id(self)}"
@@ -97,6 +102,8 @@ class Server(Handlers):
         self.worker.join(timeout=5)
         for s in (self.socket, self._wake_rx, self._wake_tx):
             s.close(linger=0)
+        if self.authenticator:
+            self.authenticator.stop()
         self.cache.close()
 
     def _emit(self, event) -> None:
@@ -234,6 +241,8 @@ def add_cli(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--no-watch", action="store_true", help="do not watch the profiles file")
+    p.add_argument("--curve-secret", help="server .key_secret file (`troubadour keys`): require CURVE authentication")
+    p.add_argument("--allow", help="folder of client public keys (*.key) admitted with --curve-secret")
     p.set_defaults(func=cmd_serve)
 
 
@@ -243,10 +252,15 @@ def cmd_serve(args) -> int:
     from .backends import load_backend
     from .engine import Engine, Job
 
-    if not _is_loopback(args.bind):
-        log(f"WARNING: binding {args.bind} exposes the server beyond this machine without authentication; "
-            "anyone who can reach it can use it")
+    if bool(args.curve_secret) != bool(args.allow):
+        raise TroubadourError("--curve-secret and --allow go together", code="invalid_param", field="allow")
+    if not _is_loopback(args.bind) and not args.curve_secret:
+        log(f"WARNING: binding {args.bind} exposes the server beyond this machine WITHOUT authentication: anyone "
+            "who can reach it can use it. Use --curve-secret/--allow (see `troubadour keys`).")
     load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
+    if args.curve_secret:
+        from .auth import check_server_keys
+        check_server_keys(args.curve_secret, args.allow)
     log(f"loading model {args.model} ...")
     engine = Engine(load_backend(args.model, args.device))
     t0 = time.perf_counter()
@@ -254,7 +268,7 @@ def cmd_serve(args) -> int:
     log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}")
     server = Server(engine, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
                     max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
-                    cache_size=int(args.cache_size * 1e9))
+                    cache_size=int(args.cache_size * 1e9), curve_secret=args.curve_secret, allow_dir=args.allow)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
 

@@ -1,0 +1,77 @@
+"""CURVE authentication: only clients on the allow-list get answers; keys come from `troubadour keys`."""
+
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from servers import Conn, ServerProcess
+from troubadour import protocol as P
+from troubadour.auth import secure_client
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    for name, folder in (("server", d), ("game", d / "allowed"), ("stranger", d / "others")):
+        r = subprocess.run([sys.executable, "-m", "troubadour.cli", "keys", str(folder), "--name", name],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, keys, tmp_path_factory):
+    srv = ServerProcess(tiny_model, tmp_path_factory.mktemp("srv"),
+                        args=["--curve-secret", str(keys / "server.key_secret"), "--allow", str(keys / "allowed")])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def curve_conn(server, keys, client_secret):
+    c = Conn.__new__(Conn)
+    c.ctx = zmq.Context.instance()
+    c.sock = c.ctx.socket(zmq.DEALER)
+    c.sock.setsockopt(zmq.LINGER, 0)
+    secure_client(c.sock, keys / "server.key", client_secret)
+    c.sock.connect(server.address)
+    c.pending = []
+    return c
+
+
+def test_allowed_client_is_served(server, keys):
+    c = curve_conn(server, keys, keys / "allowed" / "game.key_secret")
+    assert c.call(P.PING)[0].type == P.PONG
+    assert c.call(P.INFO)[0].body["protocol_version"] == 1
+    c.close()
+
+
+def test_unknown_key_and_plaintext_get_nothing(server, keys):
+    stranger = curve_conn(server, keys, keys / "others" / "stranger.key_secret")
+    stranger.send(P.PING)
+    with pytest.raises(TimeoutError):
+        stranger.recv(timeout=3)
+    plain = Conn(server.address)
+    plain.send(P.PING)
+    with pytest.raises(TimeoutError):
+        plain.recv(timeout=3)
+    stranger.close()
+    plain.close()
+
+
+def test_keys_refuse_to_overwrite(keys):
+    r = subprocess.run([sys.executable, "-m", "troubadour.cli", "keys", str(keys), "--name", "server"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not overwriting" in r.stderr
+
+
+def test_non_loopback_bind_without_auth_warns(tiny_model, tmp_path):
+    srv = ServerProcess(tiny_model, tmp_path)
+    srv.address = f"tcp://0.0.0.0:{srv.port}"
+    srv.start()
+    try:
+        assert "WITHOUT authentication" in srv.log()
+    finally:
+        srv.stop()
