@@ -205,10 +205,12 @@ class Worker(threading.Thread):
                 self.failures += 1
                 err = _engine_error(exc)
                 _free_device_memory()
+                dead = self.failures >= 3 or _fatal(exc)
                 for job in batch:
                     self.scheduler.finish(job, "failed")
-                    self.emit(("failed", job, err))
-                if self.failures >= 3 or _fatal(exc):
+                    if not dead:
+                        self.emit(("failed", job, err))
+                if dead:   # every open request, these included, gets engine_dead
                     self.emit(("dead", err))
                     return
             finally:
