@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -226,7 +227,10 @@ cfg = 7
 """)
     plain = prof.contexts["plain"].params
     # [defaults] beats built-ins; ambient genre (from [game]) beats [defaults] for what it sets.
-    assert (plain.duration, plain.top_k, plain.top_p, plain.seed) == (8.0, 111, 0.3, 5)
+    # the ambient genre brings a bpm, so the 8 s default rounds to whole bars (2 bars of 4/4)
+    bpm = prof.contexts["plain"].bpm
+    assert plain.duration == pytest.approx(2 * 4 * 60 / bpm)
+    assert (plain.top_k, plain.top_p, plain.seed) == (111, 0.3, 5)
     assert (plain.temperature, plain.cfg_coef) == (0.9, 3.0)
     assert prof.contexts["moody"].params.temperature == 0.8  # mood beats genre
     fixed = prof.contexts["fixed"].params
@@ -257,7 +261,8 @@ bpm = 60
 """)
     ctx = prof.contexts["custom"]
     assert ctx.prompt == "Solo cello, slow and sad"
-    assert ctx.params == GenParams()  # a raw prompt takes no genre/mood preset params
+    # a raw prompt takes no genre/mood preset params; its 10 s default rounds to 3 bars of 60 bpm 4/4
+    assert ctx.params == dataclasses.replace(GenParams(), duration=12.0)
     assert (ctx.variants, ctx.loop, ctx.bpm, ctx.meter, ctx.key, ctx.theme, ctx.loudness) == \
         (1, True, 60.0, "4/4", None, None, -16.0)
     assert ctx.source_fields == {"prompt": "  Solo cello, slow and sad  ", "bpm": 60}
@@ -290,7 +295,8 @@ prompt = "birdsong"
                           + " and lively tempo at 112 BPM. The music has a dance. Festival.")
     assert (ctx.variants, ctx.loop, ctx.bpm, ctx.meter, ctx.key, ctx.theme, ctx.loudness) == \
         (3, False, 112.0, "6/8", "G major", "field", -18.0)
-    assert ctx.params.duration == 9.0 and isinstance(ctx.params.duration, float)
+    # 9 s at 112 bpm 6/8 (bars of 6 eighths = 3.21 s) rounds to 3 bars
+    assert ctx.params.duration == pytest.approx(3 * 6 * 60 / 112) and isinstance(ctx.params.duration, float)
 
 
 # ---------------------------------------------------------------- seeds and audio keys
@@ -498,3 +504,20 @@ def test_free_text_mood_and_genre_allowed(tmp_path):
     prof = load_text(tmp_path, "[contexts.a]\ngenre = 'dreamy shoegaze'\nmood = 'hazy nostalgia'\n")
     assert prof.contexts["a"].prompt == "A dreamy shoegaze piece featuring hazy nostalgia."
     assert prof.contexts["a"].params == GenParams()
+
+
+@pytest.mark.parametrize("bpm,meter,duration,expected", [
+    (120, "4/4", 9.0, 10.0), (120, "3/4", 9.0, 9.0), (90, "4/4", 12.0, 40 / 3), (140, "6/8", 2.0, 18 / 7),
+])
+def test_durations_round_to_whole_bars_when_bpm_is_known(tmp_path, bpm, meter, duration, expected):
+    prof = load_text(tmp_path, GAME + f"""
+[contexts.x]
+prompt = "music"
+bpm = {bpm}
+meter = "{meter}"
+duration = {duration}
+""")
+    ctx = prof.contexts["x"]
+    assert ctx.params.duration == pytest.approx(expected)
+    bar = int(meter.split("/")[0]) * 60 / bpm
+    assert (ctx.params.duration / bar) == pytest.approx(round(ctx.params.duration / bar))

@@ -59,7 +59,10 @@ def test_cold_then_cached_identical_audio_in_order(conn):
         offsets = np.cumsum([0] + [c.body["frames"] for c in chunks[:-1]])
         assert [c.body["offset"] for c in chunks] == list(offsets)
         data = audio_of(msgs)
-        assert len(data) == msgs[0].body["frames"] * 2 == 2 * 64000
+        head = msgs[0].body
+        # battle has 140 bpm: 2 s rounds to one bar (1.71 s), a seamless loop ending with the track
+        assert len(data) == head["frames"] * 2 and head["frames"] == round(4 * 60 / 140 * 32000)
+        assert head["loop_end"] == head["frames"] and 0 < head["loop_start"] < head["loop_end"]
         assert msgs[-1].body["sha256"] == hashlib.sha256(data).hexdigest()
     assert audio_of(cold) == audio_of(hot)
 
@@ -79,7 +82,7 @@ def test_cold_stream_starts_before_generation_ends(conn):
 
 
 def test_resampled_and_file_formats(conn):
-    base = dict(context="menu", params={"duration": 1.0})
+    base = dict(prompt="format test", params={"duration": 1.0})
     pcm48 = track(conn, sample_rate=48000, format="pcm_f32le", **base)
     assert pcm48[0].body["sample_rate"] == 48000 and pcm48[0].body["frames"] == 48000
     data = np.frombuffer(audio_of(pcm48), dtype="<f4")

@@ -11,8 +11,10 @@ from .cache import track_key
 from .delivery import Delivery
 from .errors import ENGINE_DEAD, UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
 from .jobs import TrackSpec
+from .loops import bar_aligned_duration
 from .params import MAX_VARIANTS, GenParams
 from .profiles import check_model_support, load_profiles
+from .shaping import Shaper, shape_of
 from .streams import LiveTrack, Reply, TrackStream, replay, track_header
 
 BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
@@ -145,6 +147,9 @@ class Handlers:
         params = ctx.params_for(variant)
         if overrides:
             merged = {**params.to_dict(), **overrides}
+            if "duration" in overrides and ctx.bpm:
+                merged["duration"] = bar_aligned_duration(overrides["duration"], ctx.bpm, ctx.meter,
+                                                          self.engine.max_duration)
             if "seed" in overrides:
                 merged["seed"] = overrides["seed"] + variant
             params = GenParams.from_dict(merged, self.engine.max_duration)
@@ -159,9 +164,16 @@ class Handlers:
         return self._spec(ctx.prompt, params or ctx.params_for(variant), ctx.name, variant, info, theme)
 
     def _spec(self, prompt, params, context, variant, info, theme=None) -> TrackSpec:
-        extra = {"theme": theme.key} if theme is not None else None
-        key = track_key(self.engine.info.identity, prompt, params, extra)
+        extra = {}
+        if theme is not None:
+            extra["theme"] = theme.key
+        if shape_of(info):
+            extra["shape"] = shape_of(info)
+        key = track_key(self.engine.info.identity, prompt, params, extra or None)
         return TrackSpec(key, prompt, params, context, variant, info, theme)
+
+    def _shaper(self, spec: TrackSpec) -> Shaper:
+        return Shaper(shape_of(spec.info), self.engine.samples_for(spec.params.duration), self.engine.sample_rate)
 
     def _pick_variant(self, client: bytes, ctx) -> int:
         """Rotate through a context's variants per client, preferring ones already cached."""
@@ -185,11 +197,15 @@ class Handlers:
             track = self.cache.get(spec.key)
         if job is None and track is None and req["cached_only"]:
             raise TroubadourError("track not in the cache yet", code=P.NOT_FOUND)
-        native_frames = track.audio.shape[1] if track else self.engine.samples_for(spec.params.duration)
+        shaper = self._shaper(spec)
+        native_frames = track.audio.shape[1] if track else shaper.frames
         delivery = Delivery(self.engine.sample_rate, self.engine.channels, native_frames, req["format"],
                             req["sample_rate"])
         finished = job is not None and spec.key in self.live and self.live[spec.key].finished
         header = track_header(spec, track is not None or finished, delivery)
+        if shaper.loop:
+            scale = delivery.rate / self.engine.sample_rate
+            header["loop_start"], header["loop_end"] = (round(x * scale) for x in shaper.loop)
         if spec.info.get("fallback") is not None:
             header["fallback"] = spec.info["fallback"]
         ts = TrackStream(reply, delivery, header, req["stream"])
@@ -233,7 +249,7 @@ class Handlers:
     def _submit_background(self, spec: TrackSpec, priority: int, reason: str):
         job, created = self.scheduler.submit(spec, priority, BACKGROUND, reason)
         if created:
-            self.live[spec.key] = LiveTrack(job, self.engine.samples_for(spec.params.duration))
+            self.live[spec.key] = LiveTrack(job, self._shaper(spec).frames)
         return job
 
     # ------------------------------------------------------------------ hot-swap

@@ -21,6 +21,7 @@ import numpy as np
 from .engine import Engine, Job
 from .errors import ENGINE_ERROR, Cancelled, TroubadourError
 from .params import GenParams
+from .shaping import Shaper, shape_of
 
 PRIORITY_GET = 0          # a game waiting for music (protocol default)
 PRIORITY_PREFETCH = -50   # level loading, hot-swap
@@ -246,9 +247,16 @@ class Worker(threading.Thread):
         def should_stop() -> bool:
             return self._stop_event.is_set() or all(j.cancelled for j in batch)
 
+        shapers = [Shaper(shape_of(j.spec.info), self.engine.samples_for(j.spec.params.duration),
+                          self.engine.sample_rate) for j in batch]
         for chunk in self.engine.stream(jobs, progress=progress, should_stop=should_stop):
             job = batch[chunk.row]
-            parts[chunk.row].append(chunk.audio)
+            pieces = shapers[chunk.row].feed(chunk.audio)
+            if chunk.final:
+                pieces += shapers[chunk.row].finish()
+                if not pieces:
+                    pieces = [chunk.audio[:, :0]]
+            parts[chunk.row].extend(pieces)
             if chunk.final:
                 audio = np.concatenate(parts[chunk.row], axis=1)
                 meta = self._meta(job, time.perf_counter() - t0, len(batch))
@@ -258,7 +266,8 @@ class Worker(threading.Thread):
                     self.cache.put(job.key, audio, self.engine.sample_rate, meta)
                 self.scheduler.finish(job, "done")
                 self.generated += 1
-            self.emit(("chunk", job, chunk.start, chunk.audio, chunk.final))
+            for i, piece in enumerate(pieces):
+                self.emit(("chunk", job, chunk.start, piece, chunk.final and i == len(pieces) - 1))
             if chunk.final:
                 self.emit(("done", job, audio, meta))
 

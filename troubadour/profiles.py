@@ -23,7 +23,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .errors import UNKNOWN_CONTEXT, ProfileError, TroubadourError, ValidationError
-from .params import MAX_SEED, MAX_VARIANTS, GenParams, validate_prompt
+from .params import MAX_DURATION, MAX_SEED, MAX_VARIANTS, GenParams, validate_prompt
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 METER_RE = re.compile(r"^[1-9][0-9]?/(1|2|4|8|16|32)$")
@@ -427,6 +427,11 @@ def _build_context(where: _Where, name: str, table: dict, game: dict, defaults: 
     common = _common(where, table, {k: defaults[k] for k in COMMON_DEFAULTS})
     if params.seed + common["variants"] - 1 > MAX_SEED:
         where.fail("seed", f"seed + variants - 1 must stay <= 2**63-1, got seed {params.seed}")
+    if bpm is not None:
+        # whole bars, so loops close on a bar line and engines can quantize transitions
+        from .loops import bar_aligned_duration
+        params = dataclasses.replace(params, duration=float(bar_aligned_duration(
+            params.duration, bpm, common["meter"], MAX_DURATION)))
     theme = words["theme"]
     if theme is not None and not NAME_RE.match(theme):
         where.fail("theme", f"invalid context name {theme!r}")
