@@ -10,6 +10,7 @@ import fcntl
 import json
 import math
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -203,14 +204,23 @@ def write_audio(
     audio: np.ndarray,
     sample_rate: int,
     fmt: str | None = None,
+    *,
+    loop: tuple[int, int] | None = None,
 ) -> Path:
-    """Write planar `audio` as WAV (PCM 16-bit) or Ogg Vorbis, atomically."""
+    """Write planar `audio` as WAV (PCM 16-bit) or Ogg Vorbis, atomically.
+
+    `loop=(start, end)` (frames, end exclusive) also stores loop points in the file: a WAV `smpl`
+    chunk or the Ogg comments LOOPSTART/LOOPLENGTH (see `read_loop_points`).
+    """
     path = Path(path)
-    container, subtype = FORMATS[audio_format(path, fmt)]
+    name = audio_format(path, fmt)
+    container, subtype = FORMATS[name]
     # Clip ourselves: whether libsndfile clips or wraps out-of-range floats on the way to
     # PCM_16 depends on its version and SFC_SET_CLIPPING.
     frames = np.clip(_planar(audio), -1.0, 1.0).astype(np.float32).T
     channels = frames.shape[1]
+    if loop is not None:
+        loop = _check_loop(loop, frames.shape[0])
 
     def write(f) -> None:
         with sf.SoundFile(
@@ -219,8 +229,85 @@ def write_audio(
         ) as out:
             for start in range(0, frames.shape[0], _WRITE_BLOCK):
                 out.write(frames[start:start + _WRITE_BLOCK])
+        # Tag the temp file before the rename, so readers never see a file without its loop.
+        if loop is not None:
+            (_append_smpl if name == "wav" else _tag_ogg_loop)(f, *loop, int(sample_rate))
 
     return _atomic_write(path, write)
+
+
+# --- loop points in files ----------------------------------------------------------------
+
+_SMPL = struct.Struct("<4sI9I6I")  # "smpl", size, header (9 dwords), one loop (6 dwords)
+
+
+def _check_loop(loop: tuple[int, int], n_frames: int) -> tuple[int, int]:
+    start, end = (int(v) for v in loop)
+    if not 0 <= start < end <= n_frames:
+        raise ValueError(f"loop {loop} must satisfy 0 <= start < end <= {n_frames} frames")
+    return start, end
+
+
+def _append_smpl(f, start: int, end: int, sample_rate: int) -> None:
+    """Append a `smpl` chunk with one forward loop and fix the RIFF size.
+
+    dwEnd is the last frame played (inclusive, per the spec), hence end - 1; play count 0 loops
+    forever. Unity note 60 and the sample period are filled in because some samplers need them.
+    """
+    f.seek(0)
+    head = f.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise ValueError("loop points need a RIFF/WAVE file")
+    f.seek(0, os.SEEK_END)
+    if f.tell() % 2:
+        f.write(b"\0")  # chunks start on even offsets; the pad belongs to the previous chunk
+    f.write(_SMPL.pack(b"smpl", _SMPL.size - 8, 0, 0, round(1e9 / sample_rate), 60, 0, 0, 0, 1, 0,
+                       0, 0, start, end - 1, 0, 0))
+    size = f.tell()
+    f.seek(4)
+    f.write(struct.pack("<I", size - 8))  # PCM_16 files here stay far below 4 GiB
+
+
+def _tag_ogg_loop(f, start: int, end: int, _sample_rate: int) -> None:
+    """LOOPSTART/LOOPLENGTH Vorbis comments in frames (the RPG Maker convention, read by many engines)."""
+    from mutagen.oggvorbis import OggVorbis  # only needed for looping Ogg files
+
+    f.seek(0)
+    ogg = OggVorbis(f)
+    ogg.tags["LOOPSTART"], ogg.tags["LOOPLENGTH"] = str(start), str(end - start)
+    f.seek(0)
+    ogg.save(f)
+
+
+def read_loop_points(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(start, end) in frames, end exclusive, from a WAV `smpl` chunk or the Ogg LOOPSTART/LOOPLENGTH
+    comments; None when the file has no loop. The format is recognised by content, not name."""
+    with open(path, "rb") as f:
+        magic = f.read(12)
+        if magic[:4] == b"RIFF" and magic[8:12] == b"WAVE":
+            while len(head := f.read(8)) == 8:
+                cid, size = head[:4], struct.unpack("<I", head[4:])[0]
+                if cid != b"smpl":
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+                    continue
+                data = head + f.read(size)
+                if len(data) < _SMPL.size:
+                    return None
+                fields = _SMPL.unpack_from(data)
+                if fields[9] < 1:  # cSampleLoops
+                    return None
+                return fields[13], fields[14] + 1
+            return None
+        if magic[:4] != b"OggS":
+            raise ValueError(f"{path}: not a WAV or Ogg file")
+    from mutagen.oggvorbis import OggVorbis
+
+    tags = OggVorbis(path).tags or {}
+    try:
+        start, length = int(tags["LOOPSTART"][0]), int(tags["LOOPLENGTH"][0])
+    except (KeyError, IndexError, ValueError):
+        return None
+    return (start, start + length) if length > 0 else None
 
 
 def _json_default(obj):
