@@ -97,3 +97,24 @@ def test_cache_ls_stats_clear(tmp_path, cli_env):
     assert json.loads(run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == []
     missing = run(["cache", "ls", "--cache", "nope"], cli_env, tmp_path)
     assert missing.returncode == 2 and "no cache" in missing.stderr
+
+
+def test_asks_for_a_prompt_on_a_terminal(tmp_path, cli_env, tiny_model):
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(troubadour_cmd() + ["generate", "--model", str(tiny_model), "--duration", "0.5",
+                                                "--seed", "3", "--out", "o"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path,
+                            text=True)
+    os.close(slave)
+    asked = b""
+    while b"Describe the music" not in asked:
+        asked += os.read(master, 1024)
+    os.write(master, b"lonely flute in the rain\n")
+    out, err = proc.communicate(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0, err
+    meta = json.loads((tmp_path / out.split()[0]).with_suffix(".json").read_text())
+    assert meta["prompt"] == "lonely flute in the rain"
