@@ -162,7 +162,7 @@ def rejected_requests():
     yield "context_and_prompt", "get_track", {"id": 1, "context": "a", "prompt": "x"}, "bad_request", "prompt", 1
     yield "no_context_nor_prompt", "get_track", {"id": 1}, "bad_request", "context", 1
     yield "empty_prompt", "get_track", {"id": 1, "prompt": "  "}, "empty_prompt", "prompt", 1
-    yield "duration_too_long", "get_track", {"id": 1, "prompt": "x", "params": {"duration": 60}}, \
+    yield "duration_too_long", "get_track", {"id": 1, "prompt": "x", "params": {"duration": 400}}, \
         "invalid_param", "params.duration", 1
     yield "param_wrong_type", "get_track", {"id": 1, "prompt": "x", "params": {"top_k": "many"}}, \
         "bad_request", "params.top_k", 1
