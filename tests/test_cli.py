@@ -102,19 +102,35 @@ def test_cache_ls_stats_clear(tmp_path, cli_env):
 def test_asks_for_a_prompt_on_a_terminal(tmp_path, cli_env, tiny_model):
     import os
     import pty
+    import select
+    import time
 
     master, slave = pty.openpty()
     proc = subprocess.Popen(troubadour_cmd() + ["generate", "--model", str(tiny_model), "--duration", "0.5",
                                                 "--seed", "3", "--out", "o"],
-                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path,
-                            text=True)
-    os.close(slave)
-    asked = b""
-    while b"Describe the music" not in asked:
-        asked += os.read(master, 1024)
-    os.write(master, b"lonely flute in the rain\n")
-    out, err = proc.communicate(timeout=300)
-    os.close(master)
-    assert proc.returncode == 0, err
-    meta = json.loads((tmp_path / out.split()[0]).with_suffix(".json").read_text())
+                            stdin=slave, stdout=slave, stderr=slave, env=cli_env, cwd=tmp_path)
+    os.close(slave)   # (on a terminal Python's input() writes its prompt to stderr)
+    seen, deadline = b"", time.time() + 240
+    try:
+        while b"Describe the music" not in seen:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.time()))
+            assert ready, f"no prompt on the terminal; got {seen!r}"
+            seen += os.read(master, 1024)
+        os.write(master, b"lonely flute in the rain\n")
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.time()))
+            assert ready, "generate did not finish"
+            try:
+                data = os.read(master, 1024)
+            except OSError:   # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            seen += data
+        assert proc.wait(60) == 0, seen.decode(errors="replace")
+    finally:
+        proc.kill()
+        os.close(master)
+    paths = [ln.strip() for ln in seen.decode().splitlines() if ln.strip().endswith(".wav")]
+    meta = json.loads((tmp_path / paths[-1]).with_suffix(".json").read_text())
     assert meta["prompt"] == "lonely flute in the rain"

@@ -1,0 +1,441 @@
+"""`troubadour bake`: render a profiles file into a soundtrack folder that a game ships without a server.
+
+    DIR/<context>/<context>_v<N>.<fmt>  audio with loop points embedded (WAV smpl / OGG LOOPSTART+LOOPLENGTH)
+    DIR/<context>/<context>_v<N>.json   sidecar: the manifest entry plus what made it (bake_key, sha256)
+    DIR/manifest.json                   everything an engine needs to play the soundtrack
+    DIR/soundtrack_info.txt, index.html for people (showcase.py)
+    DIR/.cache                          raw model audio (a TrackCache); the game does not need it
+
+A track is skipped when its sidecar has the same bake_key and its file still has the recorded sha256;
+otherwise it is post-processed again from the raw cache, or generated when not cached. So a killed bake
+resumes where it stopped, and changing only loudness/format/rate re-processes without the model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import __version__
+from .errors import ProfileError, TroubadourError
+from .params import MAX_VARIANTS, GenParams
+from .showcase import MANIFEST
+
+FORMAT_VERSION = 1
+PROCESSING_VERSION = 1     # bump when post-processing changes: every track is then re-processed
+SAMPLE_RATES = (32000, 44100, 48000)
+DEFAULT_SAMPLE_RATE = 48000
+TRUE_PEAK_DBFS = -1.0
+STINGER_FADE_S = 0.5
+# Generated past the bar-aligned length, so frame rounding in the model never costs the last bar.
+GUARD_S = 0.06
+CACHE_DIR, LOCK = ".cache", ".bake.lock"
+ENTRY_KEYS = ("variant", "file", "seed", "duration", "frames", "channels", "loop_start", "loop_end",
+              "loop_start_s", "loop_end_s", "bpm", "loudness_lufs", "true_peak_dbfs", "seam", "track_id", "sha256")
+
+
+@dataclass
+class TrackPlan:
+    context: object           # profiles.Context
+    variant: int
+    params: GenParams         # what the model is asked for (variant seed, guarded duration)
+    length: float | None      # bar-aligned seconds a stinger is cut to (loops cut themselves)
+    loudness: float
+    file: str                 # relative to the bake folder
+    raw_key: str              # the model track (its track_id)
+    bake_key: str             # raw_key + every post-processing setting
+    theme: "TrackPlan | None" = None   # leitmotif: this track follows the melody of that one
+    status: str = "generate"  # "skip" | "cached" | "generate"
+    entry: dict | None = None
+
+
+@dataclass
+class BakeReport:
+    out_dir: Path
+    tracks: int
+    manifest: dict | None = None
+    generated: int = 0
+    from_cache: int = 0
+    skipped: int = 0
+    batches: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.tracks} tracks in {self.out_dir}: {self.generated} generated ({self.batches} batches), "
+                f"{self.from_cache} from cache, {self.skipped} up to date")
+
+
+# ---------------------------------------------------------------- sources of raw audio
+class EngineSource:
+    """A local engine, or a model loaded on first use (a bake with nothing to generate never loads it).
+    The variants of one context are one engine.generate batch."""
+
+    def __init__(self, engine=None, *, model: str | None = None, device: str = "auto", log=None):
+        from .backends.transformers_backend import model_identity
+        from .params import MAX_DURATION
+
+        self._engine, self._model, self._device, self._log = engine, model, device, log
+        if engine is not None:
+            self.model_id, self.identity, self.max_duration = (engine.info.model_id, engine.info.identity,
+                                                               engine.max_duration)
+        else:   # the identity load_backend computes, without loading anything
+            local = Path(model).expanduser()
+            self.model_id, self.identity = model, model_identity(model, local if local.is_dir() else None)
+            self.max_duration = MAX_DURATION
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from .backends import load_backend
+            from .engine import Engine
+
+            backend = load_backend(self._model, self._device)
+            if backend.info.identity != self.identity:
+                raise TroubadourError(f"model {self._model!r} changed while loading", field="model")
+            if self._log:
+                self._log(f"model {backend.info.model_id} on {backend.info.device}")
+            self._engine = Engine(backend, max_duration=self.max_duration)
+        return self._engine
+
+    @property
+    def sample_rate(self) -> int:
+        return self.engine.sample_rate
+
+    def check_themes(self, profiles, names) -> None:
+        from .profiles import check_model_support
+
+        check_model_support(profiles, self.engine.info)
+
+    def render(self, plans: list[TrackPlan], progress, melody=None) -> list:
+        from .engine import Job
+
+        jobs = [Job(p.context.prompt, p.params, melody) for p in plans]
+        return [r.audio for r in self.engine.generate(jobs, progress=lambda d, t: progress(d / t))]
+
+    def close(self) -> None:
+        pass
+
+
+class ServerSource:
+    """A running troubadour server, asked for raw native-rate float PCM."""
+
+    def __init__(self, address: str, timeout: float = 10.0):
+        from .client import Client
+
+        self.client = Client(address, timeout=timeout)
+        info = self.client.info()
+        self.model_id, self.identity = info["model"]["id"], info["model"]["identity"]
+        self.sample_rate = int(info["model"]["sample_rate"])
+        self.max_duration = float(info["limits"]["max_duration"])
+
+    def check_themes(self, profiles, names) -> None:
+        raise ProfileError(f"--server cannot bake contexts that follow a theme ({', '.join(names)}): the protocol "
+                           "sends no melody; bake them with --model and a musicgen-melody checkpoint", field="theme")
+
+    def render(self, plans: list[TrackPlan], progress, melody=None) -> list:
+        return [self._fetch(p, lambda f, i=i: progress((i + f) / len(plans))) for i, p in enumerate(plans)]
+
+    def _fetch(self, plan: TrackPlan, progress):
+        from .audio import from_pcm
+        from .client import Chunk
+
+        # By prompt + full params, not context name: the audio follows the profiles file being baked
+        # whatever the server loaded, and arrives raw (the server shapes only context tracks).
+        parts, header = [], None
+        with self.client.stream_track(prompt=plan.context.prompt, params=plan.params.to_dict(),
+                                      format="pcm_f32le") as ts:
+            for item in ts:
+                if isinstance(item, Chunk):
+                    parts.append(item.data)
+                    progress((item.offset + item.frames) / max(header["frames"], 1))
+                else:
+                    header = item
+        if header["sample_rate"] != self.sample_rate:
+            raise TroubadourError(f"server sent {header['sample_rate']} Hz, not {self.sample_rate}")
+        return from_pcm(b"".join(parts), header["channels"], "f32le")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ---------------------------------------------------------------- planning
+def plan_tracks(profiles, source, *, fmt: str, sample_rate: int, variants: int | None = None,
+                loudness: float | None = None, max_duration: float | None = None) -> list[TrackPlan]:
+    """Every context x variant, in profile order; a themed context's plans point at its theme's variant 0."""
+    from . import loops
+    from .cache import track_key
+
+    cap = source.max_duration - GUARD_S
+    if max_duration is not None:
+        cap = min(cap, max_duration)
+    planned: dict[str, list[TrackPlan]] = {}
+
+    def plan(ctx, chain=()) -> list[TrackPlan]:
+        if ctx.name in planned:
+            return planned[ctx.name]
+        if ctx.name in chain:
+            raise ProfileError(f"themes form a loop: {' -> '.join((*chain, ctx.name))}",
+                               field=f"contexts.{ctx.name}.theme")
+        theme = plan(profiles.contexts[ctx.theme], (*chain, ctx.name))[0] if ctx.theme else None
+        want, length = min(ctx.params.duration, cap), None
+        if ctx.bpm is not None:
+            length = loops.bar_aligned_duration(want, ctx.bpm, ctx.meter, max_duration=cap)
+        duration = round(length + GUARD_S, 6) if length is not None else want
+        target = ctx.loudness if loudness is None else float(loudness)
+        post = {"loop": ctx.loop, "bpm": ctx.bpm, "meter": ctx.meter, "loudness": target, "length": length,
+                "format": fmt, "sample_rate": sample_rate, "processing": PROCESSING_VERSION}
+        raw_extra = {"theme": theme.raw_key} if theme else None
+        out = []
+        for v in range(variants or ctx.variants):
+            params = replace(ctx.params, seed=ctx.params.seed + v, duration=duration)
+            raw = track_key(source.identity, ctx.prompt, params, extra=raw_extra)
+            out.append(TrackPlan(ctx, v, params, length, target, f"{ctx.name}/{ctx.name}_v{v}.{fmt}", raw,
+                                 track_key(source.identity, ctx.prompt, params, extra={**post, "raw": raw}),
+                                 theme))
+        planned[ctx.name] = out
+        return out
+
+    return [p for ctx in profiles.contexts.values() for p in plan(ctx)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _up_to_date(out: Path, plan: TrackPlan) -> dict | None:
+    """The manifest entry recorded by an earlier bake of exactly this track, if its file is intact."""
+    from .audio import sidecar_path
+
+    path = out / plan.file
+    try:
+        meta = json.loads(sidecar_path(path).read_text("utf-8"))
+        if meta.get("bake_key") == plan.bake_key and meta.get("sha256") == _sha256(path):
+            return {k: meta.get(k) for k in ENTRY_KEYS}
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# ---------------------------------------------------------------- post-processing
+def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate: int, fmt: str,
+                 model: dict) -> dict:
+    """Raw model audio -> resampled, looped or faded, loudness-normalised file + sidecar; the entry."""
+    from . import loops
+    from .audio import integrated_loudness, normalize_loudness, resample, true_peak_dbfs, write_audio, write_sidecar
+
+    ctx = plan.context
+    a = resample(raw, native_rate, sample_rate)   # loop points are then exact frames of the shipped rate
+    loop, bpm, seam = None, ctx.bpm, None
+    if ctx.loop:
+        lr = loops.make_loop(a, sample_rate, bpm=ctx.bpm, meter=ctx.meter)
+        a, loop, bpm = lr.audio, lr.loop, lr.bpm
+    else:
+        if plan.length is not None:
+            a = a[:, :round(plan.length * sample_rate)]       # exactly whole bars
+        a = loops.fade_out(a, sample_rate, min(STINGER_FADE_S, a.shape[1] / sample_rate / 4))
+    a = normalize_loudness(a, sample_rate, target_lufs=plan.loudness, peak_dbfs=TRUE_PEAK_DBFS)
+    if loop is not None:
+        m = loops.seam_metric(a, sample_rate, *loop)
+        # Sorted like the (sorted) sidecar, so an entry read back serialises identically.
+        seam = dict(sorted({**{k: round(float(v), 4) for k, v in m.items()}, "ok": loops.meets_limits(m)}.items()))
+    (out / plan.file).parent.mkdir(parents=True, exist_ok=True)
+    path = write_audio(out / plan.file, a, sample_rate, fmt, loop=loop)
+    lufs = integrated_loudness(a, sample_rate)
+    entry = {
+        "variant": plan.variant, "file": plan.file, "seed": plan.params.seed,
+        "duration": round(a.shape[1] / sample_rate, 6), "frames": int(a.shape[1]), "channels": int(a.shape[0]),
+        "loop_start": loop[0] if loop else None, "loop_end": loop[1] if loop else None,
+        "loop_start_s": round(loop[0] / sample_rate, 6) if loop else None,
+        "loop_end_s": round(loop[1] / sample_rate, 6) if loop else None,
+        "bpm": round(float(bpm), 3) if bpm else None,
+        "loudness_lufs": round(lufs, 2) if lufs > float("-inf") else None,
+        "true_peak_dbfs": round(true_peak_dbfs(a, sample_rate), 2),
+        "seam": seam, "track_id": plan.raw_key, "sha256": _sha256(path),
+    }
+    write_sidecar(path, {**entry, "context": ctx.name, "prompt": ctx.prompt, "params": plan.params.to_dict(),
+                         "theme": plan.theme.context.name if plan.theme else None, "loop": ctx.loop,
+                         "meter": ctx.meter, "loudness_target": plan.loudness, "sample_rate": sample_rate,
+                         "format": fmt, "model": model, "bake_key": plan.bake_key,
+                         "troubadour_version": __version__, "created": _now()})
+    return entry
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- the bake
+@contextmanager
+def _locked(out: Path):
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TroubadourError(f"another bake is writing {out}", code="busy", field="out") from None
+        # Only a bake killed mid-write leaves these (temp files of atomic writes).
+        for tmp in [*out.glob(".*.tmp"), *out.glob("*/.*.tmp")]:
+            tmp.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+class _Run:
+    """Raw audio for one bake: generated per context batch, else from the cache."""
+
+    def __init__(self, source, cache, bar, log, report):
+        self.source, self.cache, self.bar, self.log, self.report = source, cache, bar, log, report
+        self.raws: dict[str, tuple] = {}
+
+    def raw(self, plan: TrackPlan) -> tuple:
+        """(audio, sample_rate) of a plan's model track."""
+        if plan.raw_key not in self.raws:
+            hit = self.cache.get(plan.raw_key)
+            if hit is None:     # evicted, or went bad since it was listed
+                self.generate([plan])
+            else:
+                self.raws[plan.raw_key] = hit.audio, hit.sample_rate
+                if plan.status == "cached":      # not when it is only a theme's melody
+                    self.report.from_cache += 1
+                    self.bar.update(1)
+        return self.raws[plan.raw_key]
+
+    def generate(self, todo: list[TrackPlan]) -> None:
+        melody = self.raw(todo[0].theme)[0] if todo[0].theme else None
+        self.log(f"{todo[0].context.name}: generating {len(todo)} track(s)")
+        base = self.bar.n
+        audios = self.source.render(todo, lambda f: self.bar.update(base + f * len(todo) - self.bar.n), melody)
+        self.bar.update(base + len(todo) - self.bar.n)
+        self.report.batches += 1
+        self.report.generated += len(todo)
+        rate = self.source.sample_rate
+        for p, a in zip(todo, audios):
+            self.cache.put(p.raw_key, a, rate, {"context": p.context.name, "variant": p.variant,
+                                                "prompt": p.context.prompt})
+            self.raws[p.raw_key] = a, rate
+
+
+def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: str = "wav",
+         sample_rate: int = DEFAULT_SAMPLE_RATE, loudness: float | None = None,
+         max_duration: float | None = None, log=None, progress: bool = True) -> BakeReport:
+    """Render every context x variant of a profiles file into `out_dir` (see the module docstring)."""
+    from tqdm import tqdm
+
+    from .cache import TrackCache
+    from .profiles import load_profiles
+    from .showcase import write_outputs
+
+    profiles = load_profiles(profiles_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda msg: tqdm.write(f"bake: {msg}", file=sys.stderr))
+    model = {"id": source.model_id, "identity": source.identity}
+    with _locked(out), TrackCache(out / CACHE_DIR) as cache:
+        plans = plan_tracks(profiles, source, fmt=fmt, sample_rate=sample_rate, variants=variants,
+                            loudness=loudness, max_duration=max_duration)
+        for p in plans:
+            p.entry = _up_to_date(out, p)
+            p.status = "skip" if p.entry else "cached" if cache.contains(p.raw_key) else "generate"
+        themed = sorted({p.context.name for p in plans if p.theme and p.status == "generate"})
+        if themed:
+            source.check_themes(profiles, themed)     # fail before generating anything
+        report = BakeReport(out, len(plans), skipped=sum(p.status == "skip" for p in plans))
+        bar = tqdm(total=len(plans), initial=report.skipped, unit="track", desc="baking", file=sys.stderr,
+                   disable=None if progress else True)
+        run = _Run(source, cache, bar, log, report)
+        try:
+            for name in profiles.contexts:
+                group = [p for p in plans if p.context.name == name and p.status != "skip"]
+                # (a theme's variant 0 may already be here: generated for a context earlier in the file)
+                todo = [p for p in group if p.status == "generate" and p.raw_key not in run.raws]
+                if todo:
+                    run.generate(todo)
+                for p in group:
+                    bar.set_postfix_str(p.file, refresh=False)
+                    p.entry = finish_track(out, p, *run.raw(p), sample_rate, fmt, model)
+                    if p.entry["seam"] and not p.entry["seam"]["ok"]:
+                        log(f"{p.file}: loop seam over the limits {p.entry['seam']} (listen to it)")
+        finally:
+            bar.close()
+        report.manifest = build_manifest(profiles, plans, model, sample_rate, fmt)
+        write_outputs(out, report.manifest)
+    log(report.summary())
+    return report
+
+
+def build_manifest(profiles, plans: list[TrackPlan], model: dict, sample_rate: int, fmt: str) -> dict:
+    contexts = {}
+    for p in plans:
+        ctx = p.context
+        c = contexts.setdefault(ctx.name, {
+            "prompt": ctx.prompt, "params": replace(p.params, seed=ctx.params.seed).to_dict(),
+            "mood": ctx.source_fields.get("mood"), "genre": ctx.source_fields.get("genre"), "theme": ctx.theme,
+            "loop": ctx.loop, "bpm": ctx.bpm, "meter": ctx.meter, "loudness_target": p.loudness, "variants": []})
+        c["variants"].append(p.entry)
+    return {"format_version": FORMAT_VERSION, "generated_at": _now(), "troubadour_version": __version__,
+            "model": model, "sample_rate": sample_rate, "format": fmt, "game": dict(profiles.game),
+            "loop_points": "frames at sample_rate; loop_end exclusive (play loop_start..loop_end-1, repeat)",
+            "contexts": contexts}
+
+
+# ---------------------------------------------------------------- command line
+def add_cli(sub) -> None:
+    p = sub.add_parser("bake", help="render every context of a profiles file to game-ready files",
+                       description="Render every context x variant of a profiles file into a folder a game "
+                                   "ships: looped/normalised audio, manifest.json, soundtrack_info.txt, "
+                                   "index.html. Re-running skips tracks that are already up to date.")
+    p.add_argument("profiles", nargs="?", help="profiles TOML file (default: the bundled profiles)")
+    p.add_argument("--out", default="soundtrack", help="output folder (default ./soundtrack)")
+    p.add_argument("--variants", type=int, help="variants per context, replacing each context's own count")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=os.environ.get("TROUBADOUR_MODEL"),
+                     help="local model: hub id or checkpoint directory (default facebook/musicgen-small "
+                          "or $TROUBADOUR_MODEL)")
+    src.add_argument("--server", metavar="ADDR", help="fetch raw audio from a running server, e.g. "
+                                                     "tcp://127.0.0.1:5555, instead of loading a model")
+    p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--format", choices=["wav", "ogg"], default="wav")
+    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=DEFAULT_SAMPLE_RATE,
+                   dest="sample_rate", help=f"output sample rate (default {DEFAULT_SAMPLE_RATE})")
+    p.add_argument("--loudness", type=float, help="target LUFS for every track (default: each context's)")
+    p.add_argument("--max-duration", type=float, dest="max_duration",
+                   help="cap every track at this many seconds (quick previews)")
+    p.set_defaults(func=cmd_bake)
+
+
+def cmd_bake(args) -> int:
+    from .profiles import load_profiles
+
+    if args.variants is not None and not 1 <= args.variants <= MAX_VARIANTS:
+        raise TroubadourError(f"--variants must be in [1, {MAX_VARIANTS}]", code="invalid_param", field="variants")
+    if args.loudness is not None and not -40 <= args.loudness <= -5:
+        raise TroubadourError("--loudness must be in [-40, -5] LUFS", code="invalid_param", field="loudness")
+    if args.max_duration is not None and not args.max_duration > 0:
+        raise TroubadourError("--max-duration must be > 0", code="invalid_param", field="max_duration")
+    load_profiles(args.profiles)   # a bad file fails before a model loads or a server is asked
+    if args.server:
+        source = ServerSource(args.server)
+        print(f"bake: server {args.server}, model {source.model_id}", file=sys.stderr)
+    else:
+        from .backends.base import DEFAULT_MODEL
+
+        source = EngineSource(model=args.model or DEFAULT_MODEL, device=args.device,
+                              log=lambda msg: print(f"bake: {msg}", file=sys.stderr))
+    try:
+        report = bake(args.profiles, args.out, source, variants=args.variants, fmt=args.format,
+                      sample_rate=args.sample_rate, loudness=args.loudness, max_duration=args.max_duration)
+    finally:
+        source.close()
+    print(report.out_dir / MANIFEST)
+    return 0
