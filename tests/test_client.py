@@ -135,8 +135,6 @@ def test_formats_and_sample_rates(client, fmt, tmp_path):
     client.violations.clear()   # ogg chunk frames: see test_ogg_chunk_frames_add_up
 
 
-@pytest.mark.xfail(reason="server sends every ogg chunk with frames 0; PROTOCOL.md 5.4 says they add up "
-                          "to track.frames", strict=False)
 def test_ogg_chunk_frames_add_up(server):
     with Client(server.address, timeout=10) as client:
         stream = client.stream_track("menu", format="ogg")

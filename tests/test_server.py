@@ -230,3 +230,9 @@ def test_unread_stream_does_not_block_other_clients(server):
     slow.close()
     fast.close()
 
+
+
+def test_whole_track_over_the_message_limit_must_stream(conn):
+    (err,) = conn.call(P.GET_TRACK, prompt="long", stream=False, format="pcm_f32le", sample_rate=48000,
+                       params={"duration": 200.0})
+    assert err.type == P.ERROR and err.body["code"] == "too_large" and err.body["field"] == "stream"

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> dict:
     """Subcommands that live with their feature (server, client, cache) register themselves here."""
     found = {}
-    for mod in ("server", "client", "auth", "bake"):
+    for mod in ("serve_cli", "client", "auth", "bake"):
         try:
             module = __import__(f"troubadour.{mod}", fromlist=["add_cli"])
         except ImportError:

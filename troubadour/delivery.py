@@ -49,6 +49,11 @@ class Delivery:
         self.bytes = 0
         self.sha = hashlib.sha256()
 
+    def max_bytes(self) -> int:
+        """Upper bound of the payload size (OGG is smaller than 16-bit PCM)."""
+        width = 4 if self.fmt == "pcm_f32le" else 2
+        return self.frames * self.channels * width + 44
+
     def header(self) -> dict:
         return {"sample_rate": self.rate, "channels": self.channels, "frames": self.frames, "format": self.fmt}
 
@@ -61,9 +66,11 @@ class Delivery:
         if self.fmt == "ogg":
             self._pending.append(audio)
             if last:
+                # the encoder needs the whole track; its frames are reported on the first piece
                 data = _ogg_bytes(np.concatenate(self._pending, axis=1), self.rate)
                 for i in range(0, len(data), MAX_PIECE_BYTES):
-                    pieces.append((0, 0, data[i:i + MAX_PIECE_BYTES]))
+                    pieces.append((0, self._out_frames, data[i:i + MAX_PIECE_BYTES]) if i == 0 else
+                                  (self._out_frames, 0, data[i:i + MAX_PIECE_BYTES]))
         else:
             if self.fmt == "wav" and not self._header_sent:
                 pieces.append((0, 0, _wav_header(self.rate, self.channels, self.frames)))

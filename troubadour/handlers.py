@@ -201,6 +201,9 @@ class Handlers:
         native_frames = track.audio.shape[1] if track else shaper.frames
         delivery = Delivery(self.engine.sample_rate, self.engine.channels, native_frames, req["format"],
                             req["sample_rate"])
+        if not req["stream"] and delivery.max_bytes() > P.MAX_TRACK_BYTES:
+            raise TroubadourError(f"the track would be over {P.MAX_TRACK_BYTES} bytes in one message; "
+                                  "ask with stream=true", code=P.TOO_LARGE, field="stream")
         finished = job is not None and spec.key in self.live and self.live[spec.key].finished
         header = track_header(spec, track is not None or finished, delivery)
         if shaper.loop:
