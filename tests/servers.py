@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,15 +58,37 @@ class ServerProcess:
                 raise RuntimeError("server did not start:\n" + "".join(self.lines))
         return self
 
-    def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+    def stop(self, sig=signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.send_signal(signal.SIGCONT)   # a paused server only acts on SIGTERM once continued
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self, sig=signal.SIGTERM) -> "ServerProcess":
+        self.stop(sig)
+        return self.start()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def log(self) -> str:
         return "".join(self.lines)
