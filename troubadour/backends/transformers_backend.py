@@ -48,7 +48,7 @@ class TransformersBackend(Backend):
             hidden = hidden * mask[..., None].to(hidden.dtype)
         return hidden, mask
 
-    def melody_prefix(self, hidden, chroma: list) -> "torch.Tensor":
+    def melody_prefix(self, hidden, chroma: list):
         """musicgen-melody's conditioning: chroma frames then text, prepended to the decoder input.
 
         `hidden` holds the text rows (unconditional rows included, as zeros); `chroma` has one (frames, 12)

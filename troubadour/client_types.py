@@ -1,0 +1,241 @@
+"""What the Python client hands back: typed server errors, track headers, tracks and live track streams."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from . import protocol as P
+from .errors import TroubadourError
+from .protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from .client import Client, _Request
+
+PCM = {"pcm_s16le": ("s16le", 2), "pcm_f32le": ("f32le", 4)}
+
+
+# ---------------------------------------------------------------- errors
+class ConnectionLost(TroubadourError):
+    """The server stopped answering and the request could not (or may not) be resent."""
+
+    code = "connection_lost"
+
+
+class Timeout(ConnectionLost):
+    code = "timeout"
+
+    def __init__(self, address: str, tries: int):
+        super().__init__(f"no answer from {address} after {tries} tries")
+        self.address, self.tries = address, tries
+
+
+class ServerError(TroubadourError):
+    """An `error` reply: `code`, `message`, `field` as sent; `retryable` per PROTOCOL.md section 7."""
+
+    retryable = False
+
+    def __init__(self, body: dict, request: str | None = None):
+        super().__init__(str(body.get("message", "")), code=str(body.get("code", P.INTERNAL)),
+                         field=body.get("field"))
+        self.body, self.request, self.id = body, request, body.get("id")
+
+
+class BadRequestError(ServerError): pass
+class ProtocolVersionError(ServerError): pass
+class UnknownTypeError(ServerError): pass
+class TooLargeError(ServerError): pass
+class InvalidParamError(ServerError): pass
+class EmptyPromptError(InvalidParamError): pass
+class UnknownContextError(ServerError): pass
+class ProfileFileError(ServerError): pass
+class BusyError(ServerError): retryable = True
+class CancelledError(ServerError): pass
+class NotFoundError(ServerError): retryable = True
+class EngineError(ServerError): pass
+class EngineDeadError(EngineError): retryable = True
+class ModelError(ServerError): pass
+class InternalError(ServerError): pass
+
+
+ERROR_CLASSES = {
+    "bad_request": BadRequestError, "unsupported_version": ProtocolVersionError, "unknown_type": UnknownTypeError,
+    "too_large": TooLargeError, "invalid_param": InvalidParamError, "empty_prompt": EmptyPromptError,
+    "unknown_context": UnknownContextError, "profile_error": ProfileFileError, "busy": BusyError,
+    "cancelled": CancelledError, "not_found": NotFoundError, "engine_error": EngineError,
+    "engine_dead": EngineDeadError, "model_error": ModelError, "internal": InternalError,
+}
+
+
+def server_error(body: dict, request: str | None = None) -> ServerError:
+    """The typed exception for an `error` body; unknown codes count as internal (section 7)."""
+    return ERROR_CLASSES.get(body.get("code"), InternalError)(body, request)
+
+
+# ---------------------------------------------------------------- tracks
+class TrackHeader(dict):
+    """The `track` message body; fields also readable as attributes (header.track_id)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class Chunk:
+    offset: int     # first frame of this piece (for wav/ogg: frames fed to the encoder, see PROTOCOL.md)
+    frames: int
+    data: bytes
+
+
+@dataclass
+class Track:
+    header: dict
+    audio: bytes                                # all payload bytes, in order
+    end: dict = field(default_factory=dict)     # the `end` body when streamed
+
+    track_id = property(lambda self: self.header["track_id"])
+    cached = property(lambda self: self.header["cached"])
+    sample_rate = property(lambda self: self.header["sample_rate"])
+    channels = property(lambda self: self.header["channels"])
+    frames = property(lambda self: self.header["frames"])
+    format = property(lambda self: self.header["format"])
+    sha256 = property(lambda self: self.end.get("sha256") or self.header.get("sha256"))
+
+    def samples(self):
+        """float32 array (channels, frames)."""
+        if self.format in PCM:
+            from .audio import from_pcm
+            return from_pcm(self.audio, self.channels, PCM[self.format][0])
+        import soundfile as sf
+        data, _ = sf.read(io.BytesIO(self.audio), dtype="float32", always_2d=True)
+        return data.T.copy()
+
+    def save(self, path) -> Path:
+        """Write an audio file: WAV or OGG by suffix (WAV otherwise; raw bytes for .raw/.pcm)."""
+        from .audio import _atomic_write, write_audio
+        path = Path(path)
+        suffix = path.suffix.lower().lstrip(".")
+        if suffix in ("raw", "pcm") and self.format in PCM:
+            target = self.format
+        else:
+            target = suffix if suffix in ("wav", "ogg") else self.format if self.format in ("wav", "ogg") else "wav"
+        if target == self.format:   # already in the wanted container: keep the server's bytes
+            return _atomic_write(path, lambda f: f.write(self.audio))
+        return write_audio(path, self.samples(), self.sample_rate, target)
+
+
+# ---------------------------------------------------------------- requests
+class TrackStream:
+    """A streamed get_track: iterate for a TrackHeader, then Chunks; the `end` message is verified.
+
+    After a reconnect the server restarts the track from the beginning; the bytes already yielded are
+    checked against the new stream and skipped, so iteration just continues."""
+
+    def __init__(self, client: Client, req: _Request):
+        self._client, self._req = client, req
+        self.id = req.id
+        self.header: TrackHeader | None = None
+        self.end: dict | None = None
+        self._sha, self._bytes, self._frames = hashlib.sha256(), 0, 0      # this attempt
+        self._yielded, self._yielded_sha = 0, hashlib.sha256()              # all attempts
+        self._skip, self._prefix_sha, self._want_prefix = 0, None, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while self.end is None:
+            out = self._handle(self._client._next(self._req))
+            if out is not None:
+                return out
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the stream (cancels it on the server if still open)."""
+        if self._req.open:
+            self._client._abandon(self._req, CancelledError({"code": "cancelled", "message": "closed by client"}))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _handle(self, msg: P.Message):
+        body = msg.body
+        if msg.type == P.TRACK and not msg.final:
+            if self.header is None:
+                self.header = TrackHeader(body)
+                return self.header
+            for key in ("track_id", "format", "sample_rate", "channels", "frames"):
+                if body.get(key) != self.header.get(key):
+                    raise ProtocolError(f"track {key} changed after reconnecting")
+            self._sha, self._bytes, self._frames = hashlib.sha256(), 0, 0
+            self._skip, self._prefix_sha = self._yielded, hashlib.sha256()
+            self._want_prefix = self._yielded_sha.hexdigest()
+            return None
+        if self.header is None:
+            raise ProtocolError(f"get_track stream started with {msg.type}")
+        if msg.type == P.CHUNK and not msg.final:
+            return self._chunk(body, bytes(msg.payload))
+        if msg.type == P.END and msg.final:
+            if body.get("frames") != self.header.get("frames"):
+                raise ProtocolError(f"end.frames {body.get('frames')} != track.frames {self.header.get('frames')}")
+            _check_totals({**self.header, **body}, None, self._sha, self._bytes)
+            if self._skip or self._yielded != self._bytes:
+                raise ProtocolError("stream ended before the audio received before reconnecting")
+            if self._frames != self.header.get("frames"):
+                text = f"chunk frames add up to {self._frames}, track.frames is {self.header.get('frames')}"
+                if self.header.get("format") in PCM:
+                    raise ProtocolError(text)
+                self._client._violation(f"get_track {self.id} ({self.header.get('format')}): {text}")
+            self.end = body
+            return None
+        raise ProtocolError(f"unexpected {msg.type} (final={msg.final}) in a get_track stream")
+
+    def _chunk(self, body: dict, data: bytes):
+        offset, frames = body.get("offset"), body.get("frames")
+        if body.get("bytes") != len(data) or not data:
+            raise ProtocolError(f"chunk says {body.get('bytes')} bytes, carries {len(data)}")
+        pcm = PCM.get(self.header.get("format"))
+        size = pcm[1] * self.header.get("channels", 1) if pcm else 1
+        if pcm and (len(data) % size or frames != len(data) // size or offset != self._frames):
+            raise ProtocolError(f"chunk offset {offset}/frames {frames} do not match its {len(data)} bytes")
+        self._frames += frames or 0
+        self._sha.update(data)
+        self._bytes += len(data)
+        if self._skip:
+            take = min(self._skip, len(data))
+            self._prefix_sha.update(data[:take])
+            self._skip -= take
+            if not self._skip and self._prefix_sha.hexdigest() != self._want_prefix:
+                raise ProtocolError("track audio changed after reconnecting")
+            data = data[take:]
+            if not data:
+                return None
+            if pcm:
+                offset, frames = offset + take // size, len(data) // size
+        self._yielded += len(data)
+        self._yielded_sha.update(data)
+        return Chunk(offset, frames, data)
+
+
+def _check_totals(fields: dict, audio, sha, nbytes: int | None = None) -> None:
+    """Compare a track's `bytes`/`sha256` (and PCM frame count) with what arrived."""
+    nbytes = len(audio) if audio is not None else nbytes
+    if fields.get("bytes") != nbytes:
+        raise ProtocolError(f"received {nbytes} bytes, server says {fields.get('bytes')}")
+    if fields.get("sha256") != sha.hexdigest():
+        raise ProtocolError("sha256 of the received audio does not match the server's")
+    pcm = PCM.get(fields.get("format"))
+    if pcm and nbytes != fields.get("frames", -1) * pcm[1] * fields.get("channels", 1):
+        raise ProtocolError(f"{nbytes} bytes is not {fields.get('frames')} frames of {fields.get('format')}")
+
+
