@@ -368,3 +368,12 @@ def test_tiny_musicgen_loops(engine, tmp_path):
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), r.audio)
     p = audio.write_audio(tmp_path / "loop.wav", r.audio, sr, loop=r.loop)
     assert audio.read_loop_points(p) == r.loop
+
+
+def test_snap_puts_loop_points_on_codec_frames_near_the_bars():
+    sr, bpm = 32000, 90
+    n = int(4 * loops.bar_seconds(bpm) * sr)
+    plain = loops.loop_points(n, sr, bpm)
+    snapped = loops.loop_points(n, sr, bpm, snap=640)
+    assert all(p % 640 == 0 for p in snapped)
+    assert all(abs(a - b) <= 320 for a, b in zip(plain, snapped))

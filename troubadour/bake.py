@@ -227,6 +227,9 @@ def _up_to_date(out: Path, plan: TrackPlan) -> dict | None:
 
 
 # ---------------------------------------------------------------- post-processing
+CODEC_FRAME_S = 0.02   # MusicGen's EnCodec frame
+
+
 def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate: int, fmt: str,
                  model: dict) -> dict:
     """Raw model audio -> resampled, looped or faded, loudness-normalised file + sidecar; the entry."""
@@ -237,7 +240,8 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
     a = resample(raw, native_rate, sample_rate)   # loop points are then exact frames of the shipped rate
     loop, bpm, seam = None, ctx.bpm, None
     if ctx.loop:
-        lr = loops.make_loop(a, sample_rate, bpm=ctx.bpm, meter=ctx.meter)
+        # loop on whole codec frames (20 ms at MusicGen's 50 Hz), as the server does
+        lr = loops.make_loop(a, sample_rate, bpm=ctx.bpm, meter=ctx.meter, snap=round(sample_rate * CODEC_FRAME_S))
         a, loop, bpm = lr.audio, lr.loop, lr.bpm
     else:
         if plan.length is not None:

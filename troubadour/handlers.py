@@ -173,7 +173,8 @@ class Handlers:
         return TrackSpec(key, prompt, params, context, variant, info, theme)
 
     def _shaper(self, spec: TrackSpec) -> Shaper:
-        return Shaper(shape_of(spec.info), self.engine.samples_for(spec.params.duration), self.engine.sample_rate)
+        return Shaper(shape_of(spec.info), self.engine.samples_for(spec.params.duration), self.engine.sample_rate,
+                      self.engine.info.frame_rate)
 
     def _pick_variant(self, client: bytes, ctx) -> int:
         """Rotate through a context's variants per client, preferring ones already cached."""

@@ -248,7 +248,7 @@ class Worker(threading.Thread):
             return self._stop_event.is_set() or all(j.cancelled for j in batch)
 
         shapers = [Shaper(shape_of(j.spec.info), self.engine.samples_for(j.spec.params.duration),
-                          self.engine.sample_rate) for j in batch]
+                          self.engine.sample_rate, self.engine.info.frame_rate) for j in batch]
         for chunk in self.engine.stream(jobs, progress=progress, should_stop=should_stop):
             job = batch[chunk.row]
             pieces = shapers[chunk.row].feed(chunk.audio)

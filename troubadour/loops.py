@@ -100,8 +100,9 @@ def _grid_points(n: int, step: float, xf: int) -> tuple[int, int] | None:
     return (start, end) if start < end else None
 
 
-def _plan(n: int, sr: int, bpm: float | None, meter: str, crossfade_s: float | None) -> tuple[int, int, int]:
-    """(loop_start, loop_end, crossfade frames) for a track of n frames."""
+def _plan(n: int, sr: int, bpm: float | None, meter: str, crossfade_s: float | None,
+          snap: int = 1) -> tuple[int, int, int]:
+    """(loop_start, loop_end, crossfade frames) for a track of n frames; points on multiples of `snap`."""
     if n < 2:
         raise ValueError(f"need at least 2 frames to loop, got {n}")
     beat = beat_seconds(bpm) if bpm is not None else FALLBACK_CROSSFADE_S
@@ -117,12 +118,18 @@ def _plan(n: int, sr: int, bpm: float | None, meter: str, crossfade_s: float | N
         points = (_grid_points(n, bar_seconds(bpm, meter) * sr, xf)
                   or _grid_points(n, beat * sr, xf))
     start, end = points or (xf, n)
+    if snap > 1:
+        # A loop of whole codec frames (20 ms) keeps the codec's frame-rate texture in phase at the seam;
+        # the shift from the bar line is at most half a frame (10 ms).
+        snapped = (max(snap, round(start / snap) * snap), min(round(end / snap), n // snap) * snap)
+        if snapped[0] < snapped[1]:
+            start, end = snapped
     xf = min(xf, (end - start) // 4, start)
     return start, end, xf
 
 
 def loop_points(n_frames: int, sample_rate: int, bpm: float | None, meter: str = "4/4",
-                crossfade_s: float | None = None) -> tuple[int, int]:
+                crossfade_s: float | None = None, snap: int = 1) -> tuple[int, int]:
     """(loop_start, loop_end) in frames, end exclusive.
 
     loop_end is the last bar boundary <= n_frames; loop_start the first bar boundary at or after the
@@ -131,7 +138,7 @@ def loop_points(n_frames: int, sample_rate: int, bpm: float | None, meter: str =
     a bpm (or when no grid fits) loop_start = crossfade length and loop_end = n_frames.
     The default crossfade is one beat clamped to [0.05, 1.0] s and to a quarter of the loop.
     """
-    start, end, _ = _plan(int(n_frames), int(sample_rate), bpm, meter, crossfade_s)
+    start, end, _ = _plan(int(n_frames), int(sample_rate), bpm, meter, crossfade_s, snap)
     return start, end
 
 
@@ -187,7 +194,7 @@ def _as_planar(audio: np.ndarray) -> np.ndarray:
 
 
 def make_loop(audio: np.ndarray, sample_rate: int, bpm: float | None = None, meter: str = "4/4",
-              crossfade_s: float | None = None, curve: str = "equal_power") -> LoopResult:
+              crossfade_s: float | None = None, curve: str = "equal_power", snap: int = 1) -> LoopResult:
     """Cut `audio` into a seamless loop (see the module docstring).
 
     Only frames [loop_end - crossfade, loop_end) change; the head is bit-identical and everything after
@@ -197,7 +204,7 @@ def make_loop(audio: np.ndarray, sample_rate: int, bpm: float | None = None, met
     a = _as_planar(audio)
     if bpm is None:
         bpm = estimate_bpm(a, sample_rate)
-    start, end, xf = _plan(a.shape[1], sample_rate, bpm, meter, crossfade_s)
+    start, end, xf = _plan(a.shape[1], sample_rate, bpm, meter, crossfade_s, snap)
     out = a[:, :end].copy()
     if xf:
         out[:, end - xf:end] = _mix(a[:, end - xf:end], a[:, start - xf:start], curve)
@@ -216,11 +223,11 @@ class LoopStreamer:
     """
 
     def __init__(self, total_frames: int, sample_rate: int, bpm: float | None, meter: str = "4/4",
-                 crossfade_s: float | None = None, curve: str = "equal_power"):
+                 crossfade_s: float | None = None, curve: str = "equal_power", snap: int = 1):
         self.sample_rate, self.bpm, self.meter, self.curve = sample_rate, bpm, meter, curve
         _weights(1, curve)  # validate now, not at finish()
         self.loop_start, self.loop_end, self.crossfade = _plan(int(total_frames), sample_rate, bpm,
-                                                               meter, crossfade_s)
+                                                               meter, crossfade_s, snap)
         self.hold = self.loop_end - self.crossfade
         self._pos = 0                 # frames received so far
         self._pre: list[np.ndarray] = []

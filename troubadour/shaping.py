@@ -9,7 +9,7 @@ import numpy as np
 from .loops import LoopStreamer
 
 STINGER_FADE_S = 1.0
-SHAPE_VERSION = 1   # part of cache keys: bump when the processing changes
+SHAPE_VERSION = 2   # part of cache keys: bump when the processing changes
 
 
 def shape_of(info: dict) -> dict | None:
@@ -20,14 +20,15 @@ def shape_of(info: dict) -> dict | None:
 
 
 class Shaper:
-    def __init__(self, shape: dict | None, total_frames: int, sample_rate: int):
+    def __init__(self, shape: dict | None, total_frames: int, sample_rate: int, frame_rate: int = 50):
         self.total = total_frames
         self.sr = sample_rate
         self.loop: tuple[int, int] | None = None
         self._looper = None
         self._fade = 0
         if shape and shape["loop"] and total_frames >= 2:
-            self._looper = LoopStreamer(total_frames, sample_rate, shape.get("bpm"), shape.get("meter") or "4/4")
+            self._looper = LoopStreamer(total_frames, sample_rate, shape.get("bpm"), shape.get("meter") or "4/4",
+                                        snap=sample_rate // frame_rate)
             self.loop = (self._looper.loop_start, self._looper.loop_end)
         elif shape and not shape["loop"]:
             self._fade = min(int(STINGER_FADE_S * sample_rate), total_frames // 2)
