@@ -195,3 +195,13 @@ def test_batch_with_long_and_short_rows(backend):
     assert [r.audio.shape[1] for r in rows] == [2.5 * 32000, 0.5 * 32000]
     solo = eng.generate([job(duration=2.5, seed=1)])[0]
     assert np.array_equal(solo.codes, rows[0].codes)
+
+
+def test_ninety_second_track_by_continuation_with_the_real_window(engine):
+    """30 s windows continuing from the last 10 s: 90 s = one window + three continuations of 20 s."""
+    chunks = list(engine.stream([job(duration=90.0, seed=5)]))
+    audio = np.concatenate([c.audio for c in chunks], axis=1)
+    codes = chunks[-1].codes
+    assert audio.shape == (1, 90 * 32000) and codes.shape == (4, 4500)
+    assert engine.steps_for(90.0) == 1503 + 3 * (1000 + 3)
+    assert np.abs(audio - engine.decode(codes)).max() < STREAM_TOLERANCE
