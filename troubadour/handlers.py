@@ -15,7 +15,7 @@ from .loops import bar_aligned_duration
 from .params import MAX_VARIANTS, GenParams
 from .profiles import check_model_support, load_profiles
 from .shaping import Shaper, shape_of
-from .streams import LiveTrack, Reply, TrackStream, replay, track_header
+from .streams import LiveTrack, Reply, TrackStream, replay, replay_memo, track_header
 
 BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
 IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
@@ -194,6 +194,10 @@ class Handlers:
         spec = self.resolve(reply.client, req)
         job = self.scheduler.find(spec.key)
         track = None
+        memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
+        memo = self.memo.get(memo_key) if job is None and not req["regenerate"] else None
+        if memo is not None:
+            return self._send_memo(reply, req, spec, memo)
         if job is None and not req["regenerate"]:
             track = self.cache.get(spec.key)
         if job is None and track is None and req["cached_only"]:
@@ -206,17 +210,13 @@ class Handlers:
             raise TroubadourError(f"the track would be over {P.MAX_TRACK_BYTES} bytes in one message; "
                                   "ask with stream=true", code=P.TOO_LARGE, field="stream")
         finished = job is not None and spec.key in self.live and self.live[spec.key].finished
-        header = track_header(spec, track is not None or finished, delivery)
-        if shaper.loop:
-            scale = delivery.rate / self.engine.sample_rate
-            header["loop_start"], header["loop_end"] = (round(x * scale) for x in shaper.loop)
-        if spec.info.get("fallback") is not None:
-            header["fallback"] = spec.info["fallback"]
+        header = self._header(spec, track is not None or finished, delivery)
         ts = TrackStream(reply, delivery, header, req["stream"])
         reply.stream = ts
         if track is not None:
             self.cache.pin(spec.key)
-            reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.engine.chunk_samples))
+            reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.engine.chunk_samples,
+                                                                self.memo, memo_key))
             return
         if job is None:
             reason = "hot_swap" if req["regenerate"] else "generated"
@@ -226,6 +226,26 @@ class Handlers:
             self.scheduler.submit(spec, req["priority"], reply)   # join: one generation, both streamed
         reply.job = job
         self.live[spec.key].attach(ts)
+
+    def _header(self, spec: TrackSpec, cached: bool, delivery: Delivery) -> dict:
+        header = track_header(spec, cached, delivery)
+        shaper = self._shaper(spec)
+        if shaper.loop:
+            scale = delivery.rate / self.engine.sample_rate
+            header["loop_start"], header["loop_end"] = (round(x * scale) for x in shaper.loop)
+        if spec.info.get("fallback") is not None:
+            header["fallback"] = spec.info["fallback"]
+        return header
+
+    def _send_memo(self, reply, req, spec, memo) -> None:
+        pieces, frames, nbytes, sha = memo
+        delivery = Delivery(self.engine.sample_rate, self.engine.channels,
+                            round(frames * self.engine.sample_rate / (req["sample_rate"] or self.engine.sample_rate)),
+                            req["format"], req["sample_rate"])
+        header = {**self._header(spec, True, delivery), "frames": frames}
+        ts = TrackStream(reply, delivery, header, req["stream"])
+        reply.stream = ts
+        reply.source = replay_memo(ts, memo)
 
     def on_prefetch(self, reply, req):
         specs = []
@@ -313,6 +333,7 @@ class Handlers:
                 live.add(audio, final)
         elif kind == "done":
             _, job, _audio, _meta = event
+            self.memo.drop(job.key)   # a regenerated track replaces what was delivered before
             if self.live.get(job.key) is not None and self.live[job.key].job is job:
                 del self.live[job.key]
             self._track_ready(job.spec, job.reason)

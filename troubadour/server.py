@@ -21,7 +21,7 @@ from .errors import TroubadourError
 from .handlers import Handlers
 from .jobs import Scheduler, Worker
 from .profiles import check_model_support, load_profiles
-from .streams import MAX_OUTBOX
+from .streams import MAX_OUTBOX, Memo
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
 SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
@@ -51,6 +51,7 @@ class Server(Handlers):
         self.live: dict = {}             # track key -> LiveTrack
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
+        self.memo = Memo()               # recently delivered tracks, ready to send
         self.dead: TroubadourError | None = None
         self._stop = threading.Event()
         self._wake_lock = threading.Lock()

@@ -5,7 +5,7 @@ Everything here runs on the server's I/O thread.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -72,24 +72,60 @@ class TrackStream:
     header: dict
     stream: bool
     parts: list = field(default_factory=list)   # non-streamed: payload pieces until the end
+    record: list | None = None                  # pieces kept for the memo of delivered tracks
 
     def start(self) -> None:
         if self.stream:
             self.reply.send(P.TRACK, **self.header)
 
     def feed(self, audio: np.ndarray, last: bool) -> None:
-        for offset, frames, data in self.delivery.feed(audio, last):
+        d = self.delivery
+        pieces = d.feed(audio, last)
+        self.emit(pieces, last, d.frames, d.bytes, d.sha.hexdigest() if last else None)
+
+    def emit(self, pieces, last: bool, frames: int = 0, nbytes: int = 0, sha: str | None = None) -> None:
+        for offset, n, data in pieces:
             if self.stream:
-                self.reply.send(P.CHUNK, data, offset=offset, frames=frames, bytes=len(data))
+                self.reply.send(P.CHUNK, data, offset=offset, frames=n, bytes=len(data))
             else:
                 self.parts.append(data)
+            if self.record is not None:
+                self.record.append((offset, n, data))
         if last:
-            d = self.delivery
             if self.stream:
-                self.reply.send(P.END, final=True, frames=d.frames, bytes=d.bytes, sha256=d.sha.hexdigest())
+                self.reply.send(P.END, final=True, frames=frames, bytes=nbytes, sha256=sha)
             else:
-                self.reply.send(P.TRACK, b"".join(self.parts), final=True, **self.header,
-                                bytes=d.bytes, sha256=d.sha.hexdigest())
+                self.reply.send(P.TRACK, b"".join(self.parts), final=True, **self.header, bytes=nbytes,
+                                sha256=sha)
+
+
+class Memo:
+    """Recently delivered tracks as ready payload pieces, keyed by (track id, format, rate): a repeated
+    cache hit is sent without reading the disk, resampling or encoding again. Bounded in bytes (LRU)."""
+
+    def __init__(self, limit_bytes: int = 256 << 20):
+        self.limit = limit_bytes
+        self.size = 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        entry = self._items.get(key)
+        if entry is not None:
+            self._items.move_to_end(key)
+        return entry
+
+    def put(self, key, pieces: list, frames: int, nbytes: int, sha: str) -> None:
+        if nbytes > self.limit // 4 or key in self._items:
+            return
+        self._items[key] = (pieces, frames, nbytes, sha)
+        self.size += nbytes
+        while self.size > self.limit:
+            _, old = self._items.popitem(last=False)
+            self.size -= old[2]
+
+    def drop(self, track_id: str) -> None:
+        for key in [k for k in self._items if k[0] == track_id]:
+            self.size -= self._items.pop(key)[2]
 
 
 def track_header(spec, cached: bool, delivery: Delivery) -> dict:
@@ -104,13 +140,32 @@ def track_header(spec, cached: bool, delivery: Delivery) -> dict:
     return header
 
 
-def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int) -> Iterator[None]:
-    """A cached track as a lazy message source, cut where the engine cuts live audio."""
+def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, key=None) -> Iterator[None]:
+    """A cached track as a lazy message source. The first piece is small so audio starts at once; later ones
+    are larger (fewer messages). Bytes are the same whatever the cut (PCM and the resampler are stream-exact)."""
     ts.start()
+    if memo is not None:
+        ts.record = []
     yield
-    for _, piece, last in split_native(audio, chunk_samples):
+    first, rest = audio[:, :chunk_samples], audio[:, chunk_samples:]
+    pieces = [(first, rest.shape[1] == 0)]
+    pieces += [(piece, last) for _, piece, last in split_native(rest, 4 * chunk_samples)]
+    for piece, last in pieces:
         ts.feed(piece, last)
         yield
+    if memo is not None:
+        d = ts.delivery
+        memo.put(key, ts.record, d.frames, d.bytes, d.sha.hexdigest())
+
+
+def replay_memo(ts: TrackStream, entry, batch: int = 4) -> Iterator[None]:
+    pieces, frames, nbytes, sha = entry
+    ts.start()
+    yield
+    for i in range(0, len(pieces), batch):
+        ts.emit(pieces[i:i + batch], False)
+        yield
+    ts.emit([], True, frames, nbytes, sha)
 
 
 class LiveTrack:
