@@ -1,0 +1,40 @@
+"""Baseline for the cache-hit figures: a bare pyzmq ROUTER that answers a request with preallocated payloads.
+
+Run as a subprocess (like the real server): `python bench/rawzmq.py tcp://127.0.0.1:PORT`. A request is
+[b"", b"go", sizes as comma-separated ints]; the answer is one small header message, then one message per
+size (carrying that many bytes), then an end message, all on the requesting DEALER's envelope. No cache read,
+no resampling, no encoding: what the machine's ZeroMQ can move over loopback with the same message sizes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import zmq
+
+
+def main(address: str) -> None:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(address)
+    print("ready", flush=True)
+    payloads: dict[int, bytes] = {}
+    while True:
+        frames = sock.recv_multipart()
+        ident, body = frames[0], frames[2:]
+        if body[0] == b"stop":
+            break
+        sizes = [int(s) for s in body[1].split(b",")]
+        sock.send_multipart([ident, b"", b"header"])
+        for n in sizes:
+            data = payloads.get(n)
+            if data is None:
+                data = payloads[n] = bytes(n)
+            sock.send_multipart([ident, b"", b"chunk", data], copy=False)
+        sock.send_multipart([ident, b"", b"end"])
+    sock.close(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,281 @@
+"""Cache hits over loopback: a real `troubadour serve` subprocess and the Python client, side by side with a
+bare pyzmq ROUTER/DEALER pair (bench/rawzmq.py) that sends the same message sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import zmq
+
+from common import dist, med, now, pct, r
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROMPT = "an epic orchestral battle theme with drums brass and choir"
+
+
+def _servers_module():
+    """tests/servers.py (ServerProcess), loaded by path so no other `tests` package can shadow it."""
+    spec = importlib.util.spec_from_file_location("troubadour_bench_servers", ROOT / "tests" / "servers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class RawServer:
+    def __init__(self):
+        mod = _servers_module()
+        self.address = f"tcp://127.0.0.1:{mod.free_port()}"
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "rawzmq.py"), self.address],
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("raw zmq server did not start")
+
+    def stop(self):
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.linger = 0
+        s.connect(self.address)
+        s.send_multipart([b"", b"stop"])
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        s.close(0)
+
+
+class RawClient:
+    def __init__(self, address: str, sizes: list[int]):
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(address)
+        self.request = [b"", b"go", ",".join(map(str, sizes)).encode()]
+
+    def fetch(self, sizes=None) -> dict:
+        t0 = now()
+        self.sock.send_multipart(self.request if sizes is None else
+                                 [b"", b"go", ",".join(map(str, sizes)).encode()])
+        arrivals, nbytes = [], 0
+        while True:
+            frames = self.sock.recv_multipart()
+            kind = frames[1]
+            if kind == b"chunk":
+                nbytes += len(frames[2])
+                arrivals.append(now())
+            elif kind == b"end":
+                break
+        return _record(t0, now(), arrivals, nbytes)
+
+    def close(self):
+        self.sock.close(0)
+
+
+def _record(t0, t1, arrivals, nbytes) -> dict:
+    gaps = [b - a for a, b in zip([t0] + arrivals[:-1], arrivals)][1:] or [0.0]
+    return {"seconds": t1 - t0, "bytes": nbytes, "first_chunk": arrivals[0] - t0 if arrivals else float("nan"),
+            "max_gap": max(gaps), "chunks": len(arrivals)}
+
+
+def fetch_server(client, request: dict) -> dict:
+    from troubadour.client import Chunk
+
+    t0 = now()
+    arrivals, nbytes, cached = [], 0, None
+    with client.stream_track(**request) as ts:
+        for item in ts:
+            if isinstance(item, Chunk):
+                nbytes += len(item.data)
+                arrivals.append(now())
+            else:
+                cached = item.get("cached")
+    rec = _record(t0, now(), arrivals, nbytes)
+    rec["cached"] = cached
+    return rec
+
+
+def _concurrent(n: int, reps: int, make, fetch, warm) -> dict:
+    """n threads, each with its own connection, start together and fetch `reps` times."""
+    barrier = threading.Barrier(n + 1)
+    out: list = [None] * n
+    errors: list = []
+
+    def worker(i):
+        conn = make()
+        try:
+            warm(conn)   # connected and answered once, so the timed part is not the TCP handshake
+            barrier.wait()
+            recs = [fetch(conn) for _ in range(reps)]
+            out[i] = recs
+        except Exception as e:  # reported, not fatal to the bench
+            errors.append(repr(e))
+            barrier.abort()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = now()
+    for t in threads:
+        t.join()
+    wall = now() - t0
+    done = [recs for recs in out if recs]
+    per_client = [sum(x["bytes"] for x in recs) / sum(x["seconds"] for x in recs) / 1e6 for recs in done]
+    total = sum(x["bytes"] for recs in done for x in recs)
+    return {"clients": n, "reps": reps, "errors": errors, "wall_s": wall,
+            "aggregate_mb_s": total / wall / 1e6, "per_client_mb_s": per_client,
+            "first_chunk_s": [x["first_chunk"] for recs in done for x in recs],
+            "max_gap_s": [x["max_gap"] for recs in done for x in recs],
+            "not_cached": sum(1 for recs in done for x in recs if x.get("cached") is False)}
+
+
+def run(cfg, table, results: dict) -> None:
+    import models
+    from troubadour.client import Client, Chunk
+
+    table.section("1. cache hits: 30 s, 48 kHz stereo pcm_s16le over loopback (server+client vs raw pyzmq)")
+    model = models.tiny(stereo=True)
+    work = Path(tempfile.mkdtemp(prefix="troubadour-bench-serve-"))
+    servers = _servers_module()
+    os.environ["OMP_NUM_THREADS"] = str(cfg.threads)   # the server subprocess inherits it
+    srv = servers.ServerProcess(model, work, args=["--no-watch", "--device", "cpu"])
+    t = now()
+    srv.start()
+    raw = RawServer()
+    request = dict(prompt=PROMPT, params={"duration": 30.0, "seed": 1}, sample_rate=48000, format="pcm_s16le")
+    res: dict = {"server_start_s": r(now() - t)}
+    try:
+        client = Client(srv.address, timeout=120)
+        t = now()
+        first = fetch_server(client, request)           # generates and caches it (a miss)
+        res["prefill_generate_s"] = r(now() - t)
+        sizes = []
+        with client.stream_track(**request) as ts:
+            for item in ts:
+                if isinstance(item, Chunk):
+                    sizes.append(len(item.data))
+        res["track_bytes"] = sum(sizes)
+        res["chunks"] = len(sizes)
+        res["chunk_bytes"] = sorted(set(sizes))[-3:]
+        rawc = RawClient(raw.address, sizes)
+        for _ in range(3):   # warm both paths
+            fetch_server(client, request)
+            rawc.fetch()
+        srv_recs, raw_recs = [], []
+        for _ in range(cfg.cache_requests):   # interleaved so load changes hit both sides alike
+            srv_recs.append(fetch_server(client, request))
+            raw_recs.append(rawc.fetch())
+        srv_tp = [x["bytes"] / x["seconds"] / 1e6 for x in srv_recs]
+        raw_tp = [x["bytes"] / x["seconds"] / 1e6 for x in raw_recs]
+        ratio = med(srv_tp) / med(raw_tp)
+        fc = [x["first_chunk"] * 1e3 for x in srv_recs]
+        res.update(requests=len(srv_recs), not_cached=sum(1 for x in srv_recs if not x["cached"]),
+                   server_mb_s=dist(srv_tp, digits=1), raw_mb_s=dist(raw_tp, digits=1),
+                   throughput_ratio=r(ratio), throughput_ratio_best=r(max(srv_tp) / max(raw_tp)),
+                   first_chunk_ms=dist(fc, digits=2), raw_first_chunk_ms=dist([x["first_chunk"] * 1e3
+                                                                               for x in raw_recs], digits=2),
+                   whole_track_ms=dist([x["seconds"] * 1e3 for x in srv_recs], digits=1))
+        table.row("track", f"{res['track_bytes'] / 1e6:.2f} MB in {res['chunks']} chunks")
+        table.row("server+client throughput p50", r(med(srv_tp), 1), "MB/s")
+        table.row("raw pyzmq throughput p50", r(med(raw_tp), 1), "MB/s")
+        table.row("cache_hit_throughput_ratio", r(ratio), "", ">= 0.8", ratio >= 0.8)
+        table.row("first chunk p50", r(pct(fc, 50), 2), "ms")
+        table.row("cache_hit_first_chunk_p99_ms", r(pct(fc, 99), 2), "ms", "<= 5", pct(fc, 99) <= 5,
+                  f"over {len(fc)} requests")
+        rawc.close()
+
+        conc = {}
+        for n in cfg.concurrency:
+            reps = max(1, cfg.concurrent_fetches // n) if n > 1 else cfg.concurrent_fetches
+            reps = min(reps, 4)
+            s = _concurrent(n, reps, lambda: Client(srv.address, timeout=120), lambda c: fetch_server(c, request),
+                            lambda c: c.ping())
+            w = _concurrent(n, reps, lambda: RawClient(raw.address, sizes), lambda c: c.fetch(),
+                            lambda c: c.fetch([1]))
+            pc = s["per_client_mb_s"]
+            fair = min(pc) / max(pc) if pc else float("nan")
+            conc[str(n)] = {
+                "fetches_per_client": reps, "errors": s["errors"] + w["errors"], "not_cached": s["not_cached"],
+                "aggregate_mb_s": r(s["aggregate_mb_s"], 1), "raw_aggregate_mb_s": r(w["aggregate_mb_s"], 1),
+                "aggregate_ratio": r(s["aggregate_mb_s"] / w["aggregate_mb_s"]),
+                "per_client_mb_s": dist(pc, digits=2), "fairness_min_over_max": r(fair),
+                "first_chunk_ms": dist(s["first_chunk_s"], 1e3, 2),
+                "max_inter_chunk_gap_ms": r(max(s["max_gap_s"]) * 1e3, 1),
+                "inter_chunk_gap_p99_ms": r(pct(s["max_gap_s"], 99) * 1e3, 1),
+                "raw_max_inter_chunk_gap_ms": r(max(w["max_gap_s"]) * 1e3, 1)}
+            c = conc[str(n)]
+            table.row(f"{n:>2} clients: aggregate / raw", c["aggregate_ratio"], "",
+                      note=f"{c['aggregate_mb_s']} vs {c['raw_aggregate_mb_s']} MB/s")
+            table.row(f"{n:>2} clients: fairness min/max per-client", c["fairness_min_over_max"], "",
+                      note=f"per-client p50 {c['per_client_mb_s'].get('p50')} MB/s")
+            table.row(f"{n:>2} clients: first chunk p99", c["first_chunk_ms"].get("p99"), "ms")
+            table.row(f"{n:>2} clients: max inter-chunk gap", c["max_inter_chunk_gap_ms"], "ms",
+                      note=f"raw {c['raw_max_inter_chunk_gap_ms']} ms; errors {len(c['errors'])}")
+        res["concurrency"] = conc
+        client.close()
+        res["breakdown"] = breakdown(srv.cache, table)
+    finally:
+        srv.stop()
+        raw.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results["cache_hits"] = res
+
+
+def breakdown(cache_dir, table, reps: int = 5) -> dict:
+    """The server's cache-hit path re-run piece by piece in this process on the server's cache (idle by
+    now): where a hit's time goes, for the report. Medians of `reps`, milliseconds for the whole track."""
+    import hashlib
+
+    from troubadour import protocol as P
+    from troubadour.cache import BLOB_PREFIX, TrackCache, decode_track
+    from troubadour.delivery import Delivery, split_native
+
+    out = {}
+    with TrackCache(cache_dir) as cache:
+        key = cache.keys()[0]
+
+        def timed(name, fn):
+            ts = []
+            for _ in range(reps):
+                t = now()
+                v = fn()
+                ts.append(now() - t)
+            out[name] = r(med(ts) * 1e3, 2)
+            return v
+
+        blob = timed("sqlite_read_blob_ms", lambda: bytes(cache.raw.get(BLOB_PREFIX + key, read=False)))
+        timed("decode_track_incl_sha256_ms", lambda: decode_track(blob))
+        track = timed("cache_get_total_ms", lambda: cache.get(key))
+        out["blob_mb"] = r(len(blob) / 1e6, 2)
+        audio = track.audio
+        chunk = 16000   # engine.chunk_samples: 25 frames x 640
+
+        def deliver(rate, fmt="pcm_s16le", first_only=False):
+            d = Delivery(32000, audio.shape[0], audio.shape[1], fmt, rate)
+            pieces = []
+            for _, piece, last in split_native(audio, chunk):
+                pieces += d.feed(piece, last)
+                if first_only and pieces:
+                    break
+            return pieces
+
+        pieces = timed("deliver_48k_s16_all_chunks_ms", lambda: deliver(48000))
+        timed("deliver_48k_s16_first_chunk_ms", lambda: deliver(48000, first_only=True))
+        timed("deliver_native_32k_s16_all_chunks_ms", lambda: deliver(None))
+        msgs = timed("msgpack_encode_all_chunks_ms",
+                     lambda: [P.reply(1, i, False, P.CHUNK, data, offset=o, frames=f, bytes=len(data))
+                              for i, (o, f, data) in enumerate(pieces)])
+        timed("client_decode_all_chunks_ms", lambda: [P.decode(m, reply=True) for m in msgs])
+        timed("client_sha256_track_ms", lambda: hashlib.sha256(b"".join(d for _, _, d in pieces)).digest())
+    for k, v in out.items():
+        if k.endswith("_ms"):
+            table.row(f"hit breakdown: {k[:-3]}", v, "ms")
+    return out
