@@ -205,3 +205,21 @@ def test_ninety_second_track_by_continuation_with_the_real_window(engine):
     assert audio.shape == (1, 90 * 32000) and codes.shape == (4, 4500)
     assert engine.steps_for(90.0) == 1503 + 3 * (1000 + 3)
     assert np.abs(audio - engine.decode(codes)).max() < STREAM_TOLERANCE
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_cpu_precision_options_generate_and_stay_deterministic(tiny_model, precision):
+    eng = Engine(load_backend(str(tiny_model), "cpu"), precision=precision)
+    assert eng.precision == precision
+    if precision == "int8":   # the fused q/k/v projection is quantized too, not only transformers' modules
+        assert all("quantized" in type(m).__module__ for m in eng._qkv)
+    a = eng.generate([job(seed=4, duration=1.0)])[0]
+    b = eng.generate([job(seed=4, duration=1.0)])[0]
+    assert a.audio.shape == (1, 32000) and np.isfinite(a.audio).all()
+    assert np.array_equal(a.codes, b.codes)
+
+
+def test_unknown_precision_is_refused(tiny_model):
+    with pytest.raises(ValidationError) as e:
+        Engine(load_backend(str(tiny_model), "cpu"), precision="fp8")
+    assert e.value.field == "precision"

@@ -61,7 +61,7 @@ class Result:
 class Engine:
     def __init__(self, backend, *, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES,
                  context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES,
-                 window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S):
+                 window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S, precision: str = "auto"):
         self.backend = backend
         self.info = backend.info
         fr = self.info.frame_rate
@@ -82,6 +82,8 @@ class Engine:
         self._hop = self.info.sample_rate // self.info.frame_rate
         self._device = backend.torch_device
         self._fuse_projections()
+        self.precision = "fp32" if self._device.type == "cpu" else str(self.info.dtype)
+        self._set_precision(precision)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -182,8 +184,9 @@ class Engine:
             if cfg:   # unconditional rows: null conditioning, as in MusicGen training
                 h, m = torch.cat([h, torch.zeros_like(h)]), torch.cat([m, torch.zeros_like(m)])
                 rows_chroma += [None] * len(active)
+            h = h.to(self._dtype())   # the decoder may run in another precision than the text encoder
             if self.info.melody:
-                cond = (None, self.backend.melody_prefix(h, rows_chroma))
+                cond = (None, self.backend.melody_prefix(h, rows_chroma).to(self._dtype()))
             else:
                 cond = (self._cross_kv(h, m), None)
             for i, codes in self._segment(cond, cfg, sampler.subset(active), prefix, new, tick):
@@ -209,7 +212,7 @@ class Engine:
         steps = p + max(new) + max_delay
         dev = self._device
         rows = b * (2 if cfg else 1)
-        dtype = next(self._dec.parameters()).dtype
+        dtype = self._dtype()
         cache = self._alloc_cache(rows, off + steps)
         pos = self._positions(off + steps).to(dtype)
         delays = torch.tensor(self._delays, device=dev)
@@ -261,22 +264,48 @@ class Engine:
 
     # ------------------------------------------------------------------ decode loop pieces
     def _fuse_projections(self) -> None:
-        """One matmul for q, k, v: the module weights become views of a fused tensor (no extra memory)."""
-        self._qkv = []
+        """One matmul for q, k, v, held as an nn.Linear so precision options (int8, bf16) cover it; the
+        original modules' weights become views of the fused tensor (no extra memory)."""
+        self._qkv = torch.nn.ModuleList()
         for layer in self._layers:
             att = layer.self_attn
             w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach()
             d = att.q_proj.weight.shape[0]
             att.q_proj.weight.data, att.k_proj.weight.data, att.v_proj.weight.data = w[:d], w[d:2 * d], w[2 * d:]
-            bias = None
+            fused = torch.nn.Linear(w.shape[1], w.shape[0], bias=att.q_proj.bias is not None,
+                                    device="meta")
+            fused.weight = torch.nn.Parameter(w, requires_grad=False)
             if att.q_proj.bias is not None:
-                bias = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]).detach()
-            self._qkv.append((w, bias))
+                fused.bias = torch.nn.Parameter(torch.cat([att.q_proj.bias, att.k_proj.bias,
+                                                           att.v_proj.bias]).detach(), requires_grad=False)
+            self._qkv.append(fused)
+
+    def _set_precision(self, precision: str) -> None:
+        """CPU speed options for the decoder (the text encoder and codec stay as loaded). Their quality cost
+        (codes and SNR against fp32) is measured in bench/ (`options`)."""
+        if precision in ("auto", "fp32") or precision is None:
+            return
+        if precision == "bf16":
+            self.backend.decoder.to(torch.bfloat16)
+            self._qkv.to(torch.bfloat16)
+        elif precision == "int8":
+            if self._device.type != "cpu":
+                raise ValidationError("int8 dynamic quantization runs on the CPU only", field="precision")
+            from torch.ao.quantization import quantize_dynamic
+
+            for module in (self.backend.decoder, self._qkv):
+                quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        else:
+            raise ValidationError(f"precision must be fp32, bf16 or int8, got {precision!r}", field="precision")
+        self.precision = precision
+
+    def _dtype(self) -> torch.dtype:
+        return self._dec.layer_norm.weight.dtype
 
     def _alloc_cache(self, rows: int, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         d = self._dec.config.hidden_size
         h = self._num_heads
-        dtype = next(self._dec.parameters()).dtype
+        dtype = self._dtype()
         shape = (rows, h, steps, d // h)
         return [(torch.empty(shape, dtype=dtype, device=self._device),
                  torch.empty(shape, dtype=dtype, device=self._device)) for _ in self._layers]
@@ -321,8 +350,7 @@ class Engine:
         for i, layer in enumerate(self._layers):
             att = layer.self_attn
             y = layer.self_attn_layer_norm(x)
-            w, bias = self._qkv[i]
-            q, kk, vv = F.linear(y, w, bias).view(rows, n, 3, h, d // h).unbind(2)
+            q, kk, vv = self._qkv[i](y).view(rows, n, 3, h, d // h).unbind(2)
             kc, vc = cache[i]
             kc[:, :, start:end] = kk.transpose(1, 2)
             vc[:, :, start:end] = vv.transpose(1, 2)

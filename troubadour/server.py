@@ -233,8 +233,8 @@ class Server(Handlers):
 def cmd_serve(args) -> int:
     import signal
 
-    from .backends import load_backend
-    from .engine import Engine, Job
+    from .cli import make_engine
+    from .engine import Job
 
     if bool(args.curve_secret) != bool(args.allow):
         raise TroubadourError("--curve-secret and --allow go together", code="invalid_param", field="allow")
@@ -246,7 +246,7 @@ def cmd_serve(args) -> int:
         from .auth import check_server_keys
         check_server_keys(args.curve_secret, args.allow)
     log(f"loading model {args.model} ...")
-    engine = Engine(load_backend(args.model, args.device))
+    engine = make_engine(args)
     t0 = time.perf_counter()
     engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
     log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}")
