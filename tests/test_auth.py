@@ -75,3 +75,22 @@ def test_non_loopback_bind_without_auth_warns(tiny_model, tmp_path):
         assert "WITHOUT authentication" in srv.log()
     finally:
         srv.stop()
+
+
+def test_python_client_and_cli_with_keys(server, keys, tmp_path):
+    from troubadour.client import Client, Timeout
+
+    with Client(server.address, timeout=3, retries=0, server_key=keys / "server.key",
+                client_key=keys / "allowed" / "game.key_secret") as c:
+        assert "time" in c.ping()
+        assert c.info()["protocol_version"] == 1
+    with Client(server.address, timeout=1, retries=0, server_key=keys / "server.key",
+                client_key=keys / "others" / "stranger.key_secret") as c:
+        with pytest.raises(Timeout):
+            c.info()
+    r = subprocess.run([sys.executable, "-m", "troubadour.cli", "status", "--server", server.address, "--json",
+                        "--server-key", str(keys / "server.key"),
+                        "--client-key", str(keys / "allowed" / "game.key_secret")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '"protocol_version": 1' in r.stdout

@@ -63,8 +63,14 @@ class Client:
     `violations`: protocol breaches seen from the server (strings, last 100), for diagnosis.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, retries: int = 3, context=None):
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, retries: int = 3, context=None,
+                 server_key=None, client_key=None):
+        """`server_key` (the server's public .key file) and `client_key` (this client's .key_secret file)
+        switch on CURVE for servers started with --curve-secret/--allow (see `troubadour keys`)."""
         self.address, self.timeout, self.retries = address, float(timeout), int(retries)
+        if bool(server_key) != bool(client_key):
+            raise TroubadourError("server_key and client_key go together", code="invalid_param", field="client_key")
+        self._curve = (server_key, client_key) if server_key else None
         self._ctx = context or zmq.Context.instance()
         self._ids = itertools.count(1)
         self._open: dict = {}
@@ -87,6 +93,9 @@ class Client:
         s.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(self._ping_every * 1000)))
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(300, int(self.timeout * 1000)))
         self._mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        if self._curve:
+            from .auth import secure_client
+            secure_client(s, *self._curve)
         try:
             s.connect(self.address)
         except zmq.ZMQError as e:

@@ -55,6 +55,10 @@ def _server_args(p) -> None:
     p.add_argument("--server", default=default, help=f"server address (default $TROUBADOUR_SERVER or {DEFAULT_ADDRESS})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds of silence before retrying (default 5)")
     p.add_argument("--retries", type=int, default=2, help="resends before giving up (default 2)")
+    p.add_argument("--server-key", default=os.environ.get("TROUBADOUR_SERVER_KEY"),
+                   help="server public key file for CURVE (default $TROUBADOUR_SERVER_KEY)")
+    p.add_argument("--client-key", default=os.environ.get("TROUBADOUR_CLIENT_KEY"),
+                   help="this client's .key_secret file for CURVE (default $TROUBADOUR_CLIENT_KEY)")
 
 
 def _variants(text: str):
@@ -73,7 +77,8 @@ def _guard(fn):
 
 
 def _client(args) -> Client:
-    return Client(args.server, timeout=args.timeout, retries=args.retries)
+    return Client(args.server, timeout=args.timeout, retries=args.retries, server_key=args.server_key,
+                  client_key=args.client_key)
 
 
 def cmd_fetch(args) -> int:
