@@ -238,3 +238,12 @@ def test_whole_track_over_the_message_limit_must_stream(conn):
     (err,) = conn.call(P.GET_TRACK, prompt="long", stream=False, format="pcm_f32le", sample_rate=48000,
                        params={"duration": 200.0})
     assert err.type == P.ERROR and err.body["code"] == "too_large" and err.body["field"] == "stream"
+
+
+def test_track_past_the_model_window_streams_by_continuation(conn):
+    rid = conn.send(P.GET_TRACK, prompt="a long journey", stream=True, params={"duration": 34.0, "seed": 2})
+    msgs = conn.until_final(rid, timeout=300)
+    assert msgs[-1].type == P.END, [m.body for m in msgs[-3:]]
+    head, data = msgs[0].body, audio_of(msgs)
+    assert head["frames"] == 34 * 32000 and len(data) == 2 * 34 * 32000
+    assert msgs[-1].body["sha256"] == hashlib.sha256(data).hexdigest()
