@@ -239,9 +239,10 @@ class Engine:
             if s == p and off:
                 x = torch.cat([lead + pos[:off], x], dim=1)
                 start = 0
-            logits = self._forward(x, start, cache, cross)
+            raw = self._forward(x, start, cache, cross)
+            logits = raw
             if cfg:
-                cond, uncond = logits[:b], logits[b:]
+                cond, uncond = raw[:b], raw[b:]
                 logits = uncond + (cond - uncond) * sampler.cfg
             nxt = sampler.sample(logits)
             frame = s - delays                                    # frame each codebook predicts now
@@ -252,7 +253,7 @@ class Engine:
             complete = s - max_delay - p                          # new frames finished on every codebook
             if complete <= 0:
                 continue
-            if complete % self.chunk_frames == 0 and not torch.isfinite(logits).all():
+            if complete % self.chunk_frames == 0 and not torch.isfinite(raw).all():
                 # checked where audio leaves, not every step (a GPU sync); NaN spreads through the KV cache
                 raise EngineFault("the model produced non-finite values (NaN/inf)")
             for r in range(b):

@@ -60,13 +60,18 @@ class Handlers:
     def dispatch(self, envelope: list, req: dict) -> None:
         client, rid, kind = bytes(envelope[0]), req["id"], req["type"]
         key = (client, rid)
-        if key in self.replies and not self.replies[key].closed:
+        old = self.replies.get(key)
+        if old is not None and not old.closed:
             raise P.ProtocolError(f"request id {rid!r} is already open on this connection", req_id=rid)
+        if old is not None:   # finished but its last messages are still queued: keep them, free the id
+            old.key = (client, ("done", next(self._error_ids)))
+            self.replies[old.key] = self.replies.pop(key)
         if kind not in IMMEDIATE and self.open_count(client) >= self.max_inflight:
             raise TroubadourError(f"{self.max_inflight} requests already open on this connection", code="busy")
         if self.dead is not None and kind in (P.GET_TRACK, P.PREFETCH):
             raise self.dead
         reply = Reply(envelope, rid, kind)
+        reply.key = key
         self.replies[key] = reply
         try:
             getattr(self, "on_" + kind)(reply, req)

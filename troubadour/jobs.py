@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .engine import Engine, Job
+from .engine import Engine, EngineFault, Job
 from .errors import ENGINE_ERROR, Cancelled, TroubadourError
 from .params import GenParams
 from .shaping import Shaper, shape_of
@@ -203,7 +203,8 @@ class Worker(threading.Thread):
                     self.scheduler.finish(job, "cancelled")
                     self.emit(("failed", job, Cancelled()))
             except Exception as exc:  # the model failed: fail these requests, keep serving others
-                self.failures += 1
+                # a model that makes NaN fails each request but is not dead; other errors in a row are
+                self.failures += 0 if isinstance(exc, EngineFault) else 1
                 err = _engine_error(exc)
                 _free_device_memory()
                 dead = self.failures >= 3 or _fatal(exc)

@@ -38,7 +38,9 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         b, k, v = logits.shape
-        logits = logits / self.temp
+        # extreme but valid settings (cfg 1e300, temperature 1e-300) overflow: keep the order, drop the infinities
+        big = torch.finfo(logits.dtype).max / 4
+        logits = torch.nan_to_num(logits / self.temp, nan=-big, posinf=big, neginf=-big)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(v, device=logits.device)
         kk = torch.where(self.top_k > 0, self.top_k, v).clamp(max=v)

@@ -8,6 +8,7 @@ inproc wake-up socket. Request handling lives in handlers.py.
 from __future__ import annotations
 
 import errno
+import itertools
 import queue
 import sys
 import threading
@@ -21,7 +22,7 @@ from .errors import TroubadourError
 from .handlers import Handlers
 from .jobs import Scheduler, Worker
 from .profiles import check_model_support, load_profiles
-from .streams import MAX_OUTBOX, Memo
+from .streams import MAX_OUTBOX, Memo, Reply
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
 SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
@@ -52,6 +53,7 @@ class Server(Handlers):
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
+        self._error_ids = itertools.count()
         self.dead: TroubadourError | None = None
         self._stop = threading.Event()
         self._wake_lock = threading.Lock()
@@ -171,12 +173,12 @@ class Server(Handlers):
             req = P.parse_request(msg, max_duration=self.engine.max_duration)
             self.dispatch(envelope, req)
         except P.ProtocolError as e:
-            self._send_now(envelope, P.error_frames(e.req_id if e.req_id is not None else req_id, 0, e))
+            self._reply_error(envelope, e.req_id if e.req_id is not None else req_id, e)
         except TroubadourError as e:
-            self._send_now(envelope, P.error_frames(req_id, 0, e))
+            self._reply_error(envelope, req_id, e)
         except Exception as e:  # never let one request kill the loop
             log(f"internal error: {e!r}")
-            self._send_now(envelope, P.error_frames(req_id, 0, TroubadourError(str(e), code=P.INTERNAL)))
+            self._reply_error(envelope, req_id, TroubadourError(str(e), code=P.INTERNAL))
 
     # ------------------------------------------------------------------ sending
     def _holders(self):
@@ -212,14 +214,16 @@ class Server(Handlers):
                     raise
                 h.outbox.popleft()
             if getattr(h, "done", None) and h.done():
-                self.replies.pop((h.client, h.id), None)
+                self.replies.pop(h.key, None)
         return blocked
 
-    def _send_now(self, envelope, frames) -> None:
-        try:
-            self.socket.send_multipart(envelope + frames, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass   # full or gone: a one-off error reply is not worth queueing
+    def _reply_error(self, envelope, req_id, exc) -> None:
+        """An error for a request that never got a Reply: queued like any reply, so a busy pipe delays it
+        instead of losing it."""
+        reply = Reply(envelope, req_id, "error")
+        reply.key = (reply.client, ("error", next(self._error_ids)))
+        reply.fail(exc)
+        self.replies[reply.key] = reply
 
     def open_count(self, client: bytes) -> int:
         return sum(1 for (c, _), r in self.replies.items() if c == client and not r.closed)

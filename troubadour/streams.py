@@ -25,6 +25,7 @@ class Reply:
     def __init__(self, envelope: list, req_id, kind: str):
         self.envelope = envelope
         self.id = req_id
+        self.key = (self.client, req_id)   # where the server files it
         self.kind = kind
         self.seq = 0
         self.closed = False          # the final message is queued

@@ -1,0 +1,354 @@
+"""Slow, vanishing and greedy clients against one real `troubadour serve` process.
+
+* a client that stops reading a long stream: the server's memory stays bounded, other clients keep low latency,
+  and the track still lands in the cache;
+* a client that disconnects mid-stream: same;
+* the per-connection in-flight cap (`busy` for the excess, other connections unaffected);
+* a full generation queue (`busy`, while cached tracks and pings are still served);
+* many open cached streams on one unread connection, and replies to a connection whose pipe is full.
+
+Memory is the server's VmRSS from /proc/<pid>/status. Latency thresholds are generous because the test machine
+has 2 cores shared with the tiny model's generation (and other work).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from servers import PROFILES, Conn, ServerProcess
+from troubadour import protocol as P
+
+MAX_QUEUE = 4
+PING_P99_S = 0.5          # the I/O thread never waits on the model; 0.5 s is far above a healthy ping (~1 ms)
+CACHED_GET_MAX_S = 2.0    # a 1 s cached track, non-streamed
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("slow")
+    profiles = work / "profiles.toml"
+    profiles.write_text(PROFILES)
+    srv = ServerProcess(tiny_model, work, profiles,
+                        args=["--max-queue", str(MAX_QUEUE), "--max-batch", "1", "--no-watch"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def info(server):
+    c = Conn(server.address)
+    body = c.call(P.INFO)[0].body
+    c.close()
+    return body
+
+
+def rss_mb(srv) -> float:
+    with open(f"/proc/{srv.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def alive(srv) -> None:
+    assert srv.proc.poll() is None, f"server died:\n{srv.log()[-3000:]}"
+
+
+def p99(xs) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+
+
+def unread_dealer(address: str) -> zmq.Socket:
+    """A DEALER that will never read: tiny receive queue and kernel buffer, so the server feels it at once."""
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 1)
+    s.setsockopt(zmq.RCVBUF, 4096)
+    s.connect(address)
+    return s
+
+
+def send(sock, msg_type, **body):
+    sock.send_multipart([b""] + P.encode(msg_type, body))
+
+
+def collect(conn: Conn, ids, timeout: float = 60, until="first") -> dict:
+    """Messages per id until each id has its first message (until="first") or its final one ("final")."""
+    want = set(ids)
+    out: dict = {i: [] for i in ids}
+    deadline = time.time() + timeout
+    while want:
+        m = conn.recv(max(0.1, deadline - time.time()))
+        if m.id in out:
+            out[m.id].append(m)
+            if until == "first" or m.final:
+                want.discard(m.id)
+    return out
+
+
+def error_code(m) -> str | None:
+    return m.body.get("code") if m.type == P.ERROR else None
+
+
+def wait_cached(conn: Conn, timeout: float, **req) -> P.Message:
+    """Poll get_track cached_only until the track is there; returns the (non-streamed) track message."""
+    deadline = time.time() + timeout
+    while True:
+        (m,) = conn.call(P.GET_TRACK, cached_only=True, **req)
+        if m.type == P.TRACK:
+            return m
+        assert error_code(m) == "not_found", m.body
+        assert time.time() < deadline, "the track never reached the cache"
+        time.sleep(0.2)
+
+
+def timed(conn: Conn, msg_type, **body):
+    t0 = time.perf_counter()
+    msgs = conn.call(msg_type, **body)
+    return time.perf_counter() - t0, msgs
+
+
+# ------------------------------------------------------------------ (c) per-connection in-flight cap
+def test_inflight_cap_per_connection(server, info):
+    limit = info["limits"]["max_inflight_per_client"]
+    a, b = Conn(server.address), Conn(server.address)
+    # identical requests share one generation: cheap, and every one stays open while it runs
+    req = dict(prompt="in-flight cap", params={"duration": 60.0, "seed": 11}, stream=True)
+    ids = [a.send(P.GET_TRACK, **req) for _ in range(limit + 8)]
+    first = {i: msgs[0] for i, msgs in collect(a, ids).items()}
+    busy = [i for i in ids if error_code(first[i]) == "busy"]
+    assert busy == ids[limit:], [(i, first[i].type, error_code(first[i])) for i in ids]
+    assert all(first[i].type == P.TRACK for i in ids[:limit])
+    # still at the cap: one more is busy; ping/info/health/cancel never are
+    (extra,) = a.call(P.GET_TRACK, context="menu", cached_only=True)
+    assert error_code(extra) == "busy", extra.body
+    for kind in (P.PING, P.INFO, P.HEALTH):
+        assert a.call(kind)[-1].type != P.ERROR
+    # another connection is not affected
+    other = [b.send(P.GET_TRACK, **req) for _ in range(5)]
+    assert all(msgs[0].type == P.TRACK for msgs in collect(b, other).values())
+    assert b.call(P.PING)[0].type == P.PONG
+    # cancel everything (found, unless the track already ended); each request gets exactly one final
+    for conn, open_ids in ((b, other), (a, ids[:limit])):
+        for i in open_ids:
+            (c,) = conn.call(P.CANCEL, target=i)
+            assert c.type == P.CANCELLED_REPLY, c.body
+        finals = collect(conn, open_ids, timeout=30, until="final")
+        for i in open_ids:
+            last = finals[i][-1]
+            assert last.type == P.END or error_code(last) == "cancelled", last.body
+    # below the cap again: accepted
+    (m,) = a.call(P.GET_TRACK, prompt="after the cap", params={"duration": 0.1}, stream=False)
+    assert m.type == P.TRACK, m.body
+    a.close()
+    b.close()
+    alive(server)
+
+
+# ------------------------------------------------------------------ (d) full queue
+def test_queue_full_is_busy_and_cache_still_served(server, info):
+    assert info["limits"]["queue_length"] == MAX_QUEUE
+    c, other = Conn(server.address), Conn(server.address)
+    cached = dict(context="menu", params={"duration": 1.0}, stream=False)
+    assert c.call(P.GET_TRACK, **cached)[-1].type == P.TRACK   # cached for the probe below
+    n = MAX_QUEUE + 6
+    # long tracks, so no job finishes (freeing a slot) while the queue is being checked; cancelled below
+    ids = [c.send(P.GET_TRACK, prompt=f"queue full {i}", params={"duration": 60.0, "seed": 100 + i}, stream=True)
+           for i in range(n)]
+    first = {i: msgs[0] for i, msgs in collect(c, ids).items()}
+    busy = [i for i in ids if error_code(first[i]) == "busy"]
+    accepted = [i for i in ids if first[i].type == P.TRACK]
+    assert len(busy) + len(accepted) == n, [m.body for m in first.values()]
+    # one job may already be running (not queued) when the rest arrive
+    assert MAX_QUEUE <= len(accepted) <= MAX_QUEUE + 1, (len(accepted), len(busy))
+    assert all("queue" in first[i].body["message"] for i in busy)
+    # while the queue is full: pings and cached tracks are served, new generations from anyone are busy
+    dt, (pong,) = timed(other, P.PING)
+    assert pong.type == P.PONG and dt < PING_P99_S
+    dt, (hit,) = timed(other, P.GET_TRACK, **cached)
+    assert hit.type == P.TRACK and hit.body["cached"] and dt < CACHED_GET_MAX_S, (dt, hit.body)
+    (refused,) = other.call(P.GET_TRACK, prompt="queue full, another client", params={"duration": 0.1})
+    assert error_code(refused) == "busy", refused.body
+    (health,) = other.call(P.HEALTH)
+    assert health.body["queue"] + health.body["generating"] >= MAX_QUEUE
+    # free the queue; then generation is accepted again
+    for i in accepted:
+        c.call(P.CANCEL, target=i)
+    finals = collect(c, accepted, timeout=30, until="final")
+    assert all(finals[i][-1].type == P.END or error_code(finals[i][-1]) == "cancelled" for i in accepted)
+    deadline = time.time() + 30
+    while (h := other.call(P.HEALTH)[0].body)["queue"] + h["generating"] and time.time() < deadline:
+        time.sleep(0.1)
+    (m,) = other.call(P.GET_TRACK, prompt="queue drained", params={"duration": 0.1})
+    assert m.type == P.TRACK, m.body
+    c.close()
+    other.close()
+    alive(server)
+
+
+# ------------------------------------------------------------------ (a) a client that stops reading
+LONG = dict(params={"duration": 20.0}, format="pcm_f32le", sample_rate=48000)   # 3.84 MB on the wire, 40 chunks
+RSS_MARGIN_MB = 64
+# Justification: this one unread request can hold at most its whole track (3.84 MB of chunks in its outbox and
+# ZeroMQ pipe; the outbox limit MAX_OUTBOX=128 chunks is above the track's 40) plus the live track's native chunks
+# (2.56 MB) and the cache blob being written (2.6 MB): ~9 MB. The rest of the margin absorbs allocator noise
+# (glibc/torch arenas; the baseline already includes one identical generation by a reading client).
+
+
+def test_unread_stream_keeps_memory_and_latency_bounded(server):
+    fast = Conn(server.address)
+    probe = dict(context="menu", params={"duration": 1.0}, stream=False)
+    assert fast.call(P.GET_TRACK, **probe)[-1].type == P.TRACK
+    warm = fast.call(P.GET_TRACK, prompt="slow client warm-up", stream=True, **{**LONG, "params": {
+        "duration": 20.0, "seed": 1}})
+    assert warm[-1].type == P.END
+    time.sleep(0.3)
+    baseline = rss_mb(server)
+
+    slow = unread_dealer(server.address)
+    req = dict(prompt="a client that stops reading", **{**LONG, "params": {"duration": 20.0, "seed": 2}})
+    send(slow, P.GET_TRACK, id=1, stream=True, **req)
+    t0 = time.time()
+    pings, gets, rss = [], [], []
+    cached_at = None
+    while len(pings) < 50 or cached_at is None:
+        dt, (m,) = timed(fast, P.PING)
+        assert m.type == P.PONG
+        pings.append(dt)
+        rss.append(rss_mb(server))
+        if len(pings) % 5 == 0:
+            dt, (m,) = timed(fast, P.GET_TRACK, **probe)
+            assert m.type == P.TRACK and m.body["cached"], m.body
+            gets.append(dt)
+        if cached_at is None:
+            (m,) = fast.call(P.GET_TRACK, cached_only=True, prompt=req["prompt"], params=req["params"],
+                             format="pcm_s16le")
+            if m.type == P.TRACK:
+                cached_at = time.time() - t0
+            else:
+                assert error_code(m) == "not_found", m.body
+        assert time.time() - t0 < 120, "the unread stream's track never reached the cache"
+        time.sleep(0.05)
+    # the slow client's track is complete in the cache, in any format
+    (whole,) = fast.call(P.GET_TRACK, cached_only=True, stream=False, **req)
+    assert whole.type == P.TRACK and whole.body["frames"] == 20 * 48000
+    assert len(whole.payload) == 20 * 48000 * 4
+    growth = max(rss) - baseline
+    print(f"\nunread stream: baseline {baseline:.0f} MB, peak {max(rss):.0f} MB (+{growth:.1f}), ping p99 "
+          f"{p99(pings) * 1000:.1f} ms (max {max(pings) * 1000:.1f}), cached get max {max(gets) * 1000:.0f} ms, "
+          f"cached after {cached_at:.1f} s")
+    assert growth <= RSS_MARGIN_MB, f"RSS grew {growth:.0f} MB over the baseline {baseline:.0f} MB"
+    assert p99(pings) <= PING_P99_S, sorted(pings)[-5:]
+    assert max(gets) <= CACHED_GET_MAX_S, gets
+    slow.close()
+    fast.close()
+    alive(server)
+
+
+# ------------------------------------------------------------------ (b) a client that disconnects mid-stream
+def test_disconnect_mid_stream_still_caches(server):
+    gone = Conn(server.address)
+    req = dict(prompt="a client that hangs up", **{**LONG, "params": {"duration": 20.0, "seed": 3}})
+    rid = gone.send(P.GET_TRACK, stream=True, **req)
+    msgs = [gone.recv(60) for _ in range(3)]
+    assert [m.type for m in msgs] == [P.TRACK, P.CHUNK, P.CHUNK] and all(m.id == rid for m in msgs)
+    assert msgs[0].body["cached"] is False
+    gone.close()
+    fast = Conn(server.address)
+    dts = [timed(fast, P.PING)[0] for _ in range(20)]
+    assert p99(dts) <= PING_P99_S
+    whole = wait_cached(fast, 120, stream=False, **req)
+    assert whole.body["frames"] == 20 * 48000 and len(whole.payload) == 20 * 48000 * 4
+    (health,) = fast.call(P.HEALTH)
+    assert health.body["status"] == "ok"
+    fast.close()
+    alive(server)
+    assert "internal error" not in server.log()
+
+
+# ------------------------------------------------------------------ many unread cached streams, full pipes
+@pytest.fixture(scope="module")
+def long_cached(server, info):
+    """A cached 300 s track (the longest allowed), written straight into the server's cache: generating it
+    would take minutes. The key is computed the way the server does for a prompt request."""
+    from troubadour.cache import TrackCache, track_key
+    from troubadour.params import GenParams
+
+    model = info["model"]
+    duration = float(info["limits"]["max_duration"])
+    prompt = "slow clients: one very long cached track"
+    frames = int(duration * model["sample_rate"])
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal((model["channels"], frames), np.float32) * 0.1).astype(np.float32)
+    with TrackCache(server.cache) as cache:
+        cache.put(track_key(model["identity"], prompt, GenParams(duration=duration)), audio, model["sample_rate"],
+                  {"prompt": prompt})
+    req = dict(prompt=prompt, params={"duration": duration}, format="pcm_f32le", sample_rate=48000)
+    c = Conn(server.address)
+    first = c.call(P.GET_TRACK, cached_only=True, stream=True, **req)[0]   # the key matches: served from cache
+    c.close()
+    assert first.type == P.TRACK and first.body["cached"], first.body
+    return req
+
+
+def test_many_unread_cached_streams_keep_memory_and_latency_bounded(server, long_cached):
+    """One connection opens 8 streams of a long cached track and reads nothing. A cached replay is produced
+    lazily (at most a few messages ahead of the socket), so the server should hold little per stream."""
+    n = 8
+    fast = Conn(server.address)
+    for _ in range(3):
+        timed(fast, P.PING)
+    baseline = rss_mb(server)
+    slow = unread_dealer(server.address)
+    for i in range(n):
+        send(slow, P.GET_TRACK, id=i + 1, stream=True, **long_cached)
+    pings, rss = [], []
+    t_end = time.time() + 4
+    while time.time() < t_end or len(pings) < 20:
+        pings.append(timed(fast, P.PING)[0])
+        rss.append(rss_mb(server))
+        time.sleep(0.05)
+    growth = max(rss) - baseline
+    chunk = 0.5 * 48000 * 4   # bytes of one 0.5 s pcm_f32le chunk at 48 kHz, mono
+    # per stream: a few lazily made messages plus a full ZeroMQ pipe (SNDHWM 64) is the most it should take
+    bound = (n * (4 + 64) * chunk) / 2**20 + RSS_MARGIN_MB
+    print(f"\n{n} unread cached streams: RSS +{growth:.0f} MB (bound {bound:.0f} MB), ping p99 "
+          f"{p99(pings) * 1000:.0f} ms, max {max(pings) * 1000:.0f} ms")
+    slow.close()
+    fast.close()
+    alive(server)
+    assert growth <= bound, f"RSS grew {growth:.0f} MB for {n} unread streams of one connection"
+    assert p99(pings) <= PING_P99_S, f"ping p99 {p99(pings):.2f} s while the streams started"
+
+
+def test_replies_to_a_connection_with_a_full_pipe_are_not_lost(server, long_cached):
+    """Section 4: every request gets exactly one final message. A client whose pipe is full (it is busy
+    receiving a big stream) sends a malformed request, a cancel and a ping: all four requests get a final."""
+    s = unread_dealer(server.address)
+    send(s, P.GET_TRACK, id=1, stream=True, **long_cached)
+    time.sleep(1.5)   # 57.6 MB of audio: the pipe and the kernel buffers are full long before this
+    send(s, P.GET_TRACK, id=2, prompt="x", bogus=True)   # bad_request (unknown field)
+    send(s, P.CANCEL, id=3, target=1)
+    send(s, P.PING, id=4)
+    finals: dict = {}
+    deadline = time.time() + 30
+    while time.time() < deadline and len(finals) < 4:
+        if not s.poll(500):
+            if {1, 3, 4} <= set(finals):
+                break   # everything else has arrived and nothing more comes: the error was lost
+            continue
+        frames = s.recv_multipart()
+        m = P.decode(frames[1:], reply=True)
+        if m.final:
+            assert m.id not in finals, f"two finals for {m.id}"
+            finals[m.id] = m.type if m.type != P.ERROR else error_code(m)
+    s.close()
+    alive(server)
+    assert finals.get(1) in ("cancelled", P.END) and finals.get(3) == P.CANCELLED_REPLY and finals.get(4) == P.PONG, \
+        finals
+    assert finals.get(2) == "bad_request", f"the malformed request's error reply was lost: finals {finals}"
