@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import Conn, ServerProcess, audio_of
+from servers import PROFILES, Conn, ServerProcess, audio_of  # 1 s tracks; ServerTests.cs relies on them
 from troubadour import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,35 +33,6 @@ MCS_FLAGS = ["-langversion:7.2", "-warn:4", "-warnaserror", "-r:System.dll", "-r
 needs_mcs = pytest.mark.skipif(MCS is None, reason="needs mcs (apt-get install mono-mcs)")
 needs_mono = pytest.mark.skipif(MCS is None or MONO is None, reason="needs mcs and mono (apt-get install mono-mcs)")
 
-# Short tracks (1 s) keep the run fast; ServerTests.cs relies on these contexts.
-PROFILES = """
-[game]
-title = "Unity Client Test"
-genre = "chiptune"
-
-[defaults]
-duration = 1.0
-seed = 100
-
-[contexts.menu]
-mood = "happy"
-bpm = 120
-
-[contexts.explore]
-mood = "peaceful"
-variants = 2
-
-[contexts.battle]
-mood = "tense"
-bpm = 140
-
-[contexts.boss]
-mood = "epic"
-
-[contexts.victory]
-mood = "heroic"
-loop = false
-"""
 PROFILES_V2 = PROFILES.replace('mood = "happy"', 'mood = "mysterious"')   # changes `menu` only
 SERVER_CHECKS = {
     "zmtp_handshake", "info", "health", "list_profiles", "subscribe", "get_track_cold", "get_track_cached",

@@ -157,7 +157,10 @@ class Handlers:
                                                           self.engine.max_duration)
             if "seed" in overrides:
                 merged["seed"] = overrides["seed"] + variant
-            params = GenParams.from_dict(merged, self.engine.max_duration)
+            try:
+                params = GenParams.from_dict(merged, self.engine.max_duration)
+            except ValidationError as e:
+                raise ValidationError(e.message, field=f"params.{e.field}") from None
         return self.context_spec(ctx, variant, params)
 
     def context_spec(self, ctx, variant: int, params=None) -> TrackSpec:
@@ -367,18 +370,31 @@ class Handlers:
             live = self.live.get(reply.job.key)
             if live is not None:
                 live.detach(reply.stream)
-        if reply.job is not None:
-            self.scheduler.release(reply.job, reply)
+        if reply.job is not None and self.scheduler.release(reply.job, reply):
+            live = self.live.get(reply.job.key)
+            if reply.job.state == "cancelled" and live is not None and live.job is reply.job:
+                del self.live[reply.job.key]   # cancelled before it started: no event will clear it
         reply.source = None
         for states in self.prefetches.values():
             states[:] = [s for s in states if s.reply is not reply]
 
     def drop_client(self, client: bytes, why: str) -> None:
+        """The connection is gone: forget everything about it."""
         for key in [k for k in self.replies if k[0] == client]:
             reply = self.replies.pop(key)
             self._detach(reply)
             reply.outbox.clear()
         self.subscribers.pop(client, None)
+        for key in [k for k in self.rotation if k[0] == client]:
+            del self.rotation[key]
+
+    def drop_stream(self, reply, why: str) -> None:
+        """A client stopped reading this request: free its backlog and end it with one error it can act on."""
+        self._detach(reply)
+        reply.outbox.clear()
+        reply.closed = False
+        reply.fail(TroubadourError(f"the stream was dropped: {why}; the track is still generated and cached, "
+                                   "ask again", code=P.BUSY))
 
 
 def _pinned(cache, key, source):

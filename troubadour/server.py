@@ -192,10 +192,18 @@ class Server(Handlers):
         """One fair pass over every outbox. Returns True if some peer could not take more."""
         blocked = False
         for h in self._holders():
-            h.refill()
+            try:
+                h.refill()
+            except Exception as e:   # one broken delivery fails its request, not the loop
+                log(f"internal error delivering a track: {e!r}")
+                self.drop_stream(h, "internal error") if isinstance(h, Reply) else h.outbox.clear()
+                continue
             if len(h.outbox) > MAX_OUTBOX:
-                # the client stopped reading: drop its stream (the track is still generated and cached)
-                self.drop_client(h.client, f"stopped reading ({len(h.outbox)} messages queued)")
+                # the client stopped reading: its backlog goes, the track is still generated and cached
+                if isinstance(h, Reply):
+                    self.drop_stream(h, f"you stopped reading ({len(h.outbox)} messages queued)")
+                else:
+                    h.outbox.clear()   # a subscriber that does not read loses old events
                 continue
             for _ in range(SEND_BATCH):
                 if not h.outbox:

@@ -194,6 +194,10 @@ class LiveTrack:
         self.chunks.append(audio)
         self.finished = last
         for ts in list(self.streams):
-            ts.feed(audio, last)
+            try:
+                ts.feed(audio, last)
+            except Exception as e:   # one listener's delivery failing must not starve the others
+                self.streams.remove(ts)
+                ts.reply.fail(e)
         if last:
             self.streams.clear()
