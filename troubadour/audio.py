@@ -310,7 +310,7 @@ def read_loop_points(path: str | os.PathLike) -> tuple[int, int] | None:
     return (start, start + length) if length > 0 else None
 
 
-def _json_default(obj):
+def json_default(obj):
     # Metadata often carries numpy scalars/arrays and paths; store them as plain JSON.
     if isinstance(obj, np.generic):
         return obj.item()
@@ -327,7 +327,7 @@ def sidecar_path(audio_path: str | os.PathLike) -> Path:
 
 def write_sidecar(audio_path: str | os.PathLike, meta: dict) -> Path:
     """Write `meta` as pretty UTF-8 JSON next to the audio (a.wav -> a.json), atomically."""
-    text = json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True, default=_json_default)
+    text = json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True, default=json_default)
     data = (text + "\n").encode("utf-8")
     return _atomic_write(sidecar_path(audio_path), lambda f: f.write(data))
 
@@ -376,7 +376,7 @@ def _encode_record(record: dict) -> bytes:
     # json.dumps escapes newlines inside strings, so a record is always exactly one line.
     # allow_nan=False: NaN/Infinity are not JSON and other readers would choke on them.
     line = json.dumps(record, ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False, default=_json_default)
+                      allow_nan=False, default=json_default)
     return line.encode("utf-8") + b"\n"
 
 

@@ -37,6 +37,7 @@ from typing import Iterator
 import diskcache
 import numpy as np
 
+from .audio import json_default
 from .params import GenParams
 
 # Bump when the meaning of a key changes (new field, different canonical form): old
@@ -136,17 +137,6 @@ def track_key(model_identity: str, prompt: str, params: dict | GenParams,
 # --- blob format -------------------------------------------------------------------------
 
 
-def _json_default(obj):
-    # Meta often carries numpy scalars and paths; store them as plain JSON.
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def _planar_f32(audio) -> np.ndarray:
     a = np.asarray(audio)
     if a.ndim == 1:
@@ -164,7 +154,7 @@ def encode_track(audio: np.ndarray, sample_rate: int, meta: dict) -> bytes:
     header = {"shape": list(a.shape), "dtype": _DTYPE, "layout": "planar",
               "sample_rate": int(sample_rate), "meta": meta}
     head = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                      default=_json_default).encode("utf-8")
+                      default=json_default).encode("utf-8")
     body = _LEN.pack(len(head)) + head + a.tobytes()
     return MAGIC + hashlib.sha256(body).digest() + body
 
@@ -321,7 +311,7 @@ class TrackCache:
         index = {name: meta.get(name) for name in ("created", "context", "variant", "prompt")}
         index.update(bytes=len(blob), duration=a.shape[1] / int(sample_rate),
                      sample_rate=int(sample_rate), channels=a.shape[0], frames=a.shape[1])
-        index_text = json.dumps(index, ensure_ascii=False, default=_json_default)
+        index_text = json.dumps(index, ensure_ascii=False, default=json_default)
         with self.raw.transact(retry=True):
             self._delete_in_txn(key)
             self.raw.set(BLOB_PREFIX + key, blob)
