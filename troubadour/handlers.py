@@ -201,13 +201,28 @@ class Handlers:
     def on_get_track(self, reply, req):
         spec = self.resolve(reply.client, req)
         job = self.scheduler.find(spec.key)
-        track = None
         memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
         memo = self.memo.get(memo_key) if job is None and not req["regenerate"] else None
         if memo is not None:
             return self._send_memo(reply, req, spec, memo)
-        if job is None and not req["regenerate"]:
+        if job is None and not req["regenerate"] and self.cache.contains(spec.key):
+            # reading and checking a blob takes milliseconds per MB: a reader thread does it, the I/O thread
+            # goes on serving, and delivery continues in on_event("cached")
+            self.cache.pin(spec.key)
+            self.readers.submit(self._read_cached, reply, req, spec)
+            return
+        self._deliver(reply, req, spec, job, None)
+
+    def _read_cached(self, reply, req, spec) -> None:
+        """Reader thread."""
+        try:
             track = self.cache.get(spec.key)
+        except Exception:   # an unreadable entry is a miss: the track is generated again
+            track = None
+        self._emit(("cached", reply, req, spec, track))
+
+    def _deliver(self, reply, req, spec, job, track) -> None:
+        memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
         if job is None and track is None and req["cached_only"]:
             raise TroubadourError("track not in the cache yet", code=P.NOT_FOUND)
         shaper = self._shaper(spec)
@@ -325,6 +340,16 @@ class Handlers:
                 self.reload_profiles()
             except TroubadourError:
                 pass   # subscribers got profiles_error; the old profiles stay
+        elif kind == "cached":
+            _, reply, req, spec, track = event
+            try:
+                if not reply.closed and self.replies.get(reply.key) is reply:
+                    job = self.scheduler.find(spec.key) if track is None else None
+                    self._deliver(reply, req, spec, job, track)
+            except TroubadourError as e:
+                reply.fail(e)
+            finally:
+                self.cache.unpin(spec.key)
         elif kind == "progress":
             _, job, done, total = event
             fields = {"track_id": job.key, "done_steps": done, "total_steps": total}

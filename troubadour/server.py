@@ -8,6 +8,7 @@ inproc wake-up socket. Request handling lives in handlers.py.
 from __future__ import annotations
 
 import errno
+from concurrent.futures import ThreadPoolExecutor
 import itertools
 import queue
 import sys
@@ -54,6 +55,7 @@ class Server(Handlers):
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
         self._error_ids = itertools.count()
+        self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="troubadour-cache-read")
         self.dead: TroubadourError | None = None
         self._stop = threading.Event()
         self._wake_lock = threading.Lock()
@@ -103,6 +105,7 @@ class Server(Handlers):
         if self.watcher:
             self.watcher.stop()
         self.worker.join(timeout=5)
+        self.readers.shutdown(wait=True, cancel_futures=True)
         for s in (self.socket, self._wake_rx, self._wake_tx):
             s.close(linger=0)
         if self.authenticator:
