@@ -38,13 +38,19 @@ PCM_FORMATS = ("s16le", "f32le")
 _WRITE_BLOCK = 65536
 
 
-def _planar(audio: np.ndarray) -> np.ndarray:
-    """Return a finite float64 (channels, frames) view/copy of `audio`."""
-    a = np.asarray(audio, dtype=np.float64)
+def as_planar(audio: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """`audio` as a (channels, frames) array; 1-D input is mono."""
+    a = np.asarray(audio, dtype=dtype)
     if a.ndim == 1:
         a = a[np.newaxis, :]
     if a.ndim != 2:
         raise ValueError(f"audio must be (channels, frames) or (frames,), got shape {a.shape}")
+    return a
+
+
+def _planar(audio: np.ndarray) -> np.ndarray:
+    """Return a finite float64 (channels, frames) view/copy of `audio`."""
+    a = as_planar(audio, np.float64)
     if not np.all(np.isfinite(a)):
         a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0)
     return a

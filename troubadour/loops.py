@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .audio import as_planar
+
 # Default crossfade: one beat, kept within these bounds (seconds).
 MIN_CROSSFADE_S = 0.05
 MAX_CROSSFADE_S = 1.0
@@ -184,15 +186,6 @@ class LoopResult:
         return self.loop_start, self.loop_end
 
 
-def _as_planar(audio: np.ndarray) -> np.ndarray:
-    a = np.asarray(audio, dtype=np.float32)
-    if a.ndim == 1:
-        a = a[np.newaxis, :]
-    if a.ndim != 2:
-        raise ValueError(f"audio must be (channels, frames) or (frames,), got shape {a.shape}")
-    return a
-
-
 def make_loop(audio: np.ndarray, sample_rate: int, bpm: float | None = None, meter: str = "4/4",
               crossfade_s: float | None = None, curve: str = "equal_power", snap: int = 1) -> LoopResult:
     """Cut `audio` into a seamless loop (see the module docstring).
@@ -201,7 +194,7 @@ def make_loop(audio: np.ndarray, sample_rate: int, bpm: float | None = None, met
     loop_end is dropped. With bpm None the tempo is estimated (`estimate_bpm`); if that fails the loop
     uses the beat-free fallback of `loop_points`.
     """
-    a = _as_planar(audio)
+    a = as_planar(audio)
     if bpm is None:
         bpm = estimate_bpm(a, sample_rate)
     start, end, xf = _plan(a.shape[1], sample_rate, bpm, meter, crossfade_s, snap)
@@ -248,7 +241,7 @@ class LoopStreamer:
     def feed(self, chunk: np.ndarray) -> list[np.ndarray]:
         if self._done:
             raise RuntimeError("LoopStreamer.feed() after finish()")
-        c = _as_planar(chunk)
+        c = as_planar(chunk)
         n = c.shape[1]
         self._keep(c, self.loop_start - self.crossfade, self.loop_start, self._pre)
         self._keep(c, self.hold, self.loop_end, self._tail)
@@ -305,7 +298,7 @@ def estimate_bpm(audio: np.ndarray, sample_rate: int) -> float | None:
     The tracker's own tempo is quantised to its onset-envelope lag (~2-4 bpm steps); a straight-line
     fit through the tracked beat times is accurate to a fraction of a bpm.
     """
-    a = _as_planar(audio)
+    a = as_planar(audio)
     if a.shape[1] < MIN_BPM_AUDIO_S * sample_rate or not np.any(a):
         return None
     import librosa  # heavy (numba); only needed here
@@ -354,7 +347,7 @@ def seam_metric(audio: np.ndarray, sample_rate: int, loop_start: int, loop_end: 
     the track's median step, the simpler definition, which flags downbeat attacks too). A seamless loop
     meets SEAM_LIMITS; naive cuts exceed them. `sample_rate` is unused: the ratios are scale-free.
     """
-    a = _as_planar(audio).astype(np.float64)
+    a = as_planar(audio).astype(np.float64)
     n = a.shape[1]
     if not 0 < loop_start < loop_end <= n:
         raise ValueError(f"bad loop ({loop_start}, {loop_end}) for {n} frames")
