@@ -44,8 +44,13 @@ def _tokenizer(vocab_size: int):
 
 
 def build_test_model(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hidden: int = 32,
-                     heads: int = 2, codebook_size: int = 64, stereo: bool = False, melody: bool = False) -> Path:
-    """Write a tiny MusicGen (or MusicGen-Melody) checkpoint with its tokenizer to `out_dir`."""
+                     heads: int = 2, codebook_size: int = 64, stereo: bool = False, melody: bool = False,
+                     text_dim: int = 32, text_kv: int = 8, text_ff: int = 64, text_layers: int = 1,
+                     text_heads: int = 2, codec_hidden: int = 32, codec_filters: int = 4,
+                     max_positions: int = 4096) -> Path:
+    """Write a random-weight MusicGen (or MusicGen-Melody) checkpoint with its tokenizer to `out_dir`.
+
+    The defaults are tiny; bench/ passes musicgen-small's sizes for a small-shaped one."""
     import torch
     from transformers import (EncodecConfig, EncodecFeatureExtractor, MusicgenConfig,
                               MusicgenDecoderConfig, MusicgenForConditionalGeneration,
@@ -55,14 +60,16 @@ def build_test_model(out_dir: str | Path, *, seed: int = 0, layers: int = 2, hid
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(vocab_size=200)
-    text = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    text = T5Config(vocab_size=len(tokenizer), d_model=text_dim, d_kv=text_kv, d_ff=text_ff,
+                    num_layers=text_layers, num_heads=text_heads, decoder_start_token_id=0, pad_token_id=0,
+                    eos_token_id=1)
     audio = EncodecConfig(sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4],
-                          target_bandwidths=[2.2], codebook_size=codebook_size, hidden_size=32, num_filters=4,
+                          target_bandwidths=[2.2], codebook_size=codebook_size, hidden_size=codec_hidden,
+                          num_filters=codec_filters,
                           num_lstm_layers=2, use_causal_conv=False, normalize=False, chunk_length_s=None)
     codebooks = 8 if stereo else 4
     decoder_cls = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
-    decoder = decoder_cls(vocab_size=codebook_size, max_position_embeddings=4096,
+    decoder = decoder_cls(vocab_size=codebook_size, max_position_embeddings=max_positions,
                                     num_hidden_layers=layers, ffn_dim=hidden * 4, num_attention_heads=heads,
                                     hidden_size=hidden, num_codebooks=codebooks,
                                     audio_channels=2 if stereo else 1, pad_token_id=codebook_size,
