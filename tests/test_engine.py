@@ -223,3 +223,34 @@ def test_unknown_precision_is_refused(tiny_model):
     with pytest.raises(ValidationError) as e:
         Engine(load_backend(str(tiny_model), "cpu"), precision="fp8")
     assert e.value.field == "precision"
+
+
+@pytest.fixture(scope="module")
+def wide_backend(tmp_path_factory):
+    """Wide enough (256) for the engine's skinny-matmul paths; the tiny checkpoint takes F.linear."""
+    from troubadour.testmodel import build_test_model
+
+    path = build_test_model(tmp_path_factory.mktemp("wide") / "m", layers=1, hidden=256, heads=4)
+    return load_backend(str(path), "cpu")
+
+
+def test_step_matmul_layouts_equal_f_linear(wide_backend):
+    eng = Engine(wide_backend)
+    assert eng._skinny
+    lin = torch.nn.Linear(256, 96)
+    for rows in (1, 2, 3, 8, 40):   # W @ x^T, oneDNN (or F.linear where missing), F.linear
+        x = torch.randn(rows, 1, 256)
+        np.testing.assert_allclose(eng._lin(lin, x).detach(), lin(x).detach(), atol=1e-5)
+        assert eng._lin(lin, x).shape == (rows, 1, 96)
+
+
+def test_wide_checkpoint_matches_transformers_alone_and_batched(wide_backend):
+    eng = Engine(wide_backend)
+    prompts = ["calm piano", "an epic orchestral battle theme with drums", "rain"]
+    inputs = wide_backend.tokenizer(prompts, padding=True, return_tensors="pt")
+    ref = wide_backend.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=25 + 3)
+    batched = eng.generate([job(p, top_k=1, duration=0.5) for p in prompts])          # 6 rows with CFG
+    alone = [eng.generate([job(p, top_k=1, duration=0.5)])[0] for p in prompts]      # 2 rows each
+    for i in range(len(prompts)):
+        np.testing.assert_allclose(batched[i].audio, ref[i].numpy()[:, :16000], atol=1e-4)
+        np.testing.assert_allclose(alone[i].audio, ref[i].numpy()[:, :16000], atol=1e-4)

@@ -26,6 +26,12 @@ from .sampling import Sampler
 CHUNK_FRAMES = 25      # audio leaves every 0.5 s of generated music
 CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM and convs settle before the kept part
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
+# A decode step multiplies few rows (prompts and their CFG rows) by every weight, a memory-bound shape where
+# F.linear (x @ W^T through MKL) reaches a third of the memory bandwidth on the CPU. Measured per step
+# (bench/README.md, "matmul layouts"): W @ x^T is fastest for 1-2 rows, oneDNN's linear on the same dense
+# weights for 3-32; past that the step is compute-bound and F.linear is fine.
+GEMV_ROWS = 2
+ONEDNN_ROWS = 32
 WINDOW_S = 30.0        # MusicGen was trained on 30 s; longer tracks continue window by window
 CONTINUATION_S = 10.0  # codes of the previous window a continuation is conditioned on
 
@@ -84,6 +90,10 @@ class Engine:
         self._fuse_projections()
         self.precision = "fp32" if self._device.type == "cpu" else str(self.info.dtype)
         self._set_precision(precision)
+        # (tiny test checkpoints: below ~256 wide the per-call overhead outweighs the layout)
+        self._skinny = (self._device.type == "cpu" and self._dtype() == torch.float32 and self.precision == "fp32"
+                        and self._dec.config.hidden_size >= 256)
+        self._onednn = self._skinny and _onednn_linear_works()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -265,21 +275,14 @@ class Engine:
 
     # ------------------------------------------------------------------ decode loop pieces
     def _fuse_projections(self) -> None:
-        """One matmul for q, k, v, held as an nn.Linear so precision options (int8, bf16) cover it; the
-        original modules' weights become views of the fused tensor (no extra memory)."""
-        self._qkv = torch.nn.ModuleList()
+        """One matmul for q, k, v and one for the codebooks' heads, held as nn.Linears so precision options
+        (int8, bf16) cover them; the original modules' weights become views of the fused tensors."""
+        qkv = torch.nn.ModuleList()
         for layer in self._layers:
             att = layer.self_attn
-            w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach()
-            d = att.q_proj.weight.shape[0]
-            att.q_proj.weight.data, att.k_proj.weight.data, att.v_proj.weight.data = w[:d], w[d:2 * d], w[2 * d:]
-            fused = torch.nn.Linear(w.shape[1], w.shape[0], bias=att.q_proj.bias is not None,
-                                    device="meta")
-            fused.weight = torch.nn.Parameter(w, requires_grad=False)
-            if att.q_proj.bias is not None:
-                fused.bias = torch.nn.Parameter(torch.cat([att.q_proj.bias, att.k_proj.bias,
-                                                           att.v_proj.bias]).detach(), requires_grad=False)
-            self._qkv.append(fused)
+            qkv.append(_fuse([att.q_proj, att.k_proj, att.v_proj]))
+        self._fused = torch.nn.ModuleDict({"qkv": qkv, "heads": _fuse(list(self._heads))})
+        self._qkv = qkv
 
     def _set_precision(self, precision: str) -> None:
         """CPU speed options for the decoder (the text encoder and codec stay as loaded). Their quality cost
@@ -288,17 +291,33 @@ class Engine:
             return
         if precision == "bf16":
             self.backend.decoder.to(torch.bfloat16)
-            self._qkv.to(torch.bfloat16)
+            self._fused.to(torch.bfloat16)
         elif precision == "int8":
             if self._device.type != "cpu":
                 raise ValidationError("int8 dynamic quantization runs on the CPU only", field="precision")
             from torch.ao.quantization import quantize_dynamic
 
-            for module in (self.backend.decoder, self._qkv):
+            for module in (self.backend.decoder, self._fused):
                 quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         else:
             raise ValidationError(f"precision must be fp32, bf16 or int8, got {precision!r}", field="precision")
         self.precision = precision
+
+    def _lin(self, mod, x: torch.Tensor) -> torch.Tensor:
+        """`mod(x)` for an nn.Linear (or its int8 replacement), faster for the decode step's few rows."""
+        rows = x.numel() // x.shape[-1]
+        if not self._skinny or rows > ONEDNN_ROWS or type(mod) is not torch.nn.Linear:
+            return mod(x)
+        x2 = x.reshape(rows, x.shape[-1])
+        if rows <= GEMV_ROWS:
+            y = torch.mm(mod.weight, x2.t()).t().contiguous()
+            if mod.bias is not None:
+                y += mod.bias
+        elif self._onednn:
+            y = torch.ops.mkldnn._linear_pointwise(x2, mod.weight, mod.bias, "none", [None], "")
+        else:
+            return mod(x)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     def _dtype(self) -> torch.dtype:
         return self._dec.layer_norm.weight.dtype
@@ -351,27 +370,53 @@ class Engine:
         for i, layer in enumerate(self._layers):
             att = layer.self_attn
             y = layer.self_attn_layer_norm(x)
-            q, kk, vv = self._qkv[i](y).view(rows, n, 3, h, d // h).unbind(2)
+            q, kk, vv = self._lin(self._qkv[i], y).view(rows, n, 3, h, d // h).unbind(2)
             kc, vc = cache[i]
             kc[:, :, start:end] = kk.transpose(1, 2)
             vc[:, :, start:end] = vv.transpose(1, 2)
             # a prefill starts at 0, so PyTorch's top-left causal mask is the right one
             a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
                                                is_causal=n > 1, scale=att.scaling)
-            x = x + att.out_proj(a.transpose(1, 2).reshape(rows, n, d))
+            x = x + self._lin(att.out_proj, a.transpose(1, 2).reshape(rows, n, d))
 
             if cross is not None:
                 catt = layer.encoder_attn
                 y = layer.encoder_attn_layer_norm(x)
-                q = catt.q_proj(y).view(rows, n, h, d // h).transpose(1, 2)
+                q = self._lin(catt.q_proj, y).view(rows, n, h, d // h).transpose(1, 2)
                 ck, cv = cross_kv[i]
                 a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=catt.scaling)
-                x = x + catt.out_proj(a.transpose(1, 2).reshape(rows, n, d))
+                x = x + self._lin(catt.out_proj, a.transpose(1, 2).reshape(rows, n, d))
 
             y = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(y)))
+            x = x + self._lin(layer.fc2, layer.activation_fn(self._lin(layer.fc1, y)))
         x = self._dec.layer_norm(x[:, -1])
-        return torch.stack([head(x) for head in self._heads], dim=1).float()   # (rows, K, V)
+        return self._lin(self._fused["heads"], x).view(rows, len(self._heads), -1).float()   # (rows, K, V)
+
+def _fuse(mods: list[torch.nn.Linear]) -> torch.nn.Linear:
+    """Linears that read the same input, as one whose output is theirs concatenated."""
+    w = torch.cat([m.weight for m in mods]).detach()
+    fused = torch.nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device="meta")
+    fused.weight = torch.nn.Parameter(w, requires_grad=False)
+    if mods[0].bias is not None:
+        fused.bias = torch.nn.Parameter(torch.cat([m.bias for m in mods]).detach(), requires_grad=False)
+    start = 0
+    for m in mods:   # no extra memory: the originals now view the fused tensor
+        n = m.weight.shape[0]
+        m.weight.data = w[start:start + n]
+        start += n
+    return fused
+
+
+def _onednn_linear_works() -> bool:
+    """oneDNN's linear is an internal op of PyTorch's CPU builds (Inductor uses it): use it only where it
+    exists and agrees with F.linear."""
+    try:
+        x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], "")
+        return torch.backends.mkldnn.is_available() and torch.allclose(y, F.linear(x, w, b), atol=1e-5)
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
 
 class _RowDecoder:
     """One track's codes as they arrive, decoded to audio chunks with context on both sides of each chunk."""
