@@ -321,7 +321,7 @@ def test_stream_resumes_after_server_crash(live):
             rest = list(stream)
         finally:
             helper.join()
-        got = first.data + b"".join(x.data for x in rest)
+        got = bytes(first.data) + b"".join(x.data for x in rest)
         assert [x.offset for x in rest][0] == first.offset + first.frames
         assert c.reconnects >= 1
         full = c.get_track(prompt="crash mid stream", params=params)
@@ -417,3 +417,57 @@ def test_cli_no_server(cli_env, capsys, tmp_path):
         code, _, err = cli_main(args + ["--server", address, "--timeout", "0.3", "--retries", "1"], capsys)
         assert code == 4, (args, err)
         assert err.strip() == f"troubadour: error: no answer from {address} after 2 tries"
+
+
+@pytest.mark.parametrize("damage", ["crc32", "bytes", "payload"])
+def test_damaged_stream_is_a_protocol_error(damage):
+    """A server (here a bare ROUTER) whose `end` does not match the chunks it sent: the client says so."""
+    import zlib
+
+    import zmq
+
+    from troubadour.client import ProtocolError
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    pcm = bytes(range(256)) * 400   # 102400 bytes = 25600 stereo s16 frames
+    sent = pcm[:-1] + b"\x00" if damage == "payload" else pcm
+
+    def serve():
+        ident, _, *frames = router.recv_multipart()
+        rid = P.decode(frames).body["id"]
+        head = dict(track_id="t", cached=True, prompt="p", params={}, sample_rate=32000, channels=2,
+                    frames=len(pcm) // 4, format="pcm_s16le")
+        end = dict(frames=len(pcm) // 4, bytes=len(pcm) + (damage == "bytes"), sha256="0" * 64,
+                   crc32=(zlib.crc32(pcm) ^ (damage == "crc32")))
+        half = len(sent) // 2
+        for msg in (P.reply(rid, 0, False, P.TRACK, **head),
+                    P.reply(rid, 1, False, P.CHUNK, sent[:half], offset=0, frames=half // 4, bytes=half),
+                    P.reply(rid, 2, False, P.CHUNK, sent[half:], offset=half // 4, frames=half // 4, bytes=half),
+                    P.reply(rid, 3, True, P.END, **end)):
+            router.send_multipart([ident, b"", *msg])
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=5, retries=0) as c:
+            with pytest.raises(ProtocolError, match="crc32" if damage != "bytes" else "bytes"):
+                c.get_track(prompt="p")
+    finally:
+        t.join(5)
+        router.close(0)
+
+
+def test_cached_replay_chunks_stay_under_the_chunk_limit(client):
+    """Cached replays send few, large chunks; float32 48 kHz stereo is the widest delivery."""
+    req = dict(prompt="rain on a tin roof", params={"duration": 12.0, "seed": 3}, format="pcm_f32le",
+               sample_rate=48000)
+    client.get_track(**req)   # generate and cache
+    with client.stream_track(**req) as ts:
+        items = list(ts)
+    chunks = [c for c in items if isinstance(c, Chunk)]
+    assert items[0].cached and sum(c.frames for c in chunks) == items[0].frames
+    assert max(len(c.data) for c in chunks) <= P.MAX_CHUNK_BYTES
+    assert len(chunks) <= 8   # not the 24 half-second chunks of a live stream

@@ -11,10 +11,10 @@ requests (Lazy Pirate), at most `retries` times each, then raises `Timeout`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import struct
 import time
+import zlib
 from collections import OrderedDict, deque
 
 import msgpack
@@ -163,15 +163,16 @@ class Client:
                 raise req.error
             if not req.open:
                 raise TroubadourError(f"request {req.id} has no more messages", code="closed")
-            self._wait()
+            self._wait(want=req)
         msg = req.queue.popleft()
         req.nbytes -= _size(msg)
         if msg.type == P.ERROR:
             raise server_error(msg.body, req.type)
         return msg
 
-    def _wait(self, until: float | None = None) -> None:
-        """Poll once: dispatch what arrived, ping when quiet, reconnect when silent too long."""
+    def _wait(self, until: float | None = None, want: _Request | None = None) -> None:
+        """Poll once: dispatch what arrived (until `want` has a message), ping when quiet, reconnect when
+        silent too long."""
         now = time.monotonic()
         busy = self._busy()
         dead_at = self._last_seen + self.timeout
@@ -183,10 +184,15 @@ class Client:
         if self._sock in ready:
             while True:
                 try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                    frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._dispatch(frames)
+                # zero-copy for the audio payload (a view of ZeroMQ's buffer), bytes for the small frames
+                self._dispatch([f.bytes for f in frames[:4]] + [f.buffer for f in frames[4:]])
+                if want is not None and want.queue:
+                    # hand it over before reading on: a reader that drops each chunk then keeps one buffer
+                    # alive, not the whole track (allocating it afresh every time cost ~2 ms per 6 MB track)
+                    break
         if self._mon in ready and self._drain_monitor() and self._busy():
             self._lost("connection lost")
             return
@@ -340,7 +346,7 @@ class Client:
     def get_track(self, context=None, *, variant=None, prompt=None, params=None, format="pcm_s16le",
                   sample_rate=None, regenerate=False, cached_only=False, priority=None, fallback=None,
                   stream=True) -> Track:
-        """Fetch a whole track. Checked against the server's byte count and sha256."""
+        """Fetch a whole track. Checked against the server's byte count and crc32."""
         kw = dict(variant=variant, prompt=prompt, params=params, format=format, sample_rate=sample_rate,
                   regenerate=regenerate, cached_only=cached_only, priority=priority, fallback=fallback)
         if stream:
@@ -352,7 +358,7 @@ class Client:
         if msg.type != P.TRACK or not msg.final:
             raise ProtocolError(f"get_track answered with {msg.type} (final={msg.final})")
         track = Track(TrackHeader(msg.body), bytes(msg.payload))
-        _check_totals(track.header, track.audio, hashlib.sha256(track.audio))
+        _check_totals(track.header, len(track.audio), zlib.crc32(track.audio))
         return track
 
     def prefetch(self, contexts, *, variants="all", priority=None, on_progress=None, on_accepted=None) -> dict:

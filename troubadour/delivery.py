@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import zlib
 
 import numpy as np
 import soundfile as sf
@@ -40,14 +41,13 @@ class Delivery:
         self.rate = rate or native_rate
         self.channels = channels
         self.frames = int(round(native_frames * self.rate / native_rate))
-        self._resampler = None
-        if self.rate != native_rate:
-            self._resampler = soxr.ResampleStream(native_rate, self.rate, channels, dtype="float32", quality="HQ")
+        self._resampler = None   # made on first use: a memo replay never resamples
         self._out_frames = 0
         self._pending: list[np.ndarray] = []   # ogg only: encoded at the end
         self._header_sent = False
         self.bytes = 0
         self.sha = hashlib.sha256()
+        self.crc32 = 0
 
     def max_bytes(self) -> int:
         """Upper bound of the payload size (OGG is smaller than 16-bit PCM)."""
@@ -81,10 +81,18 @@ class Delivery:
         for _, _, data in pieces:
             self.bytes += len(data)
             self.sha.update(data)
+            self.crc32 = zlib.crc32(data, self.crc32)
         return pieces
+
+    def digests(self) -> dict:
+        """Checks of all payload bytes so far: sha256 names the content, crc32 is the quick transfer check."""
+        return {"sha256": self.sha.hexdigest(), "crc32": self.crc32}
 
     def _resample(self, audio: np.ndarray, last: bool) -> np.ndarray:
         audio = np.asarray(audio, dtype=np.float32)
+        if self.rate != self.native_rate and self._resampler is None:
+            self._resampler = soxr.ResampleStream(self.native_rate, self.rate, self.channels, dtype="float32",
+                                                  quality="HQ")
         if self._resampler is not None:
             out = self._resampler.resample_chunk(np.ascontiguousarray(audio.T), last=last)
             audio = np.asarray(out, dtype=np.float32).reshape(-1, self.channels).T

@@ -261,7 +261,7 @@ class Handlers:
         return header
 
     def _send_memo(self, reply, req, spec, memo) -> None:
-        pieces, frames, nbytes, sha = memo
+        frames = memo[1]
         delivery = Delivery(self.engine.sample_rate, self.engine.channels,
                             round(frames * self.engine.sample_rate / (req["sample_rate"] or self.engine.sample_rate)),
                             req["format"], req["sample_rate"])

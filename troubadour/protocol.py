@@ -96,6 +96,13 @@ class Message:
 # ---------------------------------------------------------------- msgpack subset
 def _canon(obj, depth: int = 1):
     """A copy of `obj` with map keys sorted, checked against the msgpack subset and limits."""
+    t = type(obj)   # exact-type fast paths first: the abstract-class checks below are slow per message
+    if t is int:
+        if not INT_MIN <= obj <= INT_MAX:
+            raise ProtocolError(f"integer {obj} outside the int64 range")
+        return obj
+    if t is bool or t is float or obj is None:
+        return obj
     if obj is None or isinstance(obj, (bool, str, float)):
         if isinstance(obj, str) and len(obj) * 4 > MAX_STR_BYTES and len(obj.encode("utf-8")) > MAX_STR_BYTES:
             raise ProtocolError(f"string longer than {MAX_STR_BYTES} bytes", code=TOO_LARGE)

@@ -82,9 +82,9 @@ class TrackStream:
     def feed(self, audio: np.ndarray, last: bool) -> None:
         d = self.delivery
         pieces = d.feed(audio, last)
-        self.emit(pieces, last, d.frames, d.bytes, d.sha.hexdigest() if last else None)
+        self.emit(pieces, last, d.frames, d.bytes, d.digests() if last else None)
 
-    def emit(self, pieces, last: bool, frames: int = 0, nbytes: int = 0, sha: str | None = None) -> None:
+    def emit(self, pieces, last: bool, frames: int = 0, nbytes: int = 0, digests: dict | None = None) -> None:
         for offset, n, data in pieces:
             if self.stream:
                 self.reply.send(P.CHUNK, data, offset=offset, frames=n, bytes=len(data))
@@ -94,10 +94,10 @@ class TrackStream:
                 self.record.append((offset, n, data))
         if last:
             if self.stream:
-                self.reply.send(P.END, final=True, frames=frames, bytes=nbytes, sha256=sha)
+                self.reply.send(P.END, final=True, frames=frames, bytes=nbytes, **digests)
             else:
                 self.reply.send(P.TRACK, b"".join(self.parts), final=True, **self.header, bytes=nbytes,
-                                sha256=sha)
+                                **digests)
 
 
 class Memo:
@@ -115,10 +115,10 @@ class Memo:
             self._items.move_to_end(key)
         return entry
 
-    def put(self, key, pieces: list, frames: int, nbytes: int, sha: str) -> None:
+    def put(self, key, pieces: list, frames: int, nbytes: int, digests: dict) -> None:
         if nbytes > self.limit // 4 or key in self._items:
             return
-        self._items[key] = (pieces, frames, nbytes, sha)
+        self._items[key] = (pieces, frames, nbytes, digests)
         self.size += nbytes
         while self.size > self.limit:
             _, old = self._items.popitem(last=False)
@@ -150,23 +150,31 @@ def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, ke
     yield
     first, rest = audio[:, :chunk_samples], audio[:, chunk_samples:]
     pieces = [(first, rest.shape[1] == 0)]
-    pieces += [(piece, last) for _, piece, last in split_native(rest, 4 * chunk_samples)]
+    pieces += [(piece, last) for _, piece, last in split_native(rest, _piece_samples(ts.delivery, chunk_samples))]
     for piece, last in pieces:
         ts.feed(piece, last)
         yield
     if memo is not None:
         d = ts.delivery
-        memo.put(key, ts.record, d.frames, d.bytes, d.sha.hexdigest())
+        memo.put(key, ts.record, d.frames, d.bytes, d.digests())
+
+
+def _piece_samples(delivery: Delivery, chunk_samples: int) -> int:
+    """Native samples per later piece of a cached replay: whole engine chunks filling ~90 % of a chunk
+    message (fewer, larger messages: per-message costs were a third of a hit), at least one chunk."""
+    per_native = delivery.max_bytes() / max(1, delivery.frames) * delivery.rate / delivery.native_rate
+    fit = int(0.9 * P.MAX_CHUNK_BYTES / per_native) // chunk_samples
+    return max(1, fit) * chunk_samples
 
 
 def replay_memo(ts: TrackStream, entry, batch: int = 4) -> Iterator[None]:
-    pieces, frames, nbytes, sha = entry
+    pieces, frames, nbytes, digests = entry
     ts.start()
     yield
     for i in range(0, len(pieces), batch):
         ts.emit(pieces[i:i + batch], False)
         yield
-    ts.emit([], True, frames, nbytes, sha)
+    ts.emit([], True, frames, nbytes, digests)
 
 
 class LiveTrack:
