@@ -365,8 +365,11 @@ def track_cache(n_small: int, n_large: int, lookups: int, table) -> dict:
 
 # ---------------------------------------------------------------- where a step's time goes
 def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
-    """One step's worth of the decoder's matmuls (2 rows: CFG), in the layout the engine uses today
-    (F.linear with (out, in) weights) and in alternatives an engine change could use."""
+    """One step's worth of the decoder's matmuls (every weight once) for 2 rows (one prompt + its CFG row)
+    and 8 rows (4 prompts batched), in F.linear's layout (the engine before it picked layouts by row count)
+    and the alternatives: what the engine now uses is marked."""
+    from troubadour.engine import _onednn_linear_works
+
     torch.set_num_threads(threads)
     dec = backend.decoder
     mods = []
@@ -376,48 +379,42 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
                  ("o", a.out_proj.weight.detach()), ("xq", c.q_proj.weight.detach()),
                  ("xo", c.out_proj.weight.detach()), ("fc1", layer.fc1.weight.detach()),
                  ("fc2", layer.fc2.weight.detach())]
-    mods += [("head", h.weight.detach()) for h in dec.lm_heads]
-    variants = {"F.linear fp32 (engine today)": [(lambda x, w=w: F.linear(x, w), w.shape[1]) for _, w in mods]}
-    wt = [w.t().contiguous() for _, w in mods]
-    variants["x @ W^T pre-transposed fp32"] = [(lambda x, w=w: torch.mm(x, w), w.shape[0]) for w in wt]
-    wb = [w.to(torch.bfloat16) for _, w in mods]
-    variants["F.linear bf16 weights"] = [(lambda x, w=w: F.linear(x.to(torch.bfloat16), w), w.shape[1]) for w in wb]
-    q = []
-    for _, w in mods:
+    mods += [("head", torch.cat([h.weight for h in dec.lm_heads]).detach())]
+    ws = [w for _, w in mods]
+    variants = {"F.linear fp32 (x @ W^T; engine before)": lambda x, w: F.linear(x, w),
+                "W @ x^T fp32 (engine: 1-2 rows)": lambda x, w: torch.mm(w, x.t())}
+    if _onednn_linear_works():
+        variants["oneDNN linear, same dense fp32 weights (engine: 3-32 rows)"] = (
+            lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [None], ""))
+    wb = {id(w): w.to(torch.bfloat16) for w in ws}
+    variants["F.linear bf16 weights (--precision bf16)"] = lambda x, w: F.linear(x.to(torch.bfloat16), wb[id(w)])
+    q = {}
+    for w in ws:
         lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
         lin.weight.data = w
-        q.append(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
-                                                        dtype=torch.qint8)[0])
-    try:
-        import torch.utils.mkldnn as mkldnn_utils
-        mk = []
-        for _, w in mods:
-            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-            lin.weight.data = w
-            mk.append(mkldnn_utils.to_mkldnn(lin))
-        variants["oneDNN packed fp32 (torch.utils.mkldnn)"] = [(lambda x, m=m: m(x), w.shape[1]) for m, (_, w) in zip(mk, mods)]
-    except Exception:   # not built with oneDNN
-        mk = []
-    variants["dynamic int8 (quantize_dynamic)"] = [(lambda x, m=m: m(x), w.shape[1]) for m, (_, w) in zip(q, mods)]
-    xs = {k: torch.randn(2, k) for k in {1024, 4096}}
-    times = {k: [] for k in variants}
-    with torch.inference_mode():
-        for fns in variants.values():
-            for fn, k in fns:
-                fn(xs[k])
-        for _ in range(reps):
-            for name, fns in variants.items():
-                t = now()
-                for fn, k in fns:
-                    fn(xs[k])
-                times[name].append(now() - t)
-    base = med(times["F.linear fp32 (engine today)"])
+        q[id(w)] = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                          dtype=torch.qint8)[0]
+    variants["dynamic int8 (--precision int8)"] = lambda x, w: q[id(w)](x)
     out = {}
-    for name, ts in times.items():
-        out[name] = {"ms": r(med(ts) * 1e3, 1), "min_ms": r(min(ts) * 1e3, 1), "vs_engine": r(med(ts) / base)}
-        table.row(f"matmuls of 1 step: {name}", out[name]["ms"], "ms", note=f"x{out[name]['vs_engine']}")
-    del wt, wb, q, mk
-    gc.collect()
+    with torch.inference_mode():
+        for rows in (2, 8):
+            xs = {k: torch.randn(rows, k) for k in {w.shape[1] for w in ws}}
+            times = {k: [] for k in variants}
+            for fn in variants.values():
+                for w in ws:
+                    fn(xs[w.shape[1]], w)
+            for _ in range(reps):
+                for name, fn in variants.items():
+                    t = now()
+                    for w in ws:
+                        fn(xs[w.shape[1]], w)
+                    times[name].append(now() - t)
+            base = med(times["F.linear fp32 (x @ W^T; engine before)"])
+            res = out[f"{rows}_rows"] = {}
+            for name, ts in times.items():
+                res[name] = {"ms": r(med(ts) * 1e3, 1), "min_ms": r(min(ts) * 1e3, 1), "vs_f_linear": r(med(ts) / base)}
+                table.row(f"matmuls of 1 step, {rows} rows: {name}"[:60], res[name]["ms"], "ms",
+                          note=f"x{res[name]['vs_f_linear']}")
     return out
 
 
@@ -448,69 +445,31 @@ def profile_step(engine, duration, table, top: int = 14) -> dict:
 
 
 # ---------------------------------------------------------------- CPU options (full run)
-class _LinearShim:
-    """Stand-in for torch.nn.functional inside troubadour.engine: F.linear on a registered fused weight runs
-    its quantized module instead (everything else is the real torch.nn.functional)."""
-
-    def __init__(self):
-        self.table: dict[int, torch.nn.Module] = {}
-
-    def __getattr__(self, name):
-        return getattr(F, name)
-
-    def linear(self, x, w, b=None):
-        m = self.table.get(id(w))
-        return m(x) if m is not None else F.linear(x, w, b)
-
-
 def options(path, threads: int, duration: float, reps: int, table) -> dict:
-    """bf16, dynamic int8 and thread counts applied to the loaded decoder from here; speed vs fp32 and the
-    quality cost vs fp32 greedy (top_k=1) codes and audio."""
-    import troubadour.engine as engine_mod
+    """The engine's CPU options (`--precision`, thread count, and the matmul layout it replaced) on the
+    small-shaped decoder: speed vs fp32 and the quality cost vs fp32 greedy (top_k=1) codes and audio."""
     from troubadour.engine import Engine
 
-    shim = _LinearShim()
-    engine_mod.F = shim
-    try:
-        engines = {}
-        be, eng = load(path, threads)
-        engines["fp32"] = (eng, threads)
-        engines[f"fp32, {1 if threads != 1 else 2} thread(s)"] = (eng, 1 if threads != 1 else 2)
-
+    engines = {}
+    be, eng = load(path, threads)
+    engines["fp32"] = (eng, threads)
+    engines[f"fp32, {1 if threads != 1 else 2} thread(s)"] = (eng, 1 if threads != 1 else 2)
+    before = Engine(be)
+    before._skinny = False   # every matmul through F.linear, as before the layouts were picked by rows
+    engines["fp32, F.linear layout (before)"] = (before, threads)
+    for precision in ("bf16", "int8"):
         be, _ = load(path, threads)
-        be.decoder.to(torch.bfloat16)
-        enc = be.encode_text
-        be.encode_text = lambda prompts, enc=enc: tuple(
-            x.to(torch.bfloat16) if x.is_floating_point() else x for x in enc(prompts))
-        engines["bf16 decoder"] = (Engine(be), threads)
-
-        be, eng = load(path, threads)   # engine as it is: its fused q/k/v stay fp32
-        torch.ao.quantization.quantize_dynamic(be.decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        engines["int8 dynamic (engine as is: fused qkv fp32)"] = (eng, threads)
-
-        be, eng = load(path, threads)   # and with the fused q/k/v quantized too (via the shim)
-        torch.ao.quantization.quantize_dynamic(be.decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        for w, bias in eng._qkv:
-            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
-            lin.weight.data = w
-            if bias is not None:
-                lin.bias.data = bias
-            shim.table[id(w)] = torch.ao.quantization.quantize_dynamic(
-                torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)[0]
-        engines["int8 dynamic, all decoder linears"] = (eng, threads)
-        gc.collect()
-
-        runs = {k: [] for k in engines}
-        for name, (eng, th) in engines.items():   # warm up
+        engines[f"--precision {precision}"] = (Engine(be, precision=precision), threads)
+    gc.collect()
+    runs = {k: [] for k in engines}
+    for name, (eng, th) in engines.items():   # warm up
+        torch.set_num_threads(th)
+        ours(eng, PROMPTS[:1], 0.1, top_k=1)
+    for _ in range(reps):
+        for name, (eng, th) in engines.items():
             torch.set_num_threads(th)
-            ours(eng, PROMPTS[:1], 0.1, top_k=1)
-        for _ in range(reps):
-            for name, (eng, th) in engines.items():
-                torch.set_num_threads(th)
-                runs[name].append(ours(eng, PROMPTS[:1], duration, top_k=1))
-        torch.set_num_threads(threads)
-    finally:
-        engine_mod.F = F
+            runs[name].append(ours(eng, PROMPTS[:1], duration, top_k=1))
+    torch.set_num_threads(threads)
     ref = runs["fp32"][0]["results"][0]
     base = med([s for x in runs["fp32"] for s in x["step_s"]])
     out = {}
