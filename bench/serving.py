@@ -137,6 +137,18 @@ def _concurrent(n: int, reps: int, make, fetch, warm) -> dict:
             "not_cached": sum(1 for recs in done for x in recs if x.get("cached") is False)}
 
 
+def fresh_process(server: str, raw: str, n: int, request: dict, sizes: list[int]) -> dict:
+    """bench/fresh_client.py in a new interpreter (see there why)."""
+    import json
+
+    out = subprocess.run([sys.executable, str(HERE / "fresh_client.py"), server, raw, str(n), json.dumps(request),
+                          ",".join(map(str, sizes))], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)])))
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run(cfg, table, results: dict) -> None:
     import models
     from troubadour.client import Client, Chunk
@@ -191,6 +203,10 @@ def run(cfg, table, results: dict) -> None:
         table.row("cache_hit_first_chunk_p99_ms", r(pct(fc, 99), 2), "ms", "<= 5", pct(fc, 99) <= 5,
                   f"over {len(fc)} requests")
         rawc.close()
+        res["fresh_process"] = fresh = fresh_process(srv.address, raw.address, cfg.cache_requests, request, sizes)
+        table.row("same pair from a fresh process (no torch)", fresh.get("throughput_ratio"), "",
+                  note=f"{fresh.get('server_mb_s')} vs {fresh.get('raw_mb_s')} MB/s; page faults per fetch "
+                       f"{fresh.get('page_faults_per_fetch')}")
 
         conc = {}
         for n in cfg.concurrency:
@@ -200,13 +216,14 @@ def run(cfg, table, results: dict) -> None:
                             lambda c: c.ping())
             w = _concurrent(n, reps, lambda: RawClient(raw.address, sizes), lambda c: c.fetch(),
                             lambda c: c.fetch([1]))
-            pc = s["per_client_mb_s"]
+            pc, rpc = s["per_client_mb_s"], w["per_client_mb_s"]
             fair = min(pc) / max(pc) if pc else float("nan")
+            raw_fair = min(rpc) / max(rpc) if rpc else float("nan")
             conc[str(n)] = {
                 "fetches_per_client": reps, "errors": s["errors"] + w["errors"], "not_cached": s["not_cached"],
                 "aggregate_mb_s": r(s["aggregate_mb_s"], 1), "raw_aggregate_mb_s": r(w["aggregate_mb_s"], 1),
                 "aggregate_ratio": r(s["aggregate_mb_s"] / w["aggregate_mb_s"]),
-                "per_client_mb_s": dist(pc, digits=2), "fairness_min_over_max": r(fair),
+                "per_client_mb_s": dist(pc, digits=2), "fairness_min_over_max": r(fair), "raw_fairness_min_over_max": r(raw_fair),
                 "first_chunk_ms": dist(s["first_chunk_s"], 1e3, 2),
                 "max_inter_chunk_gap_ms": r(max(s["max_gap_s"]) * 1e3, 1),
                 "inter_chunk_gap_p99_ms": r(pct(s["max_gap_s"], 99) * 1e3, 1),
@@ -215,7 +232,8 @@ def run(cfg, table, results: dict) -> None:
             table.row(f"{n:>2} clients: aggregate / raw", c["aggregate_ratio"], "",
                       note=f"{c['aggregate_mb_s']} vs {c['raw_aggregate_mb_s']} MB/s")
             table.row(f"{n:>2} clients: fairness min/max per-client", c["fairness_min_over_max"], "",
-                      note=f"per-client p50 {c['per_client_mb_s'].get('p50')} MB/s")
+                      note=f"per-client p50 {c['per_client_mb_s'].get('p50')} MB/s; raw "
+                           f"{c['raw_fairness_min_over_max']}")
             table.row(f"{n:>2} clients: first chunk p99", c["first_chunk_ms"].get("p99"), "ms")
             table.row(f"{n:>2} clients: max inter-chunk gap", c["max_inter_chunk_gap_ms"], "ms",
                       note=f"raw {c['raw_max_inter_chunk_gap_ms']} ms; errors {len(c['errors'])}")
@@ -233,6 +251,7 @@ def breakdown(cache_dir, table, reps: int = 5) -> dict:
     """The server's cache-hit path re-run piece by piece in this process on the server's cache (idle by
     now): where a hit's time goes, for the report. Medians of `reps`, milliseconds for the whole track."""
     import hashlib
+    import zlib
 
     from troubadour import protocol as P
     from troubadour.cache import BLOB_PREFIX, TrackCache, decode_track
@@ -274,7 +293,9 @@ def breakdown(cache_dir, table, reps: int = 5) -> dict:
                      lambda: [P.reply(1, i, False, P.CHUNK, data, offset=o, frames=f, bytes=len(data))
                               for i, (o, f, data) in enumerate(pieces)])
         timed("client_decode_all_chunks_ms", lambda: [P.decode(m, reply=True) for m in msgs])
-        timed("client_sha256_track_ms", lambda: hashlib.sha256(b"".join(d for _, _, d in pieces)).digest())
+        whole = b"".join(d for _, _, d in pieces)
+        timed("client_crc32_track_ms", lambda: zlib.crc32(whole))   # what the client checks
+        timed("sha256_track_ms", lambda: hashlib.sha256(whole).digest())   # what it checked before
     for k, v in out.items():
         if k.endswith("_ms"):
             table.row(f"hit breakdown: {k[:-3]}", v, "ms")

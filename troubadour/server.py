@@ -26,6 +26,7 @@ from .profiles import check_model_support, load_profiles
 from .streams import MAX_OUTBOX, Memo, Reply
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
+SEND_BYTES = 1 << 20     # and payload bytes: cached replays send ~1 MB chunks
 SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
 EXIT_ENGINE_DEAD = 70
 
@@ -208,6 +209,7 @@ class Server(Handlers):
                 else:
                     h.outbox.clear()   # a subscriber that does not read loses old events
                 continue
+            budget = SEND_BYTES
             for _ in range(SEND_BATCH):
                 if not h.outbox:
                     h.refill()
@@ -223,7 +225,10 @@ class Server(Handlers):
                         self.drop_client(h.client, "disconnected")
                         break
                     raise
-                h.outbox.popleft()
+                msg = h.outbox.popleft()
+                budget -= memoryview(msg[3]).nbytes if len(msg) > 3 else 0
+                if budget <= 0:
+                    break
             if getattr(h, "done", None) and h.done():
                 self.replies.pop(h.key, None)
         return blocked

@@ -150,21 +150,13 @@ def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, ke
     yield
     first, rest = audio[:, :chunk_samples], audio[:, chunk_samples:]
     pieces = [(first, rest.shape[1] == 0)]
-    pieces += [(piece, last) for _, piece, last in split_native(rest, _piece_samples(ts.delivery, chunk_samples))]
+    pieces += [(piece, last) for _, piece, last in split_native(rest, 4 * chunk_samples)]
     for piece, last in pieces:
         ts.feed(piece, last)
         yield
     if memo is not None:
         d = ts.delivery
         memo.put(key, ts.record, d.frames, d.bytes, d.digests())
-
-
-def _piece_samples(delivery: Delivery, chunk_samples: int) -> int:
-    """Native samples per later piece of a cached replay: whole engine chunks filling ~90 % of a chunk
-    message (fewer, larger messages: per-message costs were a third of a hit), at least one chunk."""
-    per_native = delivery.max_bytes() / max(1, delivery.frames) * delivery.rate / delivery.native_rate
-    fit = int(0.9 * P.MAX_CHUNK_BYTES / per_native) // chunk_samples
-    return max(1, fit) * chunk_samples
 
 
 def replay_memo(ts: TrackStream, entry, batch: int = 4) -> Iterator[None]:

@@ -1,0 +1,45 @@
+"""The cache-hit fetch pair again, from a fresh Python process that never imported torch.
+
+run.py's own process has run torch, whose large frees leave glibc's malloc thresholds raised; a fresh
+process (a build tool, a game-side script) maps and faults in new pages for big received messages. Both
+clients pay that, but not equally, so the ratio is reported from both kinds of process.
+
+    python bench/fresh_client.py SERVER_ADDR RAW_ADDR N REQUEST_JSON SIZES   -> one JSON line
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+from common import med, r
+from serving import RawClient, fetch_server
+
+
+def main(server: str, raw: str, n: int, request: str, sizes: str) -> None:
+    from troubadour.client import Client
+
+    client, rawc = Client(server, timeout=120), RawClient(raw, [int(s) for s in sizes.split(",")])
+    req = json.loads(request)
+    for _ in range(3):
+        fetch_server(client, req)
+        rawc.fetch()
+    ours, theirs, faults = [], [], {"ours": 0, "raw": 0}
+    for _ in range(n):   # interleaved, like the main measurement
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ours.append(fetch_server(client, req))
+        f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        theirs.append(rawc.fetch())
+        faults["ours"] += f1 - f0
+        faults["raw"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f1
+    tp = lambda recs: med([x["bytes"] / x["seconds"] / 1e6 for x in recs])   # noqa: E731
+    print(json.dumps({"throughput_ratio": r(tp(ours) / tp(theirs)), "server_mb_s": r(tp(ours), 1),
+                      "raw_mb_s": r(tp(theirs), 1), "not_cached": sum(1 for x in ours if not x["cached"]),
+                      "page_faults_per_fetch": {k: round(v / n) for k, v in faults.items()}}))
+    client.close()
+    rawc.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
