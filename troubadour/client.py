@@ -163,16 +163,15 @@ class Client:
                 raise req.error
             if not req.open:
                 raise TroubadourError(f"request {req.id} has no more messages", code="closed")
-            self._wait(want=req)
+            self._wait()
         msg = req.queue.popleft()
         req.nbytes -= _size(msg)
         if msg.type == P.ERROR:
             raise server_error(msg.body, req.type)
         return msg
 
-    def _wait(self, until: float | None = None, want: _Request | None = None) -> None:
-        """Poll once: dispatch what arrived (until `want` has a message), ping when quiet, reconnect when
-        silent too long."""
+    def _wait(self, until: float | None = None) -> None:
+        """Poll once: dispatch what arrived, ping when quiet, reconnect when silent too long."""
         now = time.monotonic()
         busy = self._busy()
         dead_at = self._last_seen + self.timeout
@@ -189,10 +188,6 @@ class Client:
                     break
                 # zero-copy for the audio payload (a view of ZeroMQ's buffer), bytes for the small frames
                 self._dispatch([f.bytes for f in frames[:4]] + [f.buffer for f in frames[4:]])
-                if want is not None and want.queue:
-                    # hand it over before reading on: a reader that drops each chunk then keeps one buffer
-                    # alive, not the whole track (allocating it afresh every time cost ~2 ms per 6 MB track)
-                    break
         if self._mon in ready and self._drain_monitor() and self._busy():
             self._lost("connection lost")
             return
