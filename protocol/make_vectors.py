@@ -13,10 +13,10 @@ import hashlib
 import json
 import math
 import sys
-import zlib
 from pathlib import Path
 
 import msgpack
+import xxhash
 
 from troubadour import protocol as p
 
@@ -81,11 +81,12 @@ def valid():
     yield "track_streamed", "reply", "first message of a streamed get_track", rep(10, 0, False, "track", **track)
     yield "chunk", "reply", "4 frames of stereo pcm_s16le in the payload frame", rep(
         10, 1, False, "chunk", PCM, offset=0, frames=4, bytes=len(PCM))
-    yield "end", "reply", "sha256 and crc32 of all chunk payloads", rep(
-        10, 2, True, "end", frames=4, bytes=len(PCM), sha256=hashlib.sha256(PCM).hexdigest(), crc32=zlib.crc32(PCM))
+    yield "end", "reply", "sha256 and xxh3_64 of all chunk payloads", rep(
+        10, 2, True, "end", frames=4, bytes=len(PCM), sha256=hashlib.sha256(PCM).hexdigest(),
+        xxh3_64=xxhash.xxh3_64_hexdigest(PCM))
     yield "track_whole", "reply", "non-streamed: one final track with the whole audio", rep(
         3, 0, True, "track", PCM, **track, bytes=len(PCM), sha256=hashlib.sha256(PCM).hexdigest(),
-        crc32=zlib.crc32(PCM))
+        xxh3_64=xxhash.xxh3_64_hexdigest(PCM))
     yield "accepted", "reply", "", rep(11, 0, False, "accepted", jobs=[
         {"context": "battle", "variant": 0, "track_id": TRACK_ID, "cached": True},
         {"context": "menu", "variant": 0, "track_id": "0123456789abcdef0123456789abcdef", "cached": False}])

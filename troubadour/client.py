@@ -14,10 +14,10 @@ from __future__ import annotations
 import itertools
 import struct
 import time
-import zlib
 from collections import OrderedDict, deque
 
 import msgpack
+import xxhash
 import zmq
 
 from . import protocol as P
@@ -341,7 +341,7 @@ class Client:
     def get_track(self, context=None, *, variant=None, prompt=None, params=None, format="pcm_s16le",
                   sample_rate=None, regenerate=False, cached_only=False, priority=None, fallback=None,
                   stream=True) -> Track:
-        """Fetch a whole track. Checked against the server's byte count and crc32."""
+        """Fetch a whole track. Checked against the server's byte count and xxh3_64 hash."""
         kw = dict(variant=variant, prompt=prompt, params=params, format=format, sample_rate=sample_rate,
                   regenerate=regenerate, cached_only=cached_only, priority=priority, fallback=fallback)
         if stream:
@@ -353,7 +353,7 @@ class Client:
         if msg.type != P.TRACK or not msg.final:
             raise ProtocolError(f"get_track answered with {msg.type} (final={msg.final})")
         track = Track(TrackHeader(msg.body), bytes(msg.payload))
-        _check_totals(track.header, len(track.audio), zlib.crc32(track.audio))
+        _check_totals(track.header, len(track.audio), xxhash.xxh3_64_hexdigest(track.audio))
         return track
 
     def prefetch(self, contexts, *, variants="all", priority=None, on_progress=None, on_accepted=None) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import zlib
+import xxhash
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,11 +143,11 @@ class TrackStream:
         self.id = req.id
         self.header: TrackHeader | None = None
         self.end: dict | None = None
-        # One running CRC-32 per attempt is the only pass over the bytes (SHA-256 cost as much as the
-        # transfer itself). Whenever no prefix is being skipped, this attempt's bytes are the yielded ones.
-        self._crc, self._bytes, self._frames = RunningCrc(), 0, 0           # this attempt
+        # One running XXH3 per attempt is the only pass over the bytes (SHA-256 cost as much as the transfer
+        # itself). Whenever no prefix is being skipped, this attempt's bytes are the yielded ones.
+        self._hash, self._bytes, self._frames = xxhash.xxh3_64(), 0, 0      # this attempt
         self._yielded = 0                                                   # all attempts
-        self._skip, self._prefix_crc, self._want_prefix = 0, 0, None
+        self._skip, self._prefix_hash, self._want_prefix = 0, None, None
 
     def __iter__(self):
         return self
@@ -180,9 +180,9 @@ class TrackStream:
                 if body.get(key) != self.header.get(key):
                     raise ProtocolError(f"track {key} changed after reconnecting")
             if not self._skip:   # otherwise the yielded bytes (and their CRC) did not change
-                self._want_prefix = self._crc.value()
-            self._crc, self._bytes, self._frames = RunningCrc(), 0, 0
-            self._skip, self._prefix_crc = self._yielded, 0
+                self._want_prefix = self._hash.hexdigest()
+            self._hash, self._bytes, self._frames = xxhash.xxh3_64(), 0, 0
+            self._skip, self._prefix_hash = self._yielded, xxhash.xxh3_64()
             return None
         if self.header is None:
             raise ProtocolError(f"get_track stream started with {msg.type}")
@@ -191,7 +191,7 @@ class TrackStream:
         if msg.type == P.END and msg.final:
             if body.get("frames") != self.header.get("frames"):
                 raise ProtocolError(f"end.frames {body.get('frames')} != track.frames {self.header.get('frames')}")
-            _check_totals({**self.header, **body}, self._bytes, self._crc.value())
+            _check_totals({**self.header, **body}, self._bytes, self._hash.hexdigest())
             if self._skip or self._yielded != self._bytes:
                 raise ProtocolError("stream ended before the audio received before reconnecting")
             if self._frames != self.header.get("frames"):
@@ -212,13 +212,13 @@ class TrackStream:
         if pcm and (len(data) % size or frames != len(data) // size or offset != self._frames):
             raise ProtocolError(f"chunk offset {offset}/frames {frames} do not match its {len(data)} bytes")
         self._frames += frames or 0
-        self._crc.update(data)
+        self._hash.update(data)
         self._bytes += len(data)
         if self._skip:
             take = min(self._skip, len(data))
-            self._prefix_crc = zlib.crc32(data[:take], self._prefix_crc)
+            self._prefix_hash.update(data[:take])
             self._skip -= take
-            if not self._skip and self._prefix_crc != self._want_prefix:
+            if not self._skip and self._prefix_hash.hexdigest() != self._want_prefix:
                 raise ProtocolError("track audio changed after reconnecting")
             data = data[take:]
             if not data:
@@ -229,25 +229,12 @@ class TrackStream:
         return Chunk(offset, frames, data)
 
 
-class RunningCrc:
-    """CRC-32 of a stream's bytes so far (zlib's, about 3x faster than SHA-256 here)."""
-
-    def __init__(self):
-        self._value = 0
-
-    def update(self, data) -> None:
-        self._value = zlib.crc32(data, self._value)
-
-    def value(self) -> int:
-        return self._value
-
-
-def _check_totals(fields: dict, nbytes: int, crc: int) -> None:
-    """Compare a track's `bytes`/`crc32` (and PCM frame count) with what arrived."""
+def _check_totals(fields: dict, nbytes: int, digest: str) -> None:
+    """Compare a track's `bytes`/`xxh3_64` (and PCM frame count) with what arrived."""
     if fields.get("bytes") != nbytes:
         raise ProtocolError(f"received {nbytes} bytes, server says {fields.get('bytes')}")
-    if fields.get("crc32") != crc:
-        raise ProtocolError("crc32 of the received audio does not match the server's")
+    if fields.get("xxh3_64") != digest:
+        raise ProtocolError("xxh3_64 hash of the received audio does not match the server's")
     pcm = PCM.get(fields.get("format"))
     if pcm and nbytes != fields.get("frames", -1) * pcm[1] * fields.get("channels", 1):
         raise ProtocolError(f"{nbytes} bytes is not {fields.get('frames')} frames of {fields.get('format')}")

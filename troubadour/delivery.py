@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-import zlib
 
 import numpy as np
 import soundfile as sf
 import soxr
+import xxhash
 
 from .audio import pcm_f32le, pcm_s16le
 
@@ -47,7 +47,7 @@ class Delivery:
         self._header_sent = False
         self.bytes = 0
         self.sha = hashlib.sha256()
-        self.crc32 = 0
+        self.xxh = xxhash.xxh3_64()
 
     def max_bytes(self) -> int:
         """Upper bound of the payload size (OGG is smaller than 16-bit PCM)."""
@@ -81,12 +81,12 @@ class Delivery:
         for _, _, data in pieces:
             self.bytes += len(data)
             self.sha.update(data)
-            self.crc32 = zlib.crc32(data, self.crc32)
+            self.xxh.update(data)
         return pieces
 
     def digests(self) -> dict:
-        """Checks of all payload bytes so far: sha256 names the content, crc32 is the quick transfer check."""
-        return {"sha256": self.sha.hexdigest(), "crc32": self.crc32}
+        """Hashes of all payload bytes so far: sha256 names the content, xxh3_64 is the quick transfer check."""
+        return {"sha256": self.sha.hexdigest(), "xxh3_64": self.xxh.hexdigest()}
 
     def _resample(self, audio: np.ndarray, last: bool) -> np.ndarray:
         audio = np.asarray(audio, dtype=np.float32)
