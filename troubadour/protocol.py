@@ -126,7 +126,16 @@ def _canon(obj, depth: int = 1):
                 raise ProtocolError(f"map with more than {MAX_MAP_LEN} entries", code=TOO_LARGE)
             if not all(isinstance(k, str) for k in obj):
                 raise ProtocolError("map keys must be strings")
-            return {k: _canon(obj[k], depth + 1) for k in sorted(obj)}
+            out = {}
+            for k in sorted(obj):
+                v = obj[k]
+                tv = type(v)   # the common flat values inline: a call per field was most of a message's cost
+                if (tv is int and INT_MIN <= v <= INT_MAX) or tv is bool or tv is float or v is None or (
+                        tv is str and len(v) * 4 <= MAX_STR_BYTES):
+                    out[k] = v
+                else:
+                    out[k] = _canon(v, depth + 1)
+            return out
         if len(obj) > MAX_ARRAY_LEN:
             raise ProtocolError(f"array with more than {MAX_ARRAY_LEN} items", code=TOO_LARGE)
         return [_canon(v, depth + 1) for v in obj]
