@@ -56,6 +56,7 @@ class Server(Handlers):
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
         self._error_ids = itertools.count()
+        self._first = 0                  # where the next send pass starts (round robin)
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="troubadour-cache-read")
         self.dead: TroubadourError | None = None
         self._stop = threading.Event()
@@ -195,7 +196,11 @@ class Server(Handlers):
     def _flush(self) -> bool:
         """One fair pass over every outbox. Returns True if some peer could not take more."""
         blocked = False
-        for h in self._holders():
+        holders = list(self._holders())
+        if holders:   # each pass starts one holder later, so no stream is always served last
+            self._first = (self._first + 1) % len(holders)
+            holders = holders[self._first:] + holders[:self._first]
+        for h in holders:
             try:
                 h.refill()
             except Exception as e:   # one broken delivery fails its request, not the loop
