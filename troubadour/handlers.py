@@ -133,7 +133,10 @@ class Handlers:
         if found:
             self._detach(target)
             target.fail(Cancelled("cancelled by the client"))
-        reply.send(P.CANCELLED_REPLY, final=True, target=req["target"], found=found)
+            # the protocol promises the target's final error before this reply
+            reply.send_after(target, P.CANCELLED_REPLY, target=req["target"], found=True)
+        else:
+            reply.send(P.CANCELLED_REPLY, final=True, target=req["target"], found=False)
 
     # ------------------------------------------------------------------ tracks
     def resolve(self, client: bytes, req: dict) -> TrackSpec:
@@ -420,6 +423,7 @@ class Handlers:
         reply.closed = False
         reply.fail(TroubadourError(f"the stream was dropped: {why}; the track is still generated and cached, "
                                    "ask again", code=P.BUSY))
+        reply.outbox.extend(reply.trailer)   # e.g. the `cancelled` reply that must follow this stream's end
 
 
 def _pinned(cache, key, source):

@@ -34,6 +34,7 @@ class Reply:
         self.source: Iterator | None = None   # lazily produced messages (cached replays)
         self.job = None              # the GenJob this request waits on, if any
         self.stream = None           # TrackStream when this request receives a track
+        self.trailer: list = []      # other requests' final messages that must follow this one's (cancel)
 
     @property
     def client(self) -> bytes:
@@ -45,6 +46,15 @@ class Reply:
         self.outbox.append(P.reply(self.id, self.seq, final, msg_type, payload, **fields))
         self.seq += 1
         self.closed = final
+
+    def send_after(self, other: "Reply", msg_type: str, **fields) -> None:
+        """Queue this request's final message behind everything `other` still has to send (its own final
+        included): send passes serve requests in turn, so only one queue keeps that order on the wire."""
+        frames = P.reply(self.id, self.seq, True, msg_type, **fields)
+        self.seq += 1
+        self.closed = True
+        other.outbox.append(frames)
+        other.trailer.append(frames)
 
     def fail(self, exc: BaseException) -> None:
         if not self.closed:
