@@ -360,3 +360,28 @@ def test_replies_to_a_connection_with_a_full_pipe_are_not_lost(server, long_cach
     assert finals.get(1) in ("cancelled", P.END) and finals.get(3) == P.CANCELLED_REPLY and finals.get(4) == P.PONG, \
         finals
     assert finals.get(2) == "bad_request", f"the malformed request's error reply was lost: finals {finals}"
+
+
+def test_dropped_stream_keeps_the_cancelled_reply_behind_its_final_error():
+    """A cancel's reply waits in its target's queue; if the target is then dropped for not reading, the drop's
+    `busy` error replaces the target's end and the `cancelled` reply still follows it (nothing lost, in order)."""
+    from troubadour.errors import Cancelled
+    from troubadour.handlers import Handlers
+    from troubadour.streams import Reply
+
+    envelope = [b"client-1", b""]
+    target, cancel = Reply(envelope, 7, "get_track"), Reply(envelope, 8, "cancel")
+    for i in range(3):
+        target.send(P.CHUNK, b"\x00\x00", offset=i, frames=1, bytes=2)
+    target.fail(Cancelled("cancelled by the client"))
+    cancel.send_after(target, P.CANCELLED_REPLY, target=7, found=True)
+    assert cancel.closed and not cancel.outbox
+
+    class Server:   # drop_stream only needs to detach the request from its generation job
+        def _detach(self, reply):
+            pass
+
+    Handlers.drop_stream(Server(), target, "you stopped reading")
+    msgs = [P.decode(frames, reply=True) for frames in target.outbox]
+    assert [(m.type, m.id, m.final) for m in msgs] == [(P.ERROR, 7, True), (P.CANCELLED_REPLY, 8, True)]
+    assert msgs[0].body["code"] == P.BUSY and msgs[1].body["seq"] == 0
