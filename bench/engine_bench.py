@@ -368,7 +368,7 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
     """One step's worth of the decoder's matmuls (every weight once) for 2 rows (one prompt + its CFG row)
     and 8 rows (4 prompts batched), in F.linear's layout (the engine before it picked layouts by row count)
     and the alternatives: what the engine now uses is marked."""
-    from troubadour.engine import _onednn_linear_works
+    from troubadour.matmul import onednn_linear_works
 
     torch.set_num_threads(threads)
     dec = backend.decoder
@@ -383,7 +383,7 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
     ws = [w for _, w in mods]
     variants = {"F.linear fp32 (x @ W^T; engine before)": lambda x, w: F.linear(x, w),
                 "W @ x^T fp32 (engine: 1-2 rows)": lambda x, w: torch.mm(w, x.t())}
-    if _onednn_linear_works():
+    if onednn_linear_works():
         variants["oneDNN linear, same dense fp32 weights (engine: 3-32 rows)"] = (
             lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [None], ""))
     wb = {id(w): w.to(torch.bfloat16) for w in ws}

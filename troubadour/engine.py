@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
+from .matmul import few_rows_linear, onednn_linear_works
 from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
@@ -26,12 +27,6 @@ from .sampling import Sampler
 CHUNK_FRAMES = 25      # audio leaves every 0.5 s of generated music
 CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM and convs settle before the kept part
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
-# A decode step multiplies few rows (prompts and their CFG rows) by every weight, a memory-bound shape where
-# F.linear (x @ W^T through MKL) reaches a third of the memory bandwidth on the CPU. Measured per step
-# (bench/README.md, "matmul layouts"): W @ x^T is fastest for 1-2 rows, oneDNN's linear on the same dense
-# weights for 3-32; past that the step is compute-bound and F.linear is fine.
-GEMV_ROWS = 2
-ONEDNN_ROWS = 32
 WINDOW_S = 30.0        # MusicGen was trained on 30 s; longer tracks continue window by window
 CONTINUATION_S = 10.0  # codes of the previous window a continuation is conditioned on
 
@@ -93,7 +88,7 @@ class Engine:
         # (tiny test checkpoints: below ~256 wide the per-call overhead outweighs the layout)
         self._skinny = (self._device.type == "cpu" and self._dtype() == torch.float32 and self.precision == "fp32"
                         and self._dec.config.hidden_size >= 256)
-        self._onednn = self._skinny and _onednn_linear_works()
+        self._onednn = self._skinny and onednn_linear_works()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -305,21 +300,9 @@ class Engine:
 
     def _lin(self, mod, x: torch.Tensor) -> torch.Tensor:
         """`mod(x)` for an nn.Linear (or its int8 replacement), faster for the decode step's few rows."""
-        rows = x.numel() // x.shape[-1]
-        if not self._skinny or rows > ONEDNN_ROWS or type(mod) is not torch.nn.Linear:
+        if not self._skinny or type(mod) is not torch.nn.Linear:
             return mod(x)
-        x2 = x.reshape(rows, x.shape[-1])
-        if rows <= GEMV_ROWS:
-            y = torch.mm(mod.weight, x2.t())
-            # numpy transposes this (N, 2) result 5x faster than Tensor.contiguous (measured)
-            y = torch.from_numpy(np.ascontiguousarray(y.detach().numpy().T)) if rows > 1 else y.view(1, -1)
-            if mod.bias is not None:
-                y += mod.bias
-        elif self._onednn:
-            y = torch.ops.mkldnn._linear_pointwise(x2, mod.weight, mod.bias, "none", [None], "")
-        else:
-            return mod(x)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        return few_rows_linear(x, mod.weight, mod.bias, self._onednn)
 
     def _dtype(self) -> torch.dtype:
         return self._dec.layer_norm.weight.dtype
@@ -407,17 +390,6 @@ def _fuse(mods: list[torch.nn.Linear]) -> torch.nn.Linear:
         m.weight.data = w[start:start + n]
         start += n
     return fused
-
-
-def _onednn_linear_works() -> bool:
-    """oneDNN's linear is an internal op of PyTorch's CPU builds (Inductor uses it): use it only where it
-    exists and agrees with F.linear."""
-    try:
-        x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
-        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], "")
-        return torch.backends.mkldnn.is_available() and torch.allclose(y, F.linear(x, w, b), atol=1e-5)
-    except (RuntimeError, AttributeError, TypeError):
-        return False
 
 
 class _RowDecoder:

@@ -1,0 +1,45 @@
+"""Matmuls for the decode step's shape: a few rows (prompts and their CFG rows) times every weight.
+
+That shape is memory-bound, yet F.linear (x @ W^T through MKL) reaches about a third of the memory bandwidth
+on the CPU. Measured per step (bench/README.md, "Where a small-shaped step goes"): W @ x^T is fastest for 1-2
+rows, oneDNN's linear on the same dense weights for 3-32 (no packed copy, so no extra memory); past that the
+work is compute-bound and F.linear is fine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GEMV_ROWS = 2
+ONEDNN_ROWS = 32
+
+
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    onednn: bool) -> torch.Tensor:
+    """F.linear(x, weight, bias) for fp32 CPU tensors, in the layout that is fastest for x's row count."""
+    rows = x.numel() // x.shape[-1]
+    x2 = x.reshape(rows, x.shape[-1])
+    if rows <= GEMV_ROWS:
+        y = torch.mm(weight, x2.t())
+        # numpy transposes this (N, 2) result 5x faster than Tensor.contiguous (measured)
+        y = torch.from_numpy(np.ascontiguousarray(y.detach().numpy().T)) if rows > 1 else y.view(1, -1)
+        if bias is not None:
+            y += bias
+    elif onednn and rows <= ONEDNN_ROWS:
+        y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [None], "")
+    else:
+        return F.linear(x, weight, bias)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def onednn_linear_works() -> bool:
+    """oneDNN's linear is an internal op of PyTorch's CPU builds (Inductor uses it): use it only where it
+    exists and agrees with F.linear."""
+    try:
+        x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], "")
+        return torch.backends.mkldnn.is_available() and torch.allclose(y, F.linear(x, w, b), atol=1e-5)
+    except (RuntimeError, AttributeError, TypeError):
+        return False
