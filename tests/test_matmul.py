@@ -28,3 +28,17 @@ def test_onednn_is_found_on_x86_cpu_builds():
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("oneDNN's linear is only promised on x86 builds here")
     assert onednn_linear_works()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_linears_give_the_parts_and_share_their_memory(bias):
+    from troubadour.matmul import fuse_linears
+
+    parts = [torch.nn.Linear(16, n, bias=bias) for n in (4, 6, 5)]
+    x = torch.randn(3, 16)
+    before = [p(x).detach() for p in parts]
+    fused = fuse_linears(parts)
+    torch.testing.assert_close(fused(x).detach(), torch.cat(before, dim=1))
+    for p, b in zip(parts, before):   # the originals still work, now as views of the fused weight
+        torch.testing.assert_close(p(x).detach(), b)
+        assert p.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()

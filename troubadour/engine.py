@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
-from .matmul import few_rows_linear, onednn_linear_works
+from .matmul import few_rows_linear, fuse_linears, onednn_linear_works
 from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
@@ -275,8 +275,8 @@ class Engine:
         qkv = torch.nn.ModuleList()
         for layer in self._layers:
             att = layer.self_attn
-            qkv.append(_fuse([att.q_proj, att.k_proj, att.v_proj]))
-        self._fused = torch.nn.ModuleDict({"qkv": qkv, "heads": _fuse(list(self._heads))})
+            qkv.append(fuse_linears([att.q_proj, att.k_proj, att.v_proj]))
+        self._fused = torch.nn.ModuleDict({"qkv": qkv, "heads": fuse_linears(list(self._heads))})
         self._qkv = qkv
 
     def _set_precision(self, precision: str) -> None:
@@ -376,21 +376,6 @@ class Engine:
             x = x + self._lin(layer.fc2, layer.activation_fn(self._lin(layer.fc1, y)))
         x = self._dec.layer_norm(x[:, -1])
         return self._lin(self._fused["heads"], x).view(rows, len(self._heads), -1).float()   # (rows, K, V)
-
-def _fuse(mods: list[torch.nn.Linear]) -> torch.nn.Linear:
-    """Linears that read the same input, as one whose output is theirs concatenated."""
-    w = torch.cat([m.weight for m in mods]).detach()
-    fused = torch.nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device="meta")
-    fused.weight = torch.nn.Parameter(w, requires_grad=False)
-    if mods[0].bias is not None:
-        fused.bias = torch.nn.Parameter(torch.cat([m.bias for m in mods]).detach(), requires_grad=False)
-    start = 0
-    for m in mods:   # no extra memory: the originals now view the fused tensor
-        n = m.weight.shape[0]
-        m.weight.data = w[start:start + n]
-        start += n
-    return fused
-
 
 class _RowDecoder:
     """One track's codes as they arrive, decoded to audio chunks with context on both sides of each chunk."""

@@ -43,3 +43,18 @@ def onednn_linear_works() -> bool:
         return torch.backends.mkldnn.is_available() and torch.allclose(y, F.linear(x, w, b), atol=1e-5)
     except (RuntimeError, AttributeError, TypeError):
         return False
+
+
+def fuse_linears(mods: list[torch.nn.Linear]) -> torch.nn.Linear:
+    """Linears that read the same input, as one whose output is theirs concatenated."""
+    w = torch.cat([m.weight for m in mods]).detach()
+    fused = torch.nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device="meta")
+    fused.weight = torch.nn.Parameter(w, requires_grad=False)
+    if mods[0].bias is not None:
+        fused.bias = torch.nn.Parameter(torch.cat([m.bias for m in mods]).detach(), requires_grad=False)
+    start = 0
+    for m in mods:   # no extra memory: the originals now view the fused tensor
+        n = m.weight.shape[0]
+        m.weight.data = w[start:start + n]
+        start += n
+    return fused
