@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import dist, med, now, pct, r
+from common import dist, med, now, r
 
 PROMPTS = ["a calm piano piece with soft strings", "an epic orchestral battle theme with drums",
            "a mysterious ambient soundscape with dark synths", "an upbeat chiptune melody for a retro game"]

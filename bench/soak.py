@@ -37,32 +37,11 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from serving import _servers_module  # noqa: E402
 from troubadour import protocol as P  # noqa: E402
 
-PROFILES = """
-[game]
-title = "Soak"
-genre = "chiptune"
-
-[defaults]
-duration = 1.0
-seed = 100
-
-[contexts.menu]
-mood = "happy"
-bpm = 120
-
-[contexts.explore]
-mood = "peaceful"
-variants = 2
-
-[contexts.battle]
-mood = "tense"
-
-[contexts.victory]
-mood = "heroic"
-loop = false
-"""
+# The test suite's game (tests/servers.py): it has every context cycled below.
+PROFILES = _servers_module().PROFILES
 CONTEXTS = ("menu", "explore", "battle", "victory")
 
 # op -> weight

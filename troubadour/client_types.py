@@ -179,7 +179,7 @@ class TrackStream:
             for key in ("track_id", "format", "sample_rate", "channels", "frames"):
                 if body.get(key) != self.header.get(key):
                     raise ProtocolError(f"track {key} changed after reconnecting")
-            if not self._skip:   # otherwise the yielded bytes (and their CRC) did not change
+            if not self._skip:   # otherwise the yielded bytes (and their hash) did not change
                 self._want_prefix = self._hash.hexdigest()
             self._hash, self._bytes, self._frames = xxhash.xxh3_64(), 0, 0
             self._skip, self._prefix_hash = self._yielded, xxhash.xxh3_64()

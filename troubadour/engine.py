@@ -277,7 +277,8 @@ class Engine:
             att = layer.self_attn
             qkv.append(fuse_linears([att.q_proj, att.k_proj, att.v_proj]))
         self._fused = torch.nn.ModuleDict({"qkv": qkv, "heads": fuse_linears(list(self._heads))})
-        self._qkv = qkv
+
+    _qkv = property(lambda self: self._fused["qkv"])
 
     def _set_precision(self, precision: str) -> None:
         """CPU speed options for the decoder (the text encoder and codec stay as loaded). Their quality cost
@@ -299,8 +300,8 @@ class Engine:
         self.precision = precision
 
     def _lin(self, mod, x: torch.Tensor) -> torch.Tensor:
-        """`mod(x)` for an nn.Linear (or its int8 replacement), faster for the decode step's few rows."""
-        if not self._skinny or type(mod) is not torch.nn.Linear:
+        """`mod(x)` for a decoder linear, faster for the decode step's few rows (fp32 CPU only: `_skinny`)."""
+        if not self._skinny:
             return mod(x)
         return few_rows_linear(x, mod.weight, mod.bias, self._onednn)
 

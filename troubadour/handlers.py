@@ -264,7 +264,7 @@ class Handlers:
         return header
 
     def _send_memo(self, reply, req, spec, memo) -> None:
-        frames = memo[1]
+        _, frames, _, _ = memo
         delivery = Delivery(self.engine.sample_rate, self.engine.channels,
                             round(frames * self.engine.sample_rate / (req["sample_rate"] or self.engine.sample_rate)),
                             req["format"], req["sample_rate"])
