@@ -7,6 +7,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # tests never touch the network
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_kernel_dir(tmp_path_factory) -> Path:
+    """The native decode kernel builds into the session's temporary folder, not the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("native")
+    os.environ["TROUBADOUR_NATIVE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random-weight MusicGen checkpoint, written through the same code as `make-test-model`."""

@@ -237,14 +237,17 @@ def wide_backend(tmp_path_factory):
 def test_wide_checkpoint_takes_the_few_rows_layouts(wide_backend):
     eng = Engine(wide_backend)
     assert eng._skinny
+    assert eng._gemv is not None and eng.matmuls == "native kernel"   # .ci/run's machines have a C compiler
+    assert Engine(wide_backend, native_kernel=False)._gemv is None
     lin = torch.nn.Linear(256, 96)
     for rows in (1, 2, 3, 8, 40):   # the layouts themselves are tested in test_matmul.py
         x = torch.randn(rows, 1, 256)
         np.testing.assert_allclose(eng._lin(lin, x).detach(), lin(x).detach(), atol=1e-5)
 
 
-def test_wide_checkpoint_matches_transformers_alone_and_batched(wide_backend):
-    eng = Engine(wide_backend)
+@pytest.mark.parametrize("native_kernel", [True, False])
+def test_wide_checkpoint_matches_transformers_alone_and_batched(wide_backend, native_kernel):
+    eng = Engine(wide_backend, native_kernel=native_kernel)
     prompts = ["calm piano", "an epic orchestral battle theme with drums", "rain"]
     inputs = wide_backend.tokenizer(prompts, padding=True, return_tensors="pt")
     ref = wide_backend.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=25 + 3)

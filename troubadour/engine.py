@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
+from . import native
 from .matmul import few_rows_linear, fuse_linears, onednn_linear_works
 from .sampling import Sampler
 
@@ -62,7 +63,8 @@ class Result:
 class Engine:
     def __init__(self, backend, *, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES,
                  context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES,
-                 window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S, precision: str = "auto"):
+                 window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S, precision: str = "auto",
+                 native_kernel: bool = True):
         self.backend = backend
         self.info = backend.info
         fr = self.info.frame_rate
@@ -89,6 +91,7 @@ class Engine:
         self._skinny = (self._device.type == "cpu" and self._dtype() == torch.float32 and self.precision == "fp32"
                         and self._dec.config.hidden_size >= 256)
         self._onednn = self._skinny and onednn_linear_works()
+        self._gemv = native.kernel() if self._skinny and native_kernel else None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -98,6 +101,13 @@ class Engine:
     @property
     def channels(self) -> int:
         return self.info.channels
+
+    @property
+    def matmuls(self) -> str:
+        """Which decode-step matmuls run (the server's start-up line)."""
+        if self._gemv is not None:
+            return "native kernel"
+        return f"PyTorch ({native.why_not() or 'off'})" if self._skinny else "PyTorch"
 
     def frames_for(self, duration: float) -> int:
         return max(1, int(round(duration * self.info.frame_rate)))
@@ -303,7 +313,7 @@ class Engine:
         """`mod(x)` for a decoder linear, faster for the decode step's few rows (fp32 CPU only: `_skinny`)."""
         if not self._skinny:
             return mod(x)
-        return few_rows_linear(x, mod.weight, mod.bias, self._onednn)
+        return few_rows_linear(x, mod.weight, mod.bias, self._onednn, self._gemv)
 
     def _dtype(self) -> torch.dtype:
         return self._dec.layer_norm.weight.dtype

@@ -1,9 +1,10 @@
 """Matmuls for the decode step's shape: a few rows (prompts and their CFG rows) times every weight.
 
 That shape is memory-bound, yet F.linear (x @ W^T through MKL) reaches about a third of the memory bandwidth
-on the CPU. Measured per step (bench/README.md, "Where a small-shaped step goes"): W @ x^T is fastest for 1-2
-rows, oneDNN's linear on the same dense weights for 3-32 (no packed copy, so no extra memory); past that the
-work is compute-bound and F.linear is fine.
+on the CPU. Measured per step (bench/README.md, "Where a small-shaped step goes"): the native kernel
+(native.py, gemv.c) reads the weights at full speed for 1-2 rows; without it W @ x^T is the best PyTorch has;
+oneDNN's linear on the same dense weights for 3-32 (no packed copy, so no extra memory); past that the work is
+compute-bound and F.linear is fine.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ ONEDNN_ROWS = 32
 
 
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    onednn: bool) -> torch.Tensor:
-    """F.linear(x, weight, bias) for fp32 CPU tensors, in the layout that is fastest for x's row count."""
+                    onednn: bool, gemv=None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for fp32 CPU tensors, in the layout that is fastest for x's row count.
+    gemv: native.kernel(), or None."""
     rows = x.numel() // x.shape[-1]
     x2 = x.reshape(rows, x.shape[-1])
-    if rows <= GEMV_ROWS:
+    if rows <= GEMV_ROWS and gemv is not None and weight.is_contiguous():
+        y = gemv(x2.contiguous(), weight, bias)
+    elif rows <= GEMV_ROWS:
         y = torch.mm(weight, x2.t())
         # numpy transposes this (N, 2) result 5x faster than Tensor.contiguous (measured)
         y = torch.from_numpy(np.ascontiguousarray(y.detach().numpy().T)) if rows > 1 else y.view(1, -1)

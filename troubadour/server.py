@@ -274,7 +274,7 @@ def cmd_serve(args) -> int:
     engine = make_engine(args)
     t0 = time.perf_counter()
     engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
-    log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}")
+    log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}; decode matmuls: {engine.matmuls}")
     server = Server(engine, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
                     max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
                     cache_size=int(args.cache_size * 1e9), curve_secret=args.curve_secret, allow_dir=args.allow)

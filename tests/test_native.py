@@ -1,0 +1,128 @@
+"""The native decode kernel (gemv.c through native.py): built once per machine into its cache folder, equal
+to F.linear, and optional: every way it can be missing leaves the engine on PyTorch's matmuls with a reason."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from troubadour import native
+from troubadour.matmul import few_rows_linear
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="no C compiler on this machine (.ci/run's machines have one)")
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """A kernel built from nothing into an empty folder."""
+    monkeypatch.setenv("TROUBADOUR_NATIVE_DIR", str(tmp_path))
+    native.reset()
+    yield tmp_path
+    native.reset()
+
+
+def test_builds_once_into_its_folder_and_is_reused(fresh):
+    k = native.kernel()
+    assert k is not None, native.why_not()
+    assert k.path.parent == fresh and k.path.name.startswith("gemv-") and k.path.suffix == ".so"
+    built = k.path.stat().st_mtime_ns
+    native.reset()
+    again = native.kernel()
+    assert again.path == k.path and again.path.stat().st_mtime_ns == built   # loaded, not rebuilt
+    assert [p.name for p in fresh.iterdir()] == [k.path.name]                # no temporary files left
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("width", [64, 256, 1000, 4096])
+@pytest.mark.parametrize("bias", [False, True])
+def test_equals_f_linear(fresh, rows, width, bias):
+    k = native.kernel()
+    torch.manual_seed(width + rows)
+    w = torch.randn(200, width)
+    b = torch.randn(200) if bias else None
+    x = torch.randn(rows, 1, width)
+    y = few_rows_linear(x, w, b, onednn=False, gemv=k)
+    assert y.shape == (rows, 1, 200) and y.is_contiguous()
+    torch.testing.assert_close(y, F.linear(x, w, b), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(k(x.reshape(rows, width), w, b), F.linear(x.reshape(rows, width), w, b),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_non_contiguous_inputs_and_weight_views(fresh):
+    """A transposed input is copied first; a fused weight's row slice (how q/k/v are held) is read in place;
+    a column slice (not contiguous) goes to PyTorch."""
+    k = native.kernel()
+    x = torch.randn(256, 2).t()
+    big = torch.randn(300, 256)
+    for w in (big[100:200], big[:, :128]):
+        xx = x[:, :w.shape[1]]
+        torch.testing.assert_close(few_rows_linear(xx, w, None, False, k), F.linear(xx, w), atol=1e-4, rtol=1e-5)
+
+
+def test_more_rows_are_refused_by_the_kernel_and_routed_elsewhere(fresh):
+    k = native.kernel()
+    x, w = torch.randn(3, 64), torch.randn(8, 64)
+    with pytest.raises(ValueError):
+        k(x, w, None)
+    torch.testing.assert_close(few_rows_linear(x, w, None, False, k), F.linear(x, w), atol=1e-4, rtol=1e-5)
+
+
+def test_uses_pytorchs_thread_count(fresh):
+    k = native.kernel()
+    x, w = torch.randn(2, 512), torch.randn(4096, 512)
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.testing.assert_close(k(x, w, None), F.linear(x, w), atol=1e-4, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _load_in_a_new_process(folder) -> str:
+    code = ("from troubadour import native; k = native.kernel(); "
+            "print(k.path if k else 'NONE ' + native.why_not())")
+    env = {**os.environ, "TROUBADOUR_NATIVE_DIR": str(folder)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_damaged_kernel_file_is_rebuilt(fresh):
+    """(In a new process: this one keeps the loaded library mapped, and replacing it in place would crash it;
+    the kernel's own builds replace the file with a new one, never in place.)"""
+    path = native.kernel().path
+    path.unlink()
+    path.write_bytes(b"not a shared library")
+    out = _load_in_a_new_process(fresh).communicate(timeout=300)[0].strip()
+    assert out == str(path) and path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_no_compiler_means_pytorch_with_a_reason(fresh, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh / "no-such-cc"))
+    assert native.kernel() is None
+    assert "no-such-cc" in native.why_not()
+    x, w = torch.randn(2, 300), torch.randn(50, 300)
+    torch.testing.assert_close(few_rows_linear(x, w, None, False, native.kernel()), F.linear(x, w),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_a_failing_compiler_is_reported(fresh, monkeypatch):
+    monkeypatch.setenv("CC", shutil.which("false"))
+    assert native.kernel() is None and "failed" in native.why_not()
+
+
+def test_turned_off_by_the_environment(fresh, monkeypatch):
+    monkeypatch.setenv("TROUBADOUR_NATIVE", "0")
+    assert native.kernel() is None and "TROUBADOUR_NATIVE=0" in native.why_not()
+    assert not any(fresh.iterdir())
+
+
+def test_two_processes_building_at_once_both_load_it(fresh):
+    procs = [_load_in_a_new_process(fresh) for _ in range(3)]
+    outs = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert len(outs) == 1 and not outs.pop().startswith("NONE")
+    assert len(list(fresh.iterdir())) == 1

@@ -1,0 +1,155 @@
+"""The decode step's native matmul kernel (gemv.c): built with the machine's C compiler on first use, then
+loaded from a cache folder.
+
+Optional by design: without a compiler, without OpenMP (Apple clang), on Windows, or when the built kernel
+disagrees with F.linear on a self-check, `kernel()` returns None with the reason in `why_not()` and the engine
+keeps PyTorch's matmuls. TROUBADOUR_NATIVE=0 turns it off; TROUBADOUR_NATIVE_DIR moves the cache folder.
+The file name carries a hash of the source, the compiler and the CPU, so a cache folder shared between
+machines (a synced home) never loads a kernel built for another CPU with -march=native.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("troubadour.native")
+
+SOURCE = Path(__file__).with_name("gemv.c")
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("TROUBADOUR_NATIVE_DIR"):
+        return Path(os.environ["TROUBADOUR_NATIVE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "troubadour" / "native"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    return cc if cc else next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
+def _cpu() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(dict.fromkeys(lines))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _key(cc: str) -> str:
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu().encode() + torch.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def _build(cc: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    errors = []
+    # -march=native first; some compilers (older Apple clang on arm64) only know -mcpu=native
+    for arch in (["-march=native"], ["-mcpu=native"], []):
+        cmd = [cc, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode == 0:
+            os.replace(tmp, out)   # atomic: a second process building at once never loads half a file
+            return
+        errors.append(r.stderr.strip().splitlines()[-1:] or [f"exit {r.returncode}"])
+    tmp.unlink(missing_ok=True)
+    raise RuntimeError(f"{cc} failed: {errors[0][0]}")
+
+
+class Gemv:
+    """y = x @ w^T + bias for 1 or 2 rows of fp32 CPU tensors, on PyTorch's thread count."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fn = ctypes.CDLL(str(path)).troubadour_gemv
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x: (rows, in) contiguous, rows 1 or 2; weight: (out, in) contiguous; bias: (out,) or None."""
+        rows, out = x.shape[0], weight.shape[0]
+        y = torch.empty(rows, out)
+        rc = self._fn(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                      out, weight.shape[1], rows, torch.get_num_threads())
+        if rc:
+            raise ValueError(f"native gemv takes 1 or 2 rows, got {rows}")
+        return y
+
+    def agrees(self) -> bool:
+        """Same results as F.linear, tails (widths not a multiple of 64) and bias included."""
+        g = torch.Generator().manual_seed(0)
+        for rows, width, bias in ((1, 64, False), (2, 1000, True), (2, 320, False), (1, 77, True)):
+            x, w = torch.randn(rows, width, generator=g), torch.randn(40, width, generator=g)
+            b = torch.randn(40, generator=g) if bias else None
+            if not torch.allclose(self(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-4):
+                return False
+        return True
+
+
+def _load() -> Gemv:
+    if os.environ.get("TROUBADOUR_NATIVE", "1") == "0":
+        raise RuntimeError("turned off by TROUBADOUR_NATIVE=0")
+    if not SOURCE.exists():
+        raise RuntimeError(f"{SOURCE.name} is not installed with the package")
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
+    path = cache_dir() / f"gemv-{_key(cc)}.so"
+    if not path.exists():
+        _build(cc, path)
+        log.info("built the native decode kernel: %s", path)
+    try:
+        kernel = Gemv(path)
+    except OSError:   # a damaged file (disk full while copying a cache folder): build it again
+        path.unlink(missing_ok=True)
+        _build(cc, path)
+        kernel = Gemv(path)
+    if not kernel.agrees():
+        raise RuntimeError(f"{path} disagrees with F.linear; not used")
+    return kernel
+
+
+def kernel() -> Gemv | None:
+    """The loaded kernel, built on first call; None where it cannot be had (see why_not())."""
+    with _lock:
+        if "kernel" not in _state:
+            try:
+                _state["kernel"], _state["why"] = _load(), None
+            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+                _state["kernel"], _state["why"] = None, str(e)
+                log.warning("native decode kernel unavailable (%s); using PyTorch's matmuls", e)
+        return _state["kernel"]
+
+
+def why_not() -> str | None:
+    kernel()
+    return _state["why"]
+
+
+def reset() -> None:
+    """Forget the loaded kernel (tests, and after changing the environment variables)."""
+    with _lock:
+        _state.clear()
