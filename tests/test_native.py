@@ -37,17 +37,19 @@ def test_builds_once_into_its_folder_and_is_reused(fresh):
     assert [p.name for p in fresh.iterdir()] == [k.path.name]                # no temporary files left
 
 
-@pytest.mark.parametrize("rows", [1, 2])
-@pytest.mark.parametrize("width", [64, 256, 1000, 4096])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("width", [64, 1000, 2100, 4096])
 @pytest.mark.parametrize("bias", [False, True])
 def test_equals_f_linear(fresh, rows, width, bias):
+    """Widths with and without a tail past the vector blocks, and past one column block (1024); an output
+    count that is not a whole number of row groups (32)."""
     k = native.kernel()
     torch.manual_seed(width + rows)
-    w = torch.randn(200, width)
-    b = torch.randn(200) if bias else None
+    w = torch.randn(201, width) / width ** 0.5   # scaled like a trained layer: outputs of order 1
+    b = torch.randn(201) if bias else None
     x = torch.randn(rows, 1, width)
     y = few_rows_linear(x, w, b, onednn=False, gemv=k)
-    assert y.shape == (rows, 1, 200) and y.is_contiguous()
+    assert y.shape == (rows, 1, 201) and y.is_contiguous()
     torch.testing.assert_close(y, F.linear(x, w, b), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(k(x.reshape(rows, width), w, b), F.linear(x.reshape(rows, width), w, b),
                                atol=1e-4, rtol=1e-5)
@@ -66,7 +68,7 @@ def test_non_contiguous_inputs_and_weight_views(fresh):
 
 def test_more_rows_are_refused_by_the_kernel_and_routed_elsewhere(fresh):
     k = native.kernel()
-    x, w = torch.randn(3, 64), torch.randn(8, 64)
+    x, w = torch.randn(9, 64), torch.randn(8, 64)
     with pytest.raises(ValueError):
         k(x, w, None)
     torch.testing.assert_close(few_rows_linear(x, w, None, False, k), F.linear(x, w), atol=1e-4, rtol=1e-5)

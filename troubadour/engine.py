@@ -20,7 +20,7 @@ from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
 from . import native
-from .matmul import few_rows_linear, fuse_linears, onednn_linear_works
+from .matmul import align_parameters, few_rows_linear, fuse_linears, onednn_linear_works
 from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
@@ -92,6 +92,8 @@ class Engine:
                         and self._dec.config.hidden_size >= 256)
         self._onednn = self._skinny and onednn_linear_works()
         self._gemv = native.kernel() if self._skinny and native_kernel else None
+        if self._skinny:
+            align_parameters(backend.decoder)
 
     # ------------------------------------------------------------------ public API
     @property

@@ -79,7 +79,7 @@ def _build(cc: str, out: Path) -> None:
 
 
 class Gemv:
-    """y = x @ w^T + bias for 1 or 2 rows of fp32 CPU tensors, on PyTorch's thread count."""
+    """y = x @ w^T + bias for 1 to 8 rows of fp32 CPU tensors, on PyTorch's thread count."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -89,21 +89,22 @@ class Gemv:
         self._fn = fn
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x: (rows, in) contiguous, rows 1 or 2; weight: (out, in) contiguous; bias: (out,) or None."""
+        """x: (rows, in) contiguous, rows 1 to 8; weight: (out, in) contiguous; bias: (out,) or None."""
         rows, out = x.shape[0], weight.shape[0]
         y = torch.empty(rows, out)
         rc = self._fn(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
                       out, weight.shape[1], rows, torch.get_num_threads())
         if rc:
-            raise ValueError(f"native gemv takes 1 or 2 rows, got {rows}")
+            raise ValueError(f"native gemv takes 1 to 8 rows, got {rows}")
         return y
 
     def agrees(self) -> bool:
         """Same results as F.linear, tails (widths not a multiple of 64) and bias included."""
         g = torch.Generator().manual_seed(0)
-        for rows, width, bias in ((1, 64, False), (2, 1000, True), (2, 320, False), (1, 77, True)):
-            x, w = torch.randn(rows, width, generator=g), torch.randn(40, width, generator=g)
-            b = torch.randn(40, generator=g) if bias else None
+        for rows, width, bias in ((1, 64, False), (2, 1000, True), (2, 320, False), (1, 77, True), (3, 70, True),
+                                  (8, 256, False), (5, 33, True)):
+            x, w = torch.randn(rows, width, generator=g), torch.randn(41, width, generator=g)
+            b = torch.randn(41, generator=g) if bias else None
             if not torch.allclose(self(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-4):
                 return False
         return True
