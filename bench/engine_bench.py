@@ -367,7 +367,9 @@ def track_cache(n_small: int, n_large: int, lookups: int, table) -> dict:
 def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
     """One step's worth of the decoder's matmuls (every weight once) for 2 rows (one prompt + its CFG row)
     and 8 rows (4 prompts batched), in F.linear's layout (the engine before it picked layouts by row count)
-    and the alternatives: what the engine now uses is marked."""
+    and the alternatives: what the engine now uses is marked. Reading the weights once (a sum each) is the
+    floor; the native kernel also runs on copies 8 bytes off a cache line, where safetensors leaves weights."""
+    from troubadour import native
     from troubadour.matmul import onednn_linear_works
 
     torch.set_num_threads(threads)
@@ -382,9 +384,17 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
     mods += [("head", torch.cat([h.weight for h in dec.lm_heads]).detach())]
     ws = [w for _, w in mods]
     variants = {"F.linear fp32 (x @ W^T; engine before)": lambda x, w: F.linear(x, w),
-                "W @ x^T fp32 (engine: 1-2 rows)": lambda x, w: torch.mm(w, x.t())}
+                "read the weights once (a sum each): the floor": lambda x, w: w.sum()}
+    kernel = native.kernel()
+    if kernel is not None:
+        variants["native kernel (engine: 1-8 rows)"] = lambda x, w: kernel(x, w, None)
+        off = {}
+        for w in ws:
+            off[id(w)] = torch.empty(w.numel() + 2)[2:].view(w.shape).copy_(w)   # 8 bytes off a line
+        variants["native kernel, weights 8 bytes off a cache line"] = lambda x, w: kernel(x, off[id(w)], None)
+    variants["W @ x^T fp32 (no native kernel: 1-2 rows)"] = lambda x, w: torch.mm(w, x.t())
     if onednn_linear_works():
-        variants["oneDNN linear, same dense fp32 weights (engine: 3-32 rows)"] = (
+        variants["oneDNN linear, same dense fp32 weights (no native kernel: 3-32 rows; else 9-32)"] = (
             lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [None], ""))
     wb = {id(w): w.to(torch.bfloat16) for w in ws}
     variants["F.linear bf16 weights (--precision bf16)"] = lambda x, w: F.linear(x.to(torch.bfloat16), wb[id(w)])
@@ -413,7 +423,7 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
             res = out[f"{rows}_rows"] = {}
             for name, ts in times.items():
                 res[name] = {"ms": r(med(ts) * 1e3, 1), "min_ms": r(min(ts) * 1e3, 1), "vs_f_linear": r(med(ts) / base)}
-                table.row(f"matmuls of 1 step, {rows} rows: {name}"[:60], res[name]["ms"], "ms",
+                table.row(f"matmuls of 1 step, {rows} rows: {name}"[:72], res[name]["ms"], "ms",
                           note=f"x{res[name]['vs_f_linear']}")
     return out
 
@@ -446,14 +456,16 @@ def profile_step(engine, duration, table, top: int = 14) -> dict:
 
 # ---------------------------------------------------------------- CPU options (full run)
 def options(path, threads: int, duration: float, reps: int, table) -> dict:
-    """The engine's CPU options (`--precision`, thread count, and the matmul layout it replaced) on the
-    small-shaped decoder: speed vs fp32 and the quality cost vs fp32 greedy (top_k=1) codes and audio."""
+    """The engine's CPU options (`--precision`, thread count, the native kernel off, and the matmul layout it
+    replaced) on the small-shaped decoder: speed vs fp32 and the quality cost vs fp32 greedy (top_k=1) codes
+    and audio."""
     from troubadour.engine import Engine
 
     engines = {}
     be, eng = load(path, threads)
     engines["fp32"] = (eng, threads)
     engines[f"fp32, {1 if threads != 1 else 2} thread(s)"] = (eng, 1 if threads != 1 else 2)
+    engines["fp32, no native kernel (TROUBADOUR_NATIVE=0)"] = (Engine(be, native_kernel=False), threads)
     before = Engine(be)
     before._skinny = False   # every matmul through F.linear, as before the layouts were picked by rows
     engines["fp32, F.linear layout (before)"] = (before, threads)
