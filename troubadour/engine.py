@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
+from .chunking import Chunk, RowCodes
 from . import native
 from .matmul import align_parameters, few_rows_linear, fuse_linears, onednn_linear_works
 from .sampling import Sampler
@@ -41,15 +42,6 @@ class Job:
     prompt: str
     params: GenParams = GenParams()
     melody: np.ndarray | None = None   # (channels, samples) at the model's rate: a theme to follow (melody models)
-
-
-@dataclass
-class Chunk:
-    row: int                 # index of the job in the batch
-    start: int               # first sample of this chunk within the track
-    audio: np.ndarray        # (channels, samples) float32
-    final: bool = False
-    codes: np.ndarray | None = None   # on the final chunk: (codebooks, frames) int64
 
 
 @dataclass
@@ -176,7 +168,8 @@ class Engine:
         hidden, mask = self.backend.encode_text([j.prompt for j in jobs])
         chroma = [None if j.melody is None else chroma_features(j.melody, self.sample_rate) for j in jobs]
         sampler = Sampler([j.params for j in jobs], self._device)
-        decoders = [_RowDecoder(self, n) for n in frames]
+        decoders = [RowCodes(n, self.info.num_codebooks, self._device, self._hop, self.chunk_frames,
+                             self.context_frames, self.lookahead_frames) for n in frames]
         state = {"done": 0}
 
         def tick() -> None:
@@ -206,15 +199,22 @@ class Engine:
                 cond = (None, self.backend.melody_prefix(h, rows_chroma).to(self._dtype()))
             else:
                 cond = (self._cross_kv(h, m), None)
-            for i, codes in self._segment(cond, cfg, sampler.subset(active), prefix, new, tick):
-                r = active[i]
-                for chunk in decoders[r].add(codes):
-                    chunk.row = r
-                    yield chunk
+            for ready in self._segment(cond, cfg, sampler.subset(active), prefix, new, tick):
+                windows = [(active[i], decoders[active[i]].push(codes)) for i, codes in ready]
+                yield from self._decode_windows(decoders, [(r, w) for r, w in windows if w is not None])
             first = False
 
+    def _decode_windows(self, decoders, windows) -> Iterator[Chunk]:
+        """The due chunks, one EnCodec call per row: a batched call rounds differently (~1e-7, measured), and
+        a track's bytes must not depend on what it was batched with (cache, bake vs server)."""
+        for r, w in windows:
+            chunk = decoders[r].chunk(self.backend.decode_audio(decoders[r].codes[None, :, w[0]:w[1]])[0], w)
+            chunk.row = r
+            yield chunk
+
     def _segment(self, cond, cfg: bool, sampler, prefix, new: list[int], tick):
-        """One window of the decode loop. Yields (row, codes (K, n)) as frames complete on every codebook.
+        """One window of the decode loop. Yields, per step, [(row, codes (K, n))] for the rows whose frames
+        completed on every codebook.
 
         `cond` is (cross-attention keys/values, None) or, for melody models, (None, conditioning embeddings
         prepended to the sequence). With a prefix (B, K, p) of known codes, the conditioning and positions
@@ -273,12 +273,15 @@ class Engine:
             if complete % self.chunk_frames == 0 and not torch.isfinite(raw).all():
                 # checked where audio leaves, not every step (a GPU sync); NaN spreads through the KV cache
                 raise EngineFault("the model produced non-finite values (NaN/inf)")
+            ready = []
             for r in range(b):
                 upto = min(complete, new[r])
                 if upto > out[r]:
-                    yield r, torch.stack([seq[r, c, d + 1 + p + out[r]:d + 1 + p + upto]
-                                          for c, d in enumerate(self._delays)])
+                    ready.append((r, torch.stack([seq[r, c, d + 1 + p + out[r]:d + 1 + p + upto]
+                                                  for c, d in enumerate(self._delays)])))
                     out[r] = upto
+            if ready:
+                yield ready
 
     # ------------------------------------------------------------------ decode loop pieces
     def _fuse_projections(self) -> None:
@@ -389,28 +392,3 @@ class Engine:
             x = x + self._lin(layer.fc2, layer.activation_fn(self._lin(layer.fc1, y)))
         x = self._dec.layer_norm(x[:, -1])
         return self._lin(self._fused["heads"], x).view(rows, len(self._heads), -1).float()   # (rows, K, V)
-
-class _RowDecoder:
-    """One track's codes as they arrive, decoded to audio chunks with context on both sides of each chunk."""
-
-    def __init__(self, engine: Engine, total: int):
-        self.engine = engine
-        self.total = total
-        self.codes = torch.empty((engine.info.num_codebooks, total), dtype=torch.long, device=engine._device)
-        self.filled = 0
-        self.emitted = 0
-
-    def add(self, codes: torch.Tensor) -> Iterator[Chunk]:
-        n = codes.shape[1]
-        self.codes[:, self.filled:self.filled + n] = codes
-        self.filled += n
-        e = self.engine
-        final = self.filled == self.total
-        end = self.filled if final else self.filled - e.lookahead_frames
-        if final or end - self.emitted >= e.chunk_frames:
-            lo = max(0, self.emitted - e.context_frames)
-            hi = min(self.filled, end + e.lookahead_frames)
-            audio = e.backend.decode_audio(self.codes[None, :, lo:hi])[0]
-            audio = audio[:, (self.emitted - lo) * e._hop:(end - lo) * e._hop].float().cpu().numpy()
-            yield Chunk(-1, self.emitted * e._hop, audio, final, self.codes.cpu().numpy() if final else None)
-            self.emitted = end
