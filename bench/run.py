@@ -173,7 +173,8 @@ def run_sections(cfg, table, results, errors):
             reader = eb.WeightRead(be)
             s = results["step_small"] = eb.step_ratio("small", be, eng, cfg.small_duration, cfg.small_reps,
                                                       table, 1.0, between=reader)
-            results["floor_small"] = eb.floor(s, be, cfg.threads, reader, table)
+            paired = eb.paired_steps(eng, reader, cfg.small_duration, cfg.small_reps)
+            results["floor_small"] = eb.floor(s, be, cfg.threads, reader, table, paired)
             results["codec_small"] = eb.codec_share("small", eng, None, s["ours_step_ms"]["p50"] / 1e3, table)
             table.section("4. batching: 4 prompts in one batch vs one after another")
             results["batch_small"] = eb.batching("small", eng, cfg.small_batch_duration, cfg.small_batch_reps,
