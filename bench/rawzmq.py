@@ -4,6 +4,8 @@ Run as a subprocess (like the real server): `python bench/rawzmq.py tcp://127.0.
 [b"", b"go", sizes as comma-separated ints]; the answer is one small header message, then one message per
 size (carrying that many bytes), then an end message, all on the requesting DEALER's envelope. No cache read,
 no resampling, no encoding: what the machine's ZeroMQ can move over loopback with the same message sizes.
+It sends through troubadour.wire.send_message like the server (pyzmq's compiled send, no sugar), so the
+baseline is as lean as the server's own sending.
 """
 
 from __future__ import annotations
@@ -11,6 +13,16 @@ from __future__ import annotations
 import sys
 
 import zmq
+
+from troubadour.wire import send_message
+
+
+def _send_blocking(sock, frames) -> None:
+    while True:
+        try:
+            return send_message(sock, frames)
+        except zmq.Again:
+            zmq.select([], [sock], [])
 
 
 def main(address: str) -> None:
@@ -30,8 +42,8 @@ def main(address: str) -> None:
         for n in sizes:
             data = payloads.get(n)
             if data is None:
-                data = payloads[n] = bytes(n)
-            sock.send_multipart([ident, b"", b"chunk", data], copy=False)
+                data = payloads[n] = zmq.Frame(bytes(n), copy=False)   # like the server's memo
+            _send_blocking(sock, [ident, b"", b"chunk", data])
         sock.send_multipart([ident, b"", b"end"])
     sock.close(0)
 

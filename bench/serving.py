@@ -15,6 +15,7 @@ from pathlib import Path
 import zmq
 
 from common import dist, med, now, pct, r
+from troubadour.wire import recv_message
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,7 +65,8 @@ class RawClient:
                                  [b"", b"go", ",".join(map(str, sizes)).encode()])
         arrivals, nbytes = [], 0
         while True:
-            frames = self.sock.recv_multipart(copy=False)   # zero-copy like the client: the strict baseline
+            zmq.select([self.sock], [], [])
+            frames = recv_message(self.sock)   # zero-copy and no pyzmq sugar, like the client: a strict baseline
             kind = frames[1].bytes
             if kind == b"chunk":
                 nbytes += len(frames[2].buffer)

@@ -28,6 +28,7 @@ from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, Cance
                            ProtocolVersionError, ServerError, Timeout, TooLargeError, Track, TrackHeader,
                            TrackStream, UnknownContextError, UnknownTypeError, _check_totals, server_error)
 from .protocol import ProtocolError
+from .wire import recv_message
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 # PROTOCOL.md section 9: safe to resend after reconnecting (prefetch and cancel are not).
@@ -183,7 +184,7 @@ class Client:
         if self._sock in ready:
             while True:
                 try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = recv_message(self._sock)
                 except zmq.Again:
                     break
                 # zero-copy for the audio payload (a view of ZeroMQ's buffer), bytes for the small frames

@@ -24,6 +24,7 @@ from .handlers import Handlers
 from .jobs import Scheduler, Worker
 from .profiles import check_model_support, load_profiles
 from .streams import MAX_OUTBOX, Memo, Reply
+from .wire import send_message
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
 SEND_BYTES = 1 << 20     # and payload bytes: cached replays send ~1 MB chunks
@@ -221,7 +222,7 @@ class Server(Handlers):
                     if not h.outbox:
                         break
                 try:
-                    self.socket.send_multipart(h.envelope + h.outbox[0], zmq.NOBLOCK, copy=False)
+                    send_message(self.socket, h.envelope + h.outbox[0])
                 except zmq.Again:
                     blocked = True
                     break

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+import zmq
 
 from . import protocol as P
 from .delivery import Delivery, split_native
@@ -128,6 +129,9 @@ class Memo:
     def put(self, key, pieces: list, frames: int, nbytes: int, digests: dict) -> None:
         if nbytes > self.limit // 4 or key in self._items:
             return
+        # zmq.Frames, made once: each send then shares the buffer (a refcount in ZeroMQ) instead of pyzmq
+        # registering a zero-copy buffer with its garbage-collector thread on every send
+        pieces = [(offset, n, zmq.Frame(data, copy=False)) for offset, n, data in pieces]
         self._items[key] = (pieces, frames, nbytes, digests)
         self.size += nbytes
         while self.size > self.limit:
