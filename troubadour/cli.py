@@ -22,7 +22,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="decoder precision: auto (fp32 on CPU, fp16 on GPU); int8 (CPU) is ~2x faster at a "
-                        "measured quality cost; bf16 is slower than the native fp32 kernel on CPUs "
+                        "measured quality cost; bf16 is no faster than the native fp32 kernel on CPUs "
                         "(bench/README.md)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's choice)")
 
