@@ -64,3 +64,35 @@ def test_repeated_hits_replay_the_same_bytes(server, fmt, rate):
     assert cold.cached is False and all(h.cached for h in hits)
     for h in hits:
         assert h.audio == cold.audio and h.sha256 == cold.sha256 == hashlib.sha256(cold.audio).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def stereo_server(tmp_path_factory):
+    from troubadour.testmodel import build_test_model
+
+    model = build_test_model(tmp_path_factory.mktemp("stereo") / "m", stereo=True)
+    with ServerProcess(model, tmp_path_factory.mktemp("stereo-server"), args=["--no-watch"]) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("fmt,rate", [("pcm_f32le", 48000), ("pcm_s16le", 48000), ("pcm_s16le", 32000)])
+def test_cached_replays_send_few_large_chunks_within_the_limit(stereo_server, fmt, rate):
+    """A cached replay starts with 0.5 s (audio at once), then sends whole streaming chunks adding up to at most
+    3/4 MiB per message (fewer messages than live streaming; never over the protocol's 1 MiB chunk limit, which
+    4 s of 48 kHz stereo f32 would break)."""
+    from troubadour.client import Chunk
+    from troubadour.protocol import MAX_CHUNK_BYTES
+
+    req = dict(prompt=f"big pieces {fmt} {rate}", params={"duration": 12.0, "seed": 2}, format=fmt,
+               sample_rate=rate)
+    with Client(stereo_server.address, timeout=60) as c:
+        live = [x for x in c.stream_track(**req) if isinstance(x, Chunk)]
+        for _ in range(2):   # the first hit reads the cache, the second replays the memo
+            with c.stream_track(**req) as ts:
+                replay = [x for x in ts if isinstance(x, Chunk)]
+            assert b"".join(x.data for x in replay) == b"".join(x.data for x in live)
+            sizes = [len(x.data) for x in replay]
+            assert rate // 4 < replay[0].frames <= rate // 2   # (the resampler holds a few ms back)
+            assert MAX_CHUNK_BYTES // 2 < max(sizes) <= MAX_CHUNK_BYTES * 3 // 4
+            assert len(replay) < len(live) and min(sizes[1:-1]) > 2 * sizes[0]
+        assert not c.violations

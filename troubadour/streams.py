@@ -13,11 +13,12 @@ import numpy as np
 import zmq
 
 from . import protocol as P
-from .delivery import Delivery, split_native
+from .delivery import MAX_PIECE_BYTES, Delivery, split_native
 
 # A client that stops reading gets at most this many queued messages (≈ a minute of audio) before its
 # stream is dropped; memory stays bounded and the track is still generated and cached.
 MAX_OUTBOX = 128
+PIECE_BYTES = MAX_PIECE_BYTES * 3 // 4   # cached replays: delivered bytes per chunk message, at most
 
 
 class Reply:
@@ -157,14 +158,19 @@ def track_header(spec, cached: bool, delivery: Delivery) -> dict:
 
 def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, key=None) -> Iterator[None]:
     """A cached track as a lazy message source. The first piece is small so audio starts at once; later ones
-    are larger (fewer messages). Bytes are the same whatever the cut (PCM and the resampler are stream-exact)."""
+    are whole streaming chunks adding up to ~3/4 of the 1 MiB chunk limit once delivered: per-message work
+    dominated a replay (16 -> 9 messages for 30 s of 48 kHz stereo s16: cache_hit_throughput_ratio 0.56-0.85
+    -> 0.80-0.97). Bytes are the same whatever the cut (PCM and the resampler are stream-exact)."""
     ts.start()
     if memo is not None:
         ts.record = []
     yield
+    d = ts.delivery
+    per_chunk = chunk_samples * d.channels * (4 if d.fmt == "pcm_f32le" else 2) * d.rate / d.native_rate
+    piece = max(1, int(PIECE_BYTES // per_chunk)) * chunk_samples
     first, rest = audio[:, :chunk_samples], audio[:, chunk_samples:]
     pieces = [(first, rest.shape[1] == 0)]
-    pieces += [(piece, last) for _, piece, last in split_native(rest, 4 * chunk_samples)]
+    pieces += [(p, last) for _, p, last in split_native(rest, piece)]
     for piece, last in pieces:
         ts.feed(piece, last)
         yield
