@@ -17,14 +17,6 @@ import zmq
 from troubadour.wire import send_message
 
 
-def _send_blocking(sock, frames) -> None:
-    while True:
-        try:
-            return send_message(sock, frames)
-        except zmq.Again:
-            zmq.select([], [sock], [])
-
-
 def main(address: str) -> None:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
@@ -43,7 +35,7 @@ def main(address: str) -> None:
             data = payloads.get(n)
             if data is None:
                 data = payloads[n] = zmq.Frame(bytes(n), copy=False)   # like the server's memo
-            _send_blocking(sock, [ident, b"", b"chunk", data])
+            send_message(sock, [ident, b"", b"chunk", data])   # a ROUTER never blocks: no zmq.Again
         sock.send_multipart([ident, b"", b"end"])
     sock.close(0)
 

@@ -49,10 +49,14 @@ class Delivery:
         self.sha = hashlib.sha256()
         self.xxh = xxhash.xxh3_64()
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one delivered PCM frame (an upper bound for OGG)."""
+        return self.channels * (4 if self.fmt == "pcm_f32le" else 2)
+
     def max_bytes(self) -> int:
         """Upper bound of the payload size (OGG is smaller than 16-bit PCM)."""
-        width = 4 if self.fmt == "pcm_f32le" else 2
-        return self.frames * self.channels * width + 44
+        return self.frames * self.frame_bytes + 44
 
     def header(self) -> dict:
         return {"sample_rate": self.rate, "channels": self.channels, "frames": self.frames, "format": self.fmt}

@@ -85,6 +85,10 @@ class Engine:
                         and self._dec.config.hidden_size >= 256)
         self._onednn = self._skinny and onednn_linear_works()
         self._gemv = native.kernel() if self._skinny and native_kernel else None
+        self.matmuls = "PyTorch"   # which decode-step matmuls run (the server's start-up line)
+        if self._skinny:
+            self.matmuls = "native kernel" if self._gemv else \
+                f"PyTorch ({native.why_not() if native_kernel else 'native kernel off'})"
         if self._skinny:
             align_parameters(backend.decoder)
         self._plan = [self._layer_plan(i, layer) for i, layer in enumerate(self._layers)]
@@ -98,13 +102,6 @@ class Engine:
     @property
     def channels(self) -> int:
         return self.info.channels
-
-    @property
-    def matmuls(self) -> str:
-        """Which decode-step matmuls run (the server's start-up line)."""
-        if self._gemv:
-            return "native kernel"
-        return f"PyTorch ({native.why_not() or 'off'})" if self._skinny else "PyTorch"
 
     def frames_for(self, duration: float) -> int:
         return max(1, int(round(duration * self.info.frame_rate)))

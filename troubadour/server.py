@@ -27,7 +27,7 @@ from .streams import MAX_OUTBOX, Memo, Reply
 from .wire import send_message
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
-SEND_BYTES = 1 << 20     # and payload bytes: cached replays send ~1 MB chunks
+SEND_BYTES = 1 << 20     # and payload bytes: cached replays send chunks of up to 3/4 MiB
 SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
 EXIT_ENGINE_DEAD = 70
 

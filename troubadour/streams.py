@@ -158,24 +158,23 @@ def track_header(spec, cached: bool, delivery: Delivery) -> dict:
 
 def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, key=None) -> Iterator[None]:
     """A cached track as a lazy message source. The first piece is small so audio starts at once; later ones
-    are whole streaming chunks adding up to ~3/4 of the 1 MiB chunk limit once delivered: per-message work
-    dominated a replay (16 -> 9 messages for 30 s of 48 kHz stereo s16: cache_hit_throughput_ratio 0.56-0.85
-    -> 0.80-0.97). Bytes are the same whatever the cut (PCM and the resampler are stream-exact)."""
+    are whole streaming chunks adding up to ~3/4 of the 1 MiB chunk limit once delivered, since per-message
+    work dominated a replay (bench/README.md). Bytes are the same whatever the cut (PCM and the resampler are
+    stream-exact)."""
     ts.start()
     if memo is not None:
         ts.record = []
     yield
     d = ts.delivery
-    per_chunk = chunk_samples * d.channels * (4 if d.fmt == "pcm_f32le" else 2) * d.rate / d.native_rate
-    piece = max(1, int(PIECE_BYTES // per_chunk)) * chunk_samples
+    chunk_bytes = chunk_samples * d.frame_bytes * d.rate / d.native_rate
+    size = max(1, int(PIECE_BYTES // chunk_bytes)) * chunk_samples
     first, rest = audio[:, :chunk_samples], audio[:, chunk_samples:]
     pieces = [(first, rest.shape[1] == 0)]
-    pieces += [(p, last) for _, p, last in split_native(rest, piece)]
+    pieces += [(piece, last) for _, piece, last in split_native(rest, size)]
     for piece, last in pieces:
         ts.feed(piece, last)
         yield
     if memo is not None:
-        d = ts.delivery
         memo.put(key, ts.record, d.frames, d.bytes, d.digests())
 
 
