@@ -46,5 +46,13 @@ def cli_env(tmp_path):
     return env
 
 
+def native_kernel_expected() -> bool:
+    """Where the native decode kernel must build: Linux with a C compiler (GCC's OpenMP; .ci/run installs
+    gcc). Elsewhere (no compiler, Apple clang without -fopenmp) the engine falls back and says why."""
+    import shutil
+
+    return sys.platform.startswith("linux") and any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
 def troubadour_cmd() -> list[str]:
     return [sys.executable, "-m", "troubadour.cli"]

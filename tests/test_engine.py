@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import native_kernel_expected
 from troubadour.backends import load_backend
 from troubadour.engine import Engine, Job
 from troubadour.errors import Cancelled, ValidationError
@@ -237,7 +238,10 @@ def wide_backend(tmp_path_factory):
 def test_wide_checkpoint_takes_the_few_rows_layouts(wide_backend):
     eng = Engine(wide_backend)
     assert eng._skinny
-    assert eng._gemv is not None and eng.matmuls == "native kernel"   # .ci/run's machines have a C compiler
+    if native_kernel_expected():   # .ci/run's machines: Linux with gcc
+        assert eng._gemv is not None and eng.matmuls == "native kernel"
+    else:                          # the fallback names its reason
+        assert eng._gemv is None and eng.matmuls.startswith("PyTorch (")
     assert Engine(wide_backend, native_kernel=False)._gemv is None
     lin = torch.nn.Linear(256, 96)
     for rows in (1, 2, 3, 8, 40):   # the layouts themselves are tested in test_matmul.py

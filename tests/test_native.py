@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import native_kernel_expected
 from troubadour import native
 from troubadour.matmul import few_rows_linear
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                                reason="no C compiler on this machine (.ci/run's machines have one)")
+pytestmark = pytest.mark.skipif(not native_kernel_expected(),
+                                reason="not Linux with a C compiler (.ci/run installs gcc)")
 
 
 @pytest.fixture
