@@ -173,6 +173,25 @@ def test_cancel_stops_delivery_and_generation(conn, server):
     assert again.body["found"] is False
 
 
+def test_a_track_requested_again_right_after_its_cancel_is_generated_and_shared(conn, server):
+    """Cancel a generation and ask for the same track in the same burst: the new generation must not lose its
+    listeners when the cancelled one reports its end, and a third request joins it (not an internal error)."""
+    req = dict(context="boss", stream=True, params={"duration": 6.0, "seed": 777})
+    first = conn.send(P.GET_TRACK, **req)
+    assert conn.recv().type == P.TRACK
+    conn.send(P.CANCEL, target=first)
+    second = conn.send(P.GET_TRACK, **req)     # queued behind the cancel: the old job is still running
+    time.sleep(0.3)                            # the cancelled job has stopped and reported by now
+    third = conn.send(P.GET_TRACK, **req)
+    msgs = {rid: conn.until_final(rid, timeout=60) for rid in (first, second, third)}
+    assert msgs[first][-1].body["code"] == "cancelled"
+    audio = []
+    for rid in (second, third):
+        assert msgs[rid][-1].type == P.END, [m.body for m in msgs[rid]][-1]
+        audio.append(b"".join(bytes(m.payload) for m in msgs[rid] if m.type == P.CHUNK))
+    assert audio[0] == audio[1] and len(audio[0]) == msgs[second][-1].body["bytes"] > 0
+
+
 def test_error_codes(conn, server):
     def err(msgs):
         assert msgs[-1].type == P.ERROR, [m.body for m in msgs]

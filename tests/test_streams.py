@@ -6,6 +6,7 @@ import pytest
 import zmq
 
 from servers import ServerProcess
+from troubadour import protocol as P
 from troubadour.client import Client
 from troubadour.streams import Memo
 
@@ -14,15 +15,36 @@ def _pieces(n, size):
     return [(i * size, size // 2, bytes([i % 256]) * size) for i in range(n)]
 
 
-def test_memo_keeps_pieces_as_frames_with_the_same_bytes():
+def test_memo_keeps_pieces_as_frames_and_prebuilt_messages_with_the_same_bytes():
     memo = Memo(limit_bytes=1 << 20)
     pieces = _pieces(3, 1000)
     memo.put(("t", "wav", 48000), pieces, 1500, 3000, {"sha256": "x"})
-    got, frames, nbytes, digests = memo.get(("t", "wav", 48000))
-    assert (frames, nbytes, digests) == (1500, 3000, {"sha256": "x"})
-    assert [(o, n) for o, n, _ in got] == [(o, n) for o, n, _ in pieces]
-    assert all(isinstance(d, zmq.Frame) and bytes(d) == p for (_, _, d), (_, _, p) in zip(got, pieces))
+    entry = memo.get(("t", "wav", 48000))
+    assert (entry.frames, entry.nbytes, entry.digests) == (1500, 3000, {"sha256": "x"})
+    assert [(o, n) for o, n, _ in entry.pieces] == [(o, n) for o, n, _ in pieces]
+    assert all(isinstance(d, zmq.Frame) and bytes(d) == p for (_, _, d), (_, _, p) in zip(entry.pieces, pieces))
+    for seq, (message, (o, n, data)) in enumerate(zip(entry.chunks, pieces)):
+        got = message.frames("r7", seq + 1)
+        assert got[:3] == P.reply("r7", seq + 1, False, P.CHUNK, data, offset=o, frames=n, bytes=len(data))[:3]
+        assert bytes(got[3]) == data
+    assert entry.end.frames(9, 4) == P.reply(9, 4, True, P.END, frames=1500, bytes=3000, sha256="x")
     assert memo.get(("t", "wav", 44100)) is None
+
+
+def test_memo_header_is_built_once_per_key():
+    memo = Memo()
+    memo.put("t", _pieces(1, 100), 50, 100, {})
+    entry, calls = memo.get("t"), []
+
+    def build(context):
+        calls.append(context)
+        return {"track_id": "t", "context": context}
+
+    first = entry.header(("battle", 0), lambda: build("battle"))
+    assert entry.header(("battle", 0), lambda: build("battle")) is first
+    other = entry.header(("boss", 0), lambda: build("boss"))
+    assert calls == ["battle", "boss"]
+    assert P.decode(other.frames(1, 0), reply=True).body["context"] == "boss"
 
 
 def test_memo_is_bounded_least_recently_used_first():
@@ -78,7 +100,7 @@ def stereo_server(tmp_path_factory):
 @pytest.mark.parametrize("fmt,rate", [("pcm_f32le", 48000), ("pcm_s16le", 48000), ("pcm_s16le", 32000)])
 def test_cached_replays_send_few_large_chunks_within_the_limit(stereo_server, fmt, rate):
     """A cached replay starts with 0.5 s (audio at once), then sends whole streaming chunks adding up to at most
-    3/4 MiB per message (fewer messages than live streaming; never over the protocol's 1 MiB chunk limit, which
+    15/16 MiB per message (fewer messages than live streaming; never over the protocol's 1 MiB chunk limit, which
     4 s of 48 kHz stereo f32 would break)."""
     from troubadour.client import Chunk
     from troubadour.protocol import MAX_CHUNK_BYTES
@@ -93,6 +115,6 @@ def test_cached_replays_send_few_large_chunks_within_the_limit(stereo_server, fm
             assert b"".join(x.data for x in replay) == b"".join(x.data for x in live)
             sizes = [len(x.data) for x in replay]
             assert rate // 4 < replay[0].frames <= rate // 2   # (the resampler holds a few ms back)
-            assert MAX_CHUNK_BYTES // 2 < max(sizes) <= MAX_CHUNK_BYTES * 3 // 4
+            assert MAX_CHUNK_BYTES // 2 < max(sizes) <= MAX_CHUNK_BYTES * 15 // 16
             assert len(replay) < len(live) and min(sizes[1:-1]) > 2 * sizes[0]
         assert not c.violations

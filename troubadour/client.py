@@ -28,7 +28,7 @@ from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, Cance
                            ProtocolVersionError, ServerError, Timeout, TooLargeError, Track, TrackHeader,
                            TrackStream, UnknownContextError, UnknownTypeError, _check_totals, server_error)
 from .protocol import ProtocolError
-from .wire import recv_message
+from .wire import recv_message, send_message
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 # PROTOCOL.md section 9: safe to resend after reconnecting (prefetch and cancel are not).
@@ -150,7 +150,7 @@ class Client:
 
     def _send(self, frames: list) -> None:
         try:
-            self._sock.send_multipart([b"", *frames], flags=zmq.NOBLOCK)
+            send_message(self._sock, [b"", *frames])
         except zmq.Again:
             pass   # queue full or no peer: the liveness check resends
 

@@ -175,13 +175,22 @@ class Handlers:
         return self._spec(ctx.prompt, params or ctx.params_for(variant), ctx.name, variant, info, theme)
 
     def _spec(self, prompt, params, context, variant, info, theme=None) -> TrackSpec:
-        extra = {}
-        if theme is not None:
-            extra["theme"] = theme.key
-        if shape_of(info):
-            extra["shape"] = shape_of(info)
-        key = track_key(self.engine.info.identity, prompt, params, extra or None)
-        return TrackSpec(key, prompt, params, context, variant, info, theme)
+        # remembered: a track key is a hash over canonical JSON, a third of a cache hit's request handling.
+        # repr keeps 10 and 10.0 apart (the header echoes params as given); the inputs are all in the key.
+        memo_key = repr((prompt, params, context, variant, info, theme.key if theme is not None else None))
+        spec = self._specs.get(memo_key)
+        if spec is None:
+            extra = {}
+            if theme is not None:
+                extra["theme"] = theme.key
+            if shape_of(info):
+                extra["shape"] = shape_of(info)
+            key = track_key(self.engine.info.identity, prompt, params, extra or None)
+            spec = TrackSpec(key, prompt, params, context, variant, info, theme)
+            if len(self._specs) >= 4096:
+                self._specs.clear()
+            self._specs[memo_key] = spec
+        return spec
 
     def _shaper(self, spec: TrackSpec) -> Shaper:
         return Shaper(shape_of(spec.info), self.engine.samples_for(spec.params.duration), self.engine.sample_rate,
@@ -244,12 +253,11 @@ class Handlers:
             reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.engine.chunk_samples,
                                                                 self.memo, memo_key))
             return
-        if job is None:
-            reason = "hot_swap" if req["regenerate"] else "generated"
-            job, _ = self.scheduler.submit(spec, req["priority"], reply, reason)
+        reason = "hot_swap" if req["regenerate"] else "generated"
+        # joins the job in flight (one generation, both streamed) unless there is none or it was cancelled
+        job, created = self.scheduler.submit(spec, req["priority"], reply, reason)
+        if created:
             self.live[spec.key] = LiveTrack(job, native_frames)
-        else:
-            self.scheduler.submit(spec, req["priority"], reply)   # join: one generation, both streamed
         reply.job = job
         self.live[spec.key].attach(ts)
 
@@ -263,15 +271,24 @@ class Handlers:
             header["fallback"] = spec.info["fallback"]
         return header
 
-    def _send_memo(self, reply, req, spec, memo) -> None:
-        _, frames, _, _ = memo
-        delivery = Delivery(self.engine.sample_rate, self.engine.channels,
-                            round(frames * self.engine.sample_rate / (req["sample_rate"] or self.engine.sample_rate)),
-                            req["format"], req["sample_rate"])
-        header = {**self._header(spec, True, delivery), "frames": frames}
-        ts = TrackStream(reply, delivery, header, req["stream"])
-        reply.stream = ts
-        reply.source = replay_memo(ts, memo)
+    def _send_memo(self, reply, req, spec, entry) -> None:
+        """A remembered track; its streamed header is prebuilt once per (context, variant, profile info)."""
+        rate = req["sample_rate"] or self.engine.sample_rate
+
+        def header() -> dict:
+            delivery = Delivery(self.engine.sample_rate, self.engine.channels,
+                                round(entry.frames * self.engine.sample_rate / rate), req["format"], rate)
+            return {**self._header(spec, True, delivery), "frames": entry.frames}
+
+        if not req["stream"]:
+            if entry.nbytes > P.MAX_TRACK_BYTES:
+                raise TroubadourError(f"the track is over {P.MAX_TRACK_BYTES} bytes in one message; ask with "
+                                      "stream=true", code=P.TOO_LARGE, field="stream")
+            TrackStream(reply, None, header(), False).emit(entry.pieces, True, entry.frames, entry.nbytes,
+                                                           entry.digests)
+            return
+        reply.source = replay_memo(reply, entry, entry.header((spec.context, spec.variant, repr(spec.info)),
+                                                               header))
 
     def on_prefetch(self, reply, req):
         specs = []
@@ -379,10 +396,13 @@ class Handlers:
                 state.finish_if_done()
         elif kind == "failed":
             _, job, err = event
-            live = self.live.pop(job.key, None)
-            if live is not None and live.job is job:
+            live = self.live.get(job.key)
+            if live is not None and live.job is job:   # not a newer job's (this one may have been cancelled)
+                del self.live[job.key]
                 for ts in live.streams:
                     ts.reply.fail(err)
+            if self.scheduler.find(job.key) is not None:
+                return   # a newer generation of the track goes on: prefetches wait for it
             for state in self.prefetches.pop(job.key, []):
                 ctx, variant = state.pending.pop(job.key, (None, None))
                 state.failed.append({"context": ctx, "variant": variant, "error": err.to_dict()})

@@ -73,8 +73,11 @@ class Scheduler:
 
     # -- I/O thread side
     def find(self, key: str) -> GenJob | None:
+        """The queued or running job for a track; a cancelled one still stopping is not found (a new request
+        starts a new job rather than joining one that is about to fail)."""
         with self._lock:
-            return self._by_key.get(key)
+            job = self._by_key.get(key)
+            return None if job is None or job.cancelled else job
 
     def submit(self, spec: TrackSpec, priority: int, owner, reason: str = "generated") -> tuple[GenJob, bool]:
         """Queue a track or join the identical one in flight. Returns (job, created)."""

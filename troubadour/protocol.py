@@ -205,6 +205,9 @@ def encode(msg_type: str, body: dict, payload=None) -> list:
 def decode(frames, *, reply: bool = False) -> Message:
     """Parse frames header, type, body[, payload] (envelope removed): a request, or with reply=True a
     server message. Raises ProtocolError: bad_request, unsupported_version, unknown_type or too_large."""
+    msg = _decode_common(frames, reply)
+    if msg is not None:
+        return msg
     if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError("a message is a non-empty list of frames")
     try:
@@ -245,6 +248,29 @@ def decode(frames, *, reply: bool = False) -> Message:
         _check_reply(msg_type, body, payload)
     elif payload is not None:
         raise ProtocolError("requests carry no payload frame", req_id=request_id(body))
+    return Message(msg_type, body, payload)
+
+
+_TYPE_NAMES = {False: {t.encode("ascii"): t for t in REQUEST_TYPES}, True: {t.encode("ascii"): t for t in REPLY_TYPES}}
+
+
+def _decode_common(frames, reply: bool) -> Message | None:
+    """A well-formed message of a known type whose frames are bytes (as both Python ends receive them) is
+    decoded with the same checks but without the general path's conversions; None sends anything else there,
+    which finds the error."""
+    if type(frames) is not list or not 3 <= len(frames) <= 4:
+        return None
+    head, kind, data = frames[0], frames[1], frames[2]
+    if type(head) is not bytes or type(kind) is not bytes or type(data) is not bytes or head != HEADER:
+        return None
+    msg_type = _TYPE_NAMES[reply].get(kind)
+    if msg_type is None or len(data) > (MAX_REPLY_BODY_BYTES if reply else MAX_REQUEST_BYTES - 4 - len(kind)):
+        return None
+    if not reply:
+        return Message(msg_type, _unpack(data)) if len(frames) == 3 else None
+    body = _unpack(data, check=False)
+    payload = frames[3] if len(frames) == 4 else None
+    _check_reply(msg_type, body, payload)
     return Message(msg_type, body, payload)
 
 

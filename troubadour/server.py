@@ -27,7 +27,7 @@ from .streams import MAX_OUTBOX, Memo, Reply
 from .wire import send_message
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
-SEND_BYTES = 1 << 20     # and payload bytes: cached replays send chunks of up to 3/4 MiB
+SEND_BYTES = 1 << 20     # and payload bytes: cached replays send chunks of up to 15/16 MiB
 SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
 EXIT_ENGINE_DEAD = 70
 
@@ -56,6 +56,7 @@ class Server(Handlers):
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
+        self._specs: dict = {}           # resolved tracks by their inputs (handlers._spec)
         self._error_ids = itertools.count()
         self._first = 0                  # where the next send pass starts (round robin)
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="troubadour-cache-read")

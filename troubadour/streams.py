@@ -14,11 +14,14 @@ import zmq
 
 from . import protocol as P
 from .delivery import MAX_PIECE_BYTES, Delivery, split_native
+from .prebuilt import Prebuilt
 
 # A client that stops reading gets at most this many queued messages (≈ a minute of audio) before its
 # stream is dropped; memory stays bounded and the track is still generated and cached.
 MAX_OUTBOX = 128
-PIECE_BYTES = MAX_PIECE_BYTES * 3 // 4   # cached replays: delivered bytes per chunk message, at most
+# cached replays: delivered bytes per chunk message, at most; the rest of the 1 MiB limit is room for the
+# resampler, whose output per piece varies by a few samples
+PIECE_BYTES = MAX_PIECE_BYTES * 15 // 16
 
 
 class Reply:
@@ -48,6 +51,15 @@ class Reply:
         self.outbox.append(P.reply(self.id, self.seq, final, msg_type, payload, **fields))
         self.seq += 1
         self.closed = final
+
+    def send_prebuilt(self, message) -> None:
+        """A prebuilt.Prebuilt message (a remembered track's header, chunk or end), stamped with this
+        request's id and the next seq."""
+        if self.closed:
+            return
+        self.outbox.append(message.frames(self.id, self.seq))
+        self.seq += 1
+        self.closed = message.final
 
     def send_after(self, other: "Reply", msg_type: str, **fields) -> None:
         """Queue this request's final message behind everything `other` still has to send (its own final
@@ -112,16 +124,43 @@ class TrackStream:
                                 **digests)
 
 
+class Remembered:
+    """A delivered track as ready messages: payload pieces held as zmq.Frames (each send then shares the
+    buffer, a refcount in ZeroMQ, instead of pyzmq registering a zero-copy buffer with its garbage-collector
+    thread on every send), their chunk messages and the end message prebuilt, and the header messages
+    built so far (one per context/variant that names this track)."""
+
+    __slots__ = ("pieces", "chunks", "end", "frames", "nbytes", "digests", "headers")
+
+    def __init__(self, pieces: list, frames: int, nbytes: int, digests: dict):
+        self.pieces = [(offset, n, zmq.Frame(data, copy=False)) for offset, n, data in pieces]
+        self.chunks = [Prebuilt(P.CHUNK, False, data, offset=offset, frames=n, bytes=len(data))
+                       for offset, n, data in self.pieces]
+        self.end = Prebuilt(P.END, True, frames=frames, bytes=nbytes, **digests)
+        self.frames, self.nbytes, self.digests = frames, nbytes, digests
+        self.headers: dict = {}
+
+    def header(self, key, build) -> Prebuilt:
+        """The prebuilt header for `key` (what else the header says besides the track: context, variant,
+        profile info), made by `build()` the first time."""
+        message = self.headers.get(key)
+        if message is None:
+            if len(self.headers) >= 64:   # bounded: contexts come and go with profile edits
+                self.headers.clear()
+            message = self.headers[key] = Prebuilt(P.TRACK, False, **build())
+        return message
+
+
 class Memo:
-    """Recently delivered tracks as ready payload pieces, keyed by (track id, format, rate): a repeated
-    cache hit is sent without reading the disk, resampling or encoding again. Bounded in bytes (LRU)."""
+    """Recently delivered tracks (Remembered), keyed by (track id, format, rate): a repeated cache hit is
+    sent without reading the disk, resampling or encoding again. Bounded in bytes (LRU)."""
 
     def __init__(self, limit_bytes: int = 256 << 20):
         self.limit = limit_bytes
         self.size = 0
         self._items: OrderedDict = OrderedDict()
 
-    def get(self, key):
+    def get(self, key) -> Remembered | None:
         entry = self._items.get(key)
         if entry is not None:
             self._items.move_to_end(key)
@@ -130,18 +169,15 @@ class Memo:
     def put(self, key, pieces: list, frames: int, nbytes: int, digests: dict) -> None:
         if nbytes > self.limit // 4 or key in self._items:
             return
-        # zmq.Frames, made once: each send then shares the buffer (a refcount in ZeroMQ) instead of pyzmq
-        # registering a zero-copy buffer with its garbage-collector thread on every send
-        pieces = [(offset, n, zmq.Frame(data, copy=False)) for offset, n, data in pieces]
-        self._items[key] = (pieces, frames, nbytes, digests)
+        self._items[key] = Remembered(pieces, frames, nbytes, digests)
         self.size += nbytes
         while self.size > self.limit:
             _, old = self._items.popitem(last=False)
-            self.size -= old[2]
+            self.size -= old.nbytes
 
     def drop(self, track_id: str) -> None:
         for key in [k for k in self._items if k[0] == track_id]:
-            self.size -= self._items.pop(key)[2]
+            self.size -= self._items.pop(key).nbytes
 
 
 def track_header(spec, cached: bool, delivery: Delivery) -> dict:
@@ -158,7 +194,7 @@ def track_header(spec, cached: bool, delivery: Delivery) -> dict:
 
 def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, key=None) -> Iterator[None]:
     """A cached track as a lazy message source. The first piece is small so audio starts at once; later ones
-    are whole streaming chunks adding up to ~3/4 of the 1 MiB chunk limit once delivered, since per-message
+    are whole streaming chunks adding up to ~15/16 of the 1 MiB chunk limit once delivered, since per-message
     work dominated a replay (bench/README.md). Bytes are the same whatever the cut (PCM and the resampler are
     stream-exact)."""
     ts.start()
@@ -178,14 +214,15 @@ def replay(ts: TrackStream, audio: np.ndarray, chunk_samples: int, memo=None, ke
         memo.put(key, ts.record, d.frames, d.bytes, d.digests())
 
 
-def replay_memo(ts: TrackStream, entry, batch: int = 4) -> Iterator[None]:
-    pieces, frames, nbytes, digests = entry
-    ts.start()
+def replay_memo(reply: Reply, entry: Remembered, header: Prebuilt, batch: int = 4) -> Iterator[None]:
+    """A remembered track streamed from its prebuilt messages, as a lazy message source."""
+    reply.send_prebuilt(header)
     yield
-    for i in range(0, len(pieces), batch):
-        ts.emit(pieces[i:i + batch], False)
+    for i in range(0, len(entry.chunks), batch):
+        for message in entry.chunks[i:i + batch]:
+            reply.send_prebuilt(message)
         yield
-    ts.emit([], True, frames, nbytes, digests)
+    reply.send_prebuilt(entry.end)
 
 
 class LiveTrack:
