@@ -79,6 +79,13 @@ class RawClient:
         self.sock.close(0)
 
 
+def _minor_faults() -> int:
+    """This process's minor page faults so far: received messages in freshly mapped memory fault in page by
+    page, which is what makes the raw pair's MB/s move between runs (bench/README.md)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _record(t0, t1, arrivals, nbytes) -> dict:
     gaps = [b - a for a, b in zip([t0] + arrivals[:-1], arrivals)][1:] or [0.0]
     return {"seconds": t1 - t0, "bytes": nbytes, "first_chunk": arrivals[0] - t0 if arrivals else float("nan"),
@@ -184,9 +191,14 @@ def run(cfg, table, results: dict) -> None:
             fetch_server(client, request)
             rawc.fetch()
         srv_recs, raw_recs = [], []
+        faults = {"ours": 0, "raw": 0}
         for _ in range(cfg.cache_requests):   # interleaved so load changes hit both sides alike
+            f0 = _minor_faults()
             srv_recs.append(fetch_server(client, request))
+            f1 = _minor_faults()
             raw_recs.append(rawc.fetch())
+            faults["ours"] += f1 - f0
+            faults["raw"] += _minor_faults() - f1
         srv_tp = [x["bytes"] / x["seconds"] / 1e6 for x in srv_recs]
         raw_tp = [x["bytes"] / x["seconds"] / 1e6 for x in raw_recs]
         ratio = med(srv_tp) / med(raw_tp)
@@ -196,11 +208,14 @@ def run(cfg, table, results: dict) -> None:
                    throughput_ratio=r(ratio), throughput_ratio_best=r(max(srv_tp) / max(raw_tp)),
                    first_chunk_ms=dist(fc, digits=2), raw_first_chunk_ms=dist([x["first_chunk"] * 1e3
                                                                                for x in raw_recs], digits=2),
-                   whole_track_ms=dist([x["seconds"] * 1e3 for x in srv_recs], digits=1))
+                   whole_track_ms=dist([x["seconds"] * 1e3 for x in srv_recs], digits=1),
+                   raw_whole_track_ms=dist([x["seconds"] * 1e3 for x in raw_recs], digits=1),
+                   page_faults_per_fetch={k: round(v / len(srv_recs)) for k, v in faults.items()})
         table.row("track", f"{res['track_bytes'] / 1e6:.2f} MB in {res['chunks']} chunks")
         table.row("server+client throughput p50", r(med(srv_tp), 1), "MB/s")
         table.row("raw pyzmq throughput p50", r(med(raw_tp), 1), "MB/s")
-        table.row("cache_hit_throughput_ratio", r(ratio), "", ">= 0.8", ratio >= 0.8)
+        table.row("cache_hit_throughput_ratio", r(ratio), "", ">= 0.8", ratio >= 0.8,
+                  f"page faults per fetch {res['page_faults_per_fetch']}")
         table.row("first chunk p50", r(pct(fc, 50), 2), "ms")
         table.row("cache_hit_first_chunk_p99_ms", r(pct(fc, 99), 2), "ms", "<= 5", pct(fc, 99) <= 5,
                   f"over {len(fc)} requests")

@@ -27,7 +27,8 @@ from .streams import MAX_OUTBOX, Memo, Reply
 from .wire import send_message
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
-SEND_BYTES = 1 << 20     # and payload bytes: cached replays send chunks of up to 15/16 MiB
+SEND_BYTES = 1 << 19     # a turn ends once this many payload bytes went: one cached-replay chunk (up to
+                         # 15/16 MiB) or a few live ones, so a pass over 64 streams stays short
 SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits in our bounded outboxes
 EXIT_ENGINE_DEAD = 70
 
