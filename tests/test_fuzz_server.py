@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from servers import PROFILES, ServerProcess
 from troubadour import protocol as P
+from troubadour.parse import REQUEST_FIELDS
 
 TOTAL_EXAMPLES = int(os.environ.get("TROUBADOUR_FUZZ_EXAMPLES", "300"))
 
@@ -342,7 +343,7 @@ def base_body(draw, kind: str) -> dict:
     return body
 
 
-FIELDS = {**P.REQUEST_FIELDS, P.GET_TRACK: P.REQUEST_FIELDS[P.GET_TRACK] + tuple(
+FIELDS = {**REQUEST_FIELDS, P.GET_TRACK: REQUEST_FIELDS[P.GET_TRACK] + tuple(
     f"params.{k}" for k in ("duration", "temperature", "top_k", "top_p", "cfg_coef", "seed", "bogus"))}
 
 

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from troubadour import protocol as p
+from troubadour.parse import REQUEST_FIELDS, parse_request
 from troubadour.errors import TroubadourError, ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def same(a, b) -> bool:
 
 
 def request(msg_type="get_track", **body):
-    return p.parse_request(p.decode(p.encode(msg_type, body)))
+    return parse_request(p.decode(p.encode(msg_type, body)))
 
 
 def refused(msg_type="get_track", **body) -> p.ProtocolError:
@@ -110,7 +111,7 @@ def test_valid_vector_round_trip(v):
     again = p.encode(v["decoded"]["type"], from_json(v["decoded"]["body"]), payload)
     assert [bytes(f) for f in again] == frames
     if v["direction"] == "request":
-        assert p.parse_request(msg)["id"] == msg.id
+        assert parse_request(msg)["id"] == msg.id
 
 
 @pytest.mark.parametrize("v", [v for v in vectors() if not v["valid"]], ids=lambda v: v["name"])
@@ -119,7 +120,7 @@ def test_invalid_vector_is_refused(v):
     with pytest.raises(p.ProtocolError) as info:
         msg = p.decode(frames_of(v), reply=v["direction"] == "reply")
         assert err["stage"] == "request"
-        p.parse_request(msg)
+        parse_request(msg)
     e = info.value
     assert (e.code, e.field, e.req_id) == (err["code"], err["field"], err["id"])
 
@@ -239,7 +240,7 @@ def test_over_zeromq():
         for _ in range(2):
             assert router.poll(2000)
             envelope, rest = p.split_envelope(router.recv_multipart(copy=False))
-            r = p.parse_request(p.decode(rest))
+            r = parse_request(p.decode(rest))
             if r["type"] == "ping":
                 router.send_multipart(envelope + p.reply(r["id"], 0, True, "pong", time=0.0))
             else:
@@ -327,11 +328,11 @@ def test_get_track_defaults():
 def test_request_options():
     assert request(id=1, prompt="x", params={"duration": 20})["params"]["duration"] == 20.0
     with pytest.raises(p.ProtocolError) as info:
-        p.parse_request(p.decode(p.encode("get_track", {"id": 1, "prompt": "x", "params": {"duration": 20}})),
+        parse_request(p.decode(p.encode("get_track", {"id": 1, "prompt": "x", "params": {"duration": 20}})),
                         max_duration=10)
     assert (info.value.code, info.value.field) == ("invalid_param", "params.duration")
     msg = p.decode(p.encode("get_track", {"id": 1, "prompt": "x", "sample_rate": 24000}))
-    assert p.parse_request(msg, sample_rates=(24000,))["sample_rate"] == 24000
+    assert parse_request(msg, sample_rates=(24000,))["sample_rate"] == 24000
 
 
 @pytest.mark.parametrize("body, code, field", [
@@ -410,7 +411,7 @@ def test_prefetch():
 
 def test_parse_request_rejects_reply_types():
     with pytest.raises(p.ProtocolError) as info:
-        p.parse_request(p.Message("pong", {"id": 3}))
+        parse_request(p.Message("pong", {"id": 3}))
     assert (info.value.code, info.value.req_id) == (p.UNKNOWN_TYPE, 3)
 
 
@@ -443,7 +444,7 @@ def test_spec_lists_every_code_type_and_limit():
     for number in (p.MAX_REQUEST_BYTES, p.MAX_STR_BYTES, p.MAX_ARRAY_LEN, p.MAX_MAP_LEN, p.MAX_DEPTH,
                    p.MAX_ID_CHARS, p.MAX_PREFETCH_CONTEXTS, p.MAX_ERROR_MESSAGE, p.HEARTBEAT_MS):
         assert re.search(rf"\b{number}\b", spec), number
-    for key in p.REQUEST_FIELDS[p.GET_TRACK] + p.REQUEST_FIELDS[p.PREFETCH]:
+    for key in REQUEST_FIELDS[p.GET_TRACK] + REQUEST_FIELDS[p.PREFETCH]:
         assert f"`{key}`" in spec, key
 
 
@@ -457,7 +458,7 @@ def decode_or_refuse(frames, reply):
     assert isinstance(msg, p.Message) and isinstance(msg.body, dict)
     if not reply:
         try:
-            r = p.parse_request(msg)
+            r = parse_request(msg)
             assert r["type"] == msg.type
         except p.ProtocolError as e:
             assert e.code in p.ERROR_CODES

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from . import __version__
 from . import protocol as P
@@ -15,44 +14,11 @@ from .loops import bar_aligned_duration
 from .params import MAX_VARIANTS, GenParams
 from .profiles import check_model_support, load_profiles
 from .shaping import Shaper, shape_of
-from .streams import LiveTrack, Reply, TrackStream, replay, replay_memo, track_header
+from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, replay, replay_memo,
+                      track_header)
 
 BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
 IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
-
-
-class Subscription:
-    def __init__(self, envelope: list, events: list):
-        self.envelope = envelope
-        self.events = set(events)
-        self.seq = 0
-        self.outbox: deque = deque()
-        self.source = None
-
-    @property
-    def client(self) -> bytes:
-        return bytes(self.envelope[0])
-
-    def refill(self) -> None:
-        pass
-
-    def push(self, name: str, **fields) -> None:
-        if name in self.events:
-            self.outbox.append(P.event_frames(self.seq, name, **fields))
-            self.seq += 1
-
-
-class PrefetchState:
-    def __init__(self, reply: Reply, jobs: list):
-        self.reply = reply
-        self.pending = {spec.key: (spec.context, spec.variant) for spec, cached in jobs if not cached}
-        self.cached = sum(1 for _, cached in jobs if cached)
-        self.generated = 0
-        self.failed: list = []
-
-    def finish_if_done(self) -> None:
-        if not self.pending:
-            self.reply.send(P.DONE, final=True, generated=self.generated, cached=self.cached, failed=self.failed)
 
 
 class Handlers:

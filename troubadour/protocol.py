@@ -1,7 +1,8 @@
-"""Troubadour wire protocol, version 1: framing, the msgpack subset, request validation.
+"""Troubadour wire protocol, version 1: framing, the msgpack subset, message types and limits.
 
 protocol/PROTOCOL.md is the specification; this module is its one implementation, shared by the
-server, the Python client and the tests. Golden vectors: protocol/vectors/vectors.json.
+server, the Python client and the tests (request fields are checked in parse.py). Golden vectors:
+protocol/vectors/vectors.json.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import msgpack
 
 from .errors import (CANCELLED, EMPTY_PROMPT, ENGINE_DEAD, ENGINE_ERROR, INVALID_PARAM, MODEL_ERROR,
                      PROFILE_ERROR, UNKNOWN_CONTEXT, TroubadourError)
-from .params import MAX_DURATION, MAX_VARIANTS, GenParams, validate_prompt
-from .profiles import NAME_RE
 
 VERSION = 1          # major: in the header; a change means old peers cannot talk to new ones
 MINOR = 0            # additions only (new optional fields, requests, events); sent in `info`
@@ -68,7 +67,6 @@ HEARTBEAT_LIVENESS = 3                  # silent heartbeat periods before a peer
 INT_MIN, INT_MAX = -2**63, 2**63 - 1    # int64: what C# long and Godot int hold
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_FLOAT_PARAMS = ("duration", "temperature", "top_p", "cfg_coef")
 
 
 class ProtocolError(TroubadourError):
@@ -334,157 +332,3 @@ def request_id(body: dict):
     if isinstance(rid, str) and 1 <= len(rid) <= MAX_ID_CHARS:
         return rid
     return None
-
-
-# Fields each request may carry besides `id`; requests not listed take none.
-REQUEST_FIELDS = {
-    GET_TRACK: ("context", "variant", "fallback", "prompt", "params", "format", "sample_rate", "stream",
-                "regenerate", "cached_only", "priority"),
-    PREFETCH: ("contexts", "variants", "priority", "stream", "format", "sample_rate"),
-    CANCEL: ("target",),
-    SUBSCRIBE: ("events",),
-}
-
-
-def parse_request(msg: Message, *, max_duration: float = MAX_DURATION,
-                  sample_rates=SAMPLE_RATES) -> dict:
-    """The request as {"type", "id", ...fields with defaults filled}; nil values count as absent.
-
-    Raises ProtocolError carrying the code, the offending `field` and `req_id` (None if the id is bad).
-    """
-    req_id = request_id(msg.body)
-    try:
-        if msg.type not in REQUEST_TYPES:
-            raise ProtocolError(f"unknown request type {msg.type!r}", code=UNKNOWN_TYPE)
-        body = {k: v for k, v in msg.body.items() if v is not None}
-        if req_id is None:
-            raise ProtocolError("id must be an int in [0, 2**63-1] or a string of 1-64 characters", field="id")
-        allowed = REQUEST_FIELDS.get(msg.type, ())
-        for key in body:
-            if key != "id" and key not in allowed:
-                raise ProtocolError(f"unknown field {key!r} in {msg.type}", field=key)
-        out = {"type": msg.type, "id": req_id}
-        if msg.type == GET_TRACK:
-            out.update(_get_track(body, max_duration, sample_rates))
-        elif msg.type == PREFETCH:
-            out.update(_prefetch(body, sample_rates))
-        elif msg.type == CANCEL:
-            if "target" not in body:
-                raise ProtocolError("cancel needs a target", field="target")
-            out["target"] = request_id({"id": body["target"]})
-            if out["target"] is None:
-                raise ProtocolError("target must be a request id", field="target")
-        elif msg.type == SUBSCRIBE:
-            events = _list(body, "events", list(EVENTS), str)
-            # Unknown names are dropped, not refused, so newer clients work with older servers.
-            out["events"] = [e for e in EVENTS if e in events]
-        return out
-    except ProtocolError as e:
-        e.req_id = req_id
-        raise
-    except TroubadourError as e:
-        raise ProtocolError(e.message, code=e.code, field=e.field, req_id=req_id) from e
-
-
-def _typed(body: dict, key: str, kind, default, what: str):
-    value = body.get(key, default)
-    if value is not default and (isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind)):
-        raise ProtocolError(f"{key} must be {what}, got {type(value).__name__}", field=key)
-    return value
-
-
-def _int(body: dict, key: str, default, lo: int, hi: int) -> int | None:
-    value = _typed(body, key, int, default, "an integer")
-    if value is not default and not lo <= value <= hi:
-        raise ProtocolError(f"{key} must be in [{lo}, {hi}], got {value}", code=INVALID_PARAM, field=key)
-    return value
-
-
-def _choice(body: dict, key: str, options, default, kind=str):
-    value = _typed(body, key, kind, default, "an integer" if kind is int else "a string")
-    if value is not default and value not in options:
-        raise ProtocolError(f"{key} must be one of {list(options)}, got {value!r}", code=INVALID_PARAM, field=key)
-    return value
-
-
-def _list(body: dict, key: str, default, kind) -> list:
-    value = _typed(body, key, list, default, "an array")
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, kind):
-            raise ProtocolError(f"{key}[{i}] must be a {kind.__name__}", field=f"{key}[{i}]")
-    return value
-
-
-def _context_name(name: str, field: str) -> str:
-    if not NAME_RE.match(name):
-        raise ProtocolError(f"invalid context name {name!r}: use 1-64 letters, digits, '_' or '-'",
-                            code=INVALID_PARAM, field=field)
-    return name
-
-
-def _output(body: dict, sample_rates) -> dict:
-    return {"format": _choice(body, "format", FORMATS, DEFAULT_FORMAT),
-            "sample_rate": _choice(body, "sample_rate", sample_rates, None, kind=int)}
-
-
-def _get_track(body: dict, max_duration: float, sample_rates) -> dict:
-    has_context, has_prompt = "context" in body, "prompt" in body
-    if has_context and has_prompt:
-        raise ProtocolError("give context or prompt, not both", field="prompt")
-    if not has_context and not has_prompt:
-        raise ProtocolError("get_track needs a context or a prompt", field="context")
-    out = {"context": None, "variant": None, "fallback": True, "prompt": None}
-    if has_context:
-        out["context"] = _context_name(_typed(body, "context", str, None, "a string"), "context")
-        out["variant"] = _int(body, "variant", None, 0, MAX_VARIANTS - 1)
-        out["fallback"] = _typed(body, "fallback", bool, True, "a bool")
-    else:
-        for key in ("variant", "fallback"):
-            if key in body:
-                raise ProtocolError(f"{key} applies only to context requests", field=key)
-        out["prompt"] = validate_prompt(_typed(body, "prompt", str, None, "a string"))
-    out["params"] = _params(_typed(body, "params", dict, {}, "a map"), max_duration)
-    out.update(_output(body, sample_rates))
-    for key in ("stream", "regenerate", "cached_only"):
-        out[key] = _typed(body, key, bool, False, "a bool")
-    if out["regenerate"] and out["cached_only"]:
-        raise ProtocolError("regenerate and cached_only exclude each other", field="cached_only")
-    out["priority"] = _int(body, "priority", GET_TRACK_PRIORITY, *PRIORITY_RANGE)
-    return out
-
-
-def _params(params: dict, max_duration: float) -> dict:
-    """The overrides given, type-checked here (bad_request) and range-checked by GenParams."""
-    params = {k: v for k, v in params.items() if v is not None}
-    for key, value in params.items():
-        field = f"params.{key}"
-        if key not in GenParams.names():
-            raise ProtocolError(f"unknown parameter {key!r}", field=field)
-        number = key in _FLOAT_PARAMS
-        if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
-            raise ProtocolError(f"{field} must be {'a number' if number else 'an integer'}", field=field)
-    try:
-        GenParams.from_dict(params, max_duration)
-    except TroubadourError as e:
-        raise ProtocolError(e.message, code=e.code, field=f"params.{e.field}") from None
-    # Floats stay floats so equal requests give equal cache keys.
-    return {k: float(v) if k in _FLOAT_PARAMS else v for k, v in params.items()}
-
-
-def _prefetch(body: dict, sample_rates) -> dict:
-    if "contexts" not in body:
-        raise ProtocolError("prefetch needs contexts", field="contexts")
-    contexts = _list(body, "contexts", None, str)
-    if not 1 <= len(contexts) <= MAX_PREFETCH_CONTEXTS:
-        raise ProtocolError(f"contexts must list 1-{MAX_PREFETCH_CONTEXTS} names", code=INVALID_PARAM,
-                            field="contexts")
-    names = [_context_name(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
-    variants = body.get("variants", "all")
-    if variants != "all":
-        if isinstance(variants, str):
-            raise ProtocolError("variants must be \"all\" or an integer", code=INVALID_PARAM, field="variants")
-        variants = _int(body, "variants", None, 1, MAX_VARIANTS)
-    _output(body, sample_rates)  # accepted so clients can reuse their get_track options; unused
-    return {"contexts": list(dict.fromkeys(names)), "variants": variants,
-            "priority": _int(body, "priority", PREFETCH_PRIORITY, *PRIORITY_RANGE),
-            "stream": _typed(body, "stream", bool, False, "a bool")}

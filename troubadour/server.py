@@ -22,6 +22,7 @@ from .cache import TrackCache
 from .errors import TroubadourError
 from .handlers import Handlers
 from .jobs import Scheduler, Worker
+from .parse import parse_request
 from .profiles import check_model_support, load_profiles
 from .streams import MAX_OUTBOX, Memo, Reply
 from .wire import send_message
@@ -178,7 +179,7 @@ class Server(Handlers):
         try:
             msg = P.decode(rest)
             req_id = P.request_id(msg.body)
-            req = P.parse_request(msg, max_duration=self.engine.max_duration)
+            req = parse_request(msg, max_duration=self.engine.max_duration)
             self.dispatch(envelope, req)
         except P.ProtocolError as e:
             self._reply_error(envelope, e.req_id if e.req_id is not None else req_id, e)

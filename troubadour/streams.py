@@ -88,6 +88,40 @@ class Reply:
                 self.source = None
 
 
+class Subscription:
+    def __init__(self, envelope: list, events: list):
+        self.envelope = envelope
+        self.events = set(events)
+        self.seq = 0
+        self.outbox: deque = deque()
+        self.source = None
+
+    @property
+    def client(self) -> bytes:
+        return bytes(self.envelope[0])
+
+    def refill(self) -> None:
+        pass
+
+    def push(self, name: str, **fields) -> None:
+        if name in self.events:
+            self.outbox.append(P.event_frames(self.seq, name, **fields))
+            self.seq += 1
+
+
+class PrefetchState:
+    def __init__(self, reply: Reply, jobs: list):
+        self.reply = reply
+        self.pending = {spec.key: (spec.context, spec.variant) for spec, cached in jobs if not cached}
+        self.cached = sum(1 for _, cached in jobs if cached)
+        self.generated = 0
+        self.failed: list = []
+
+    def finish_if_done(self) -> None:
+        if not self.pending:
+            self.reply.send(P.DONE, final=True, generated=self.generated, cached=self.cached, failed=self.failed)
+
+
 @dataclass
 class TrackStream:
     """Sends one track to one request: header, chunks (or one whole message), end."""
