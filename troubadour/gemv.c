@@ -76,7 +76,7 @@ static void row1(const float *w, const float *x0, long in, float *y0)
  * GROUP weight rows is swept once per block, prefetching the same columns of the next rows. R is a constant
  * after inlining (4 or 8; unused rows repeat row 0 and are not stored); U vectors per row per iteration keep
  * eight accumulators in flight for either R. Two weight rows (outputs) share each load of the inputs: with one,
- * eight rows made 9 loads per 8 FMAs and the load ports, not the FMA units, set the pace (44 -> 55 GB/s
+ * eight rows made 9 loads per 8 FMAs and the load ports, not the FMA units, set the pace (44 -> 56 GB/s
  * measured, bench/README.md). Each output keeps its own accumulators, so its sums are added in the same order
  * as with one output per sweep. */
 #define BLOCK 1024
