@@ -89,7 +89,6 @@ class Engine:
         if self._skinny:
             self.matmuls = "native kernel" if self._gemv else \
                 f"PyTorch ({native.why_not() if native_kernel else 'native kernel off'})"
-        if self._skinny:
             align_parameters(backend.decoder)
         self._plan = [self._layer_plan(i, layer) for i, layer in enumerate(self._layers)]
         self._plan_heads = self._lin_plan(self._fused["heads"])
@@ -330,7 +329,7 @@ class Engine:
     def _run(self, lin: tuple, x: torch.Tensor) -> torch.Tensor:
         """A planned linear: `mod(x)`, or the few-rows layouts for fp32 CPU (`_skinny`)."""
         mod, w, b = lin
-        return few_rows_linear(x, w, b, self._onednn, self._gemv) if w is not None and self._skinny else mod(x)
+        return mod(x) if w is None else few_rows_linear(x, w, b, self._onednn, self._gemv)
 
     def _lin(self, mod, x: torch.Tensor) -> torch.Tensor:
         return self._run(self._lin_plan(mod), x)

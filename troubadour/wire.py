@@ -1,6 +1,6 @@
 """Sending and receiving whole multipart messages without pyzmq's Python-level wrappers.
 
-A cached track is ~18 messages of 6 frames; per frame, `send_multipart`/`recv_multipart` spend more in their
+A cached 30 s track is 9 messages of 6 frames; per frame, `send_multipart`/`recv_multipart` spend more in their
 Python checks and enum flag arithmetic (`SNDMORE | flags`, `getsockopt(RCVMORE)`) than in ZeroMQ itself
 (measured: the server's send pass per cached track 0.31 -> 0.20 ms of CPU; bench/README.md). These call the
 compiled socket methods with int flags; behaviour is the same: NOBLOCK, zero-copy for large frames.
