@@ -31,10 +31,10 @@ def _servers_module():
 
 
 class RawServer:
-    def __init__(self):
+    def __init__(self, track_file: Path):
         mod = _servers_module()
         self.address = f"tcp://127.0.0.1:{mod.free_port()}"
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "rawzmq.py"), self.address],
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "rawzmq.py"), self.address, str(track_file)],
                                      stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("raw zmq server did not start")
@@ -170,7 +170,7 @@ def run(cfg, table, results: dict) -> None:
     srv = servers.ServerProcess(model, work, args=["--no-watch", "--device", "cpu"])
     t = now()
     srv.start()
-    raw = RawServer()
+    raw = None
     request = dict(prompt=PROMPT, params={"duration": 30.0, "seed": 1}, sample_rate=48000, format="pcm_s16le")
     res: dict = {"server_start_s": r(now() - t)}
     try:
@@ -178,11 +178,14 @@ def run(cfg, table, results: dict) -> None:
         t = now()
         fetch_server(client, request)                   # generates and caches it (a miss)
         res["prefill_generate_s"] = r(now() - t)
-        sizes = []
+        sizes, track = [], bytearray()
         with client.stream_track(**request) as ts:
             for item in ts:
                 if isinstance(item, Chunk):
                     sizes.append(len(item.data))
+                    track += item.data
+        (work / "track.raw").write_bytes(track)
+        raw = RawServer(work / "track.raw")   # the baseline sends these same bytes
         res["track_bytes"] = sum(sizes)
         res["chunks"] = len(sizes)
         res["chunk_bytes"] = sorted(set(sizes))[-3:]
@@ -259,7 +262,8 @@ def run(cfg, table, results: dict) -> None:
         res["breakdown"] = breakdown(srv.cache, table)
     finally:
         srv.stop()
-        raw.stop()
+        if raw is not None:
+            raw.stop()
         shutil.rmtree(work, ignore_errors=True)
     results["cache_hits"] = res
 

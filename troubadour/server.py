@@ -204,6 +204,9 @@ class Server(Handlers):
         if holders:   # each pass starts one holder later, so no stream is always served last
             self._first = (self._first + 1) % len(holders)
             holders = holders[self._first:] + holders[:self._first]
+        # the byte budget is for fairness: a stream with nobody waiting behind it goes out in one turn
+        # (each extra turn is a pass of this loop, which costs CPU the ZeroMQ I/O threads need)
+        alone = sum(1 for h in holders if h.outbox or h.source is not None) <= 1
         for h in holders:
             try:
                 h.refill()
@@ -236,7 +239,7 @@ class Server(Handlers):
                     raise
                 msg = h.outbox.popleft()
                 budget -= memoryview(msg[3]).nbytes if len(msg) > 3 else 0
-                if budget <= 0:
+                if budget <= 0 and not alone:
                     break
             if getattr(h, "done", None) and h.done():
                 self.replies.pop(h.key, None)
