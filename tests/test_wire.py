@@ -5,7 +5,7 @@ import errno
 import pytest
 import zmq
 
-from troubadour.wire import recv_message, send_message
+from troubadour.wire import readable, recv_message, send_message
 
 
 @pytest.fixture
@@ -65,3 +65,21 @@ def test_one_frame_object_sent_many_times_delivers_the_same_bytes(pair):
         _wait(dealer)
         got = recv_message(dealer)
         assert got[1].bytes == str(i).encode() and got[2].bytes == payload
+
+
+def test_readable_says_whether_a_whole_message_waits(pair):
+    """The client and server drain loops stop on readable() instead of a receive that raises zmq.Again."""
+    router, dealer = pair
+    assert not readable(router)
+    dealer.send_multipart([b"", b"one"])
+    dealer.send_multipart([b"", b"two"])
+    _wait(router)
+    got = []
+    while readable(router):
+        got.append(recv_message(router)[-1].bytes)
+        if len(got) == 1 and not readable(router):
+            _wait(router)   # the second message may still be on its way
+    assert got == [b"one", b"two"]
+    assert not readable(router)
+    with pytest.raises(zmq.Again):
+        recv_message(router)

@@ -28,7 +28,7 @@ from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, Cance
                            ProtocolVersionError, ServerError, Timeout, TooLargeError, Track, TrackHeader,
                            TrackStream, UnknownContextError, UnknownTypeError, _check_totals, server_error)
 from .protocol import ProtocolError
-from .wire import recv_message, send_message
+from .wire import readable, recv_message, send_message
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 # PROTOCOL.md section 9: safe to resend after reconnecting (prefetch and cancel are not).
@@ -182,10 +182,10 @@ class Client:
             wake = min(wake, until)
         ready = dict(self._poller.poll(max(0.0, wake - now) * 1000))
         if self._sock in ready:
-            while True:
+            while readable(self._sock):
                 try:
                     frames = recv_message(self._sock)
-                except zmq.Again:
+                except zmq.Again:   # readable() said yes; kept in case ZeroMQ ever disagrees
                     break
                 # zero-copy for the audio payload (a view of ZeroMQ's buffer), bytes for the small frames
                 self._dispatch([f.bytes for f in frames[:4]] + [f.buffer for f in frames[4:]])

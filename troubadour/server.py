@@ -25,7 +25,7 @@ from .jobs import Scheduler, Worker
 from .parse import parse_request
 from .profiles import check_model_support, load_profiles
 from .streams import MAX_OUTBOX, Memo, Reply
-from .wire import send_message
+from .wire import readable, send_message
 
 SEND_BATCH = 16          # messages per holder per pass: fairness between clients
 SEND_BYTES = 1 << 19     # a turn ends once this many payload bytes went: one cached-replay chunk (up to
@@ -141,16 +141,15 @@ class Server(Handlers):
             timeout = 100 if not pending else (5 if blocked else 0)
             ready = dict(poller.poll(timeout))
             if self._wake_rx in ready:
-                while True:
-                    try:
-                        self._wake_rx.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                while readable(self._wake_rx):
+                    self._wake_rx.recv(zmq.NOBLOCK)
             if self.socket in ready:
                 for _ in range(256):
                     try:
+                        if not readable(self.socket):
+                            break
                         frames = self.socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                    except zmq.Again:   # readable() said yes; kept in case ZeroMQ ever disagrees
                         break
                     self._on_frames(frames)
             self._drain_events()
@@ -160,7 +159,7 @@ class Server(Handlers):
                 return
 
     def _drain_events(self) -> None:
-        while True:
+        while not self.events.empty():   # cheaper than the Empty exception; a racing put also wakes the loop
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
