@@ -44,7 +44,7 @@ def config(args):
     q = args.quick
     c = argparse.Namespace(
         quick=q,
-        cache_requests=100 if q else 300,
+        cache_requests=500 if q else 1500,   # ~1 ms a fetch: samples are cheap, the machine's swings are not
         concurrency=[1, 8, 64],
         concurrent_fetches=4 if q else 8,
         tiny_duration=10.0, tiny_reps=3 if q else 5,

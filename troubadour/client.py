@@ -224,13 +224,14 @@ class Client:
         except ProtocolError as e:
             req = self._open.get(_peek_id(frames))
             return self._fail(req, e) if req else self._violation(f"undecodable message: {e}")
-        rid = msg.id
+        body = msg.body
+        rid, seq = body["id"], body["seq"]   # decode checked both
         if rid is None:
             if msg.type != P.EVENT:
                 return self._violation(f"{msg.type} with id nil: {msg.body}")
-            if msg.seq != self._event_seq:
-                self.events_lost += max(0, msg.seq - self._event_seq)
-            self._event_seq = msg.seq + 1
+            if seq != self._event_seq:
+                self.events_lost += max(0, seq - self._event_seq)
+            self._event_seq = seq + 1
             if len(self._events) >= MAX_EVENTS:
                 self._events.popleft()
                 self.events_dropped += 1
@@ -239,15 +240,15 @@ class Client:
         req = self._open.get(rid)
         if req is None:
             if self._closed.get(rid) is False:
-                self._violation(f"{msg.type} seq {msg.seq} for request {rid} after its final message")
+                self._violation(f"{msg.type} seq {seq} for request {rid} after its final message")
             return
-        if msg.seq != req.seq:
-            self._abandon(req, ProtocolError(f"request {rid}: seq {msg.seq} after {req.seq - 1}; messages lost"))
+        if seq != req.seq:
+            self._abandon(req, ProtocolError(f"request {rid}: seq {seq} after {req.seq - 1}; messages lost"))
             return
         req.seq += 1
         if msg.type == P.SUBSCRIBED:
             self._event_seq = 0
-        if msg.final:
+        if body["final"]:
             self._finish(req)
         if req.internal:
             return

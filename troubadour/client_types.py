@@ -148,6 +148,7 @@ class TrackStream:
         self._hash, self._bytes, self._frames = xxhash.xxh3_64(), 0, 0      # this attempt
         self._yielded = 0                                                   # all attempts
         self._skip, self._prefix_hash, self._want_prefix = 0, None, None
+        self._frame_bytes = None
 
     def __iter__(self):
         return self
@@ -172,9 +173,14 @@ class TrackStream:
 
     def _handle(self, msg: P.Message):
         body = msg.body
+        if msg.type == P.CHUNK and self.header is not None and not msg.final:
+            return self._chunk(body, msg.payload)
         if msg.type == P.TRACK and not msg.final:
             if self.header is None:
                 self.header = TrackHeader(body)
+                pcm = PCM.get(body.get("format"))
+                # bytes per frame for PCM (chunks must hold whole frames), None for wav/ogg pieces
+                self._frame_bytes = pcm[1] * body.get("channels", 1) if pcm else None
                 return self.header
             for key in ("track_id", "format", "sample_rate", "channels", "frames"):
                 if body.get(key) != self.header.get(key):
@@ -186,8 +192,6 @@ class TrackStream:
             return None
         if self.header is None:
             raise ProtocolError(f"get_track stream started with {msg.type}")
-        if msg.type == P.CHUNK and not msg.final:
-            return self._chunk(body, msg.payload)
         if msg.type == P.END and msg.final:
             if body.get("frames") != self.header.get("frames"):
                 raise ProtocolError(f"end.frames {body.get('frames')} != track.frames {self.header.get('frames')}")
@@ -204,16 +208,15 @@ class TrackStream:
         raise ProtocolError(f"unexpected {msg.type} (final={msg.final}) in a get_track stream")
 
     def _chunk(self, body: dict, data: bytes):
-        offset, frames = body.get("offset"), body.get("frames")
-        if body.get("bytes") != len(data) or not data:
-            raise ProtocolError(f"chunk says {body.get('bytes')} bytes, carries {len(data)}")
-        pcm = PCM.get(self.header.get("format"))
-        size = pcm[1] * self.header.get("channels", 1) if pcm else 1
-        if pcm and (len(data) % size or frames != len(data) // size or offset != self._frames):
-            raise ProtocolError(f"chunk offset {offset}/frames {frames} do not match its {len(data)} bytes")
+        offset, frames, n = body.get("offset"), body.get("frames"), len(data)
+        if body.get("bytes") != n or not n:
+            raise ProtocolError(f"chunk says {body.get('bytes')} bytes, carries {n}")
+        size = self._frame_bytes
+        if size and (n % size or frames != n // size or offset != self._frames):
+            raise ProtocolError(f"chunk offset {offset}/frames {frames} do not match its {n} bytes")
         self._frames += frames or 0
         self._hash.update(data)
-        self._bytes += len(data)
+        self._bytes += n
         if self._skip:
             take = min(self._skip, len(data))
             self._prefix_hash.update(data[:take])
@@ -223,7 +226,7 @@ class TrackStream:
             data = data[take:]
             if not data:
                 return None
-            if pcm:
+            if size:
                 offset, frames = offset + take // size, len(data) // size
         self._yielded += len(data)
         return Chunk(offset, frames, data)

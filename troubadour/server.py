@@ -199,13 +199,18 @@ class Server(Handlers):
     def _flush(self) -> bool:
         """One fair pass over every outbox. Returns True if some peer could not take more."""
         blocked = False
-        holders = list(self._holders())
-        if holders:   # each pass starts one holder later, so no stream is always served last
+        holders = []
+        for h in self._holders():
+            if h.outbox or h.source is not None:
+                holders.append(h)
+            elif isinstance(h, Reply) and h.done():   # e.g. its final message went out in another's queue
+                self.replies.pop(h.key, None)
+        if len(holders) > 1:   # each pass starts one holder later, so no stream is always served last
             self._first = (self._first + 1) % len(holders)
             holders = holders[self._first:] + holders[:self._first]
         # the byte budget is for fairness: a stream with nobody waiting behind it goes out in one turn
         # (each extra turn is a pass of this loop, which costs CPU the ZeroMQ I/O threads need)
-        alone = sum(1 for h in holders if h.outbox or h.source is not None) <= 1
+        alone = len(holders) <= 1
         for h in holders:
             try:
                 h.refill()
