@@ -142,7 +142,7 @@ class Server(Handlers):
             ready = dict(poller.poll(timeout))
             if self._wake_rx in ready:
                 while readable(self._wake_rx):
-                    self._wake_rx.recv(zmq.NOBLOCK)
+                    self._wake_rx.recv(zmq.NOBLOCK)   # PAIR over inproc, one reader: readable() is exact
             if self.socket in ready:
                 for _ in range(256):
                     try:
