@@ -1,6 +1,7 @@
 """Random-weight checkpoints for the benchmarks, cached under the system temp dir so reruns are fast.
 
-`small_shaped()` has musicgen-small's decoder and codec geometry (decoder: 24 layers, hidden 1024, 16 heads,
+`medium_shaped()` (for the device section) has musicgen-medium's decoder (48 layers, hidden 1536, 24 heads,
+ffn 6144; 6 GB in fp32) with the same codec and cut text encoder. `small_shaped()` has musicgen-small's decoder and codec geometry (decoder: 24 layers, hidden 1024, 16 heads,
 ffn 4096, 4 codebooks x 2048; EnCodec 32 kHz: 64 filters, hidden 128, upsampling [8, 5, 4, 4], 2 LSTM layers,
 codebook 2048). The T5 text encoder keeps d_model 768 (so the 768 -> 1024 projection has the real shape) but
 has 2 layers instead of 12: it runs once per request and is not what the benchmarks measure.
@@ -45,5 +46,18 @@ def build_small_shaped(out_dir: str | Path, seed: int = 0) -> Path:
     from troubadour.testmodel import build_test_model
 
     return build_test_model(out_dir, seed=seed, layers=24, hidden=1024, heads=16, codebook_size=2048,
+                            text_dim=768, text_kv=64, text_ff=3072, text_layers=2, text_heads=12,
+                            codec_hidden=128, codec_filters=64, max_positions=2048)
+
+
+def medium_shaped() -> Path:
+    return _cached(f"troubadour-bench-medium-shaped-v{SMALL_VERSION}", build_medium_shaped)
+
+
+def build_medium_shaped(out_dir: str | Path, seed: int = 0) -> Path:
+    """musicgen-medium's decoder (48 layers, 1536 wide, 24 heads, 4 x 2048 codebooks), otherwise as small."""
+    from troubadour.testmodel import build_test_model
+
+    return build_test_model(out_dir, seed=seed, layers=48, hidden=1536, heads=24, codebook_size=2048,
                             text_dim=768, text_kv=64, text_ff=3072, text_layers=2, text_heads=12,
                             codec_hidden=128, codec_filters=64, max_positions=2048)

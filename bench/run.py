@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import Table, load, med, now, r  # noqa: E402
 
-SECTIONS = ("cache", "tiny", "small", "scaling", "options")
+SECTIONS = ("cache", "tiny", "small", "scaling", "options", "device")
 
 
 def parse_args(argv=None):
@@ -37,6 +37,11 @@ def parse_args(argv=None):
                         "microbenchmark at the start shows 2 threads >10%% slower than 1 (an oversubscribed machine)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    p.add_argument("--device", default="cpu",
+                   help="cuda (or cuda:N, mps) adds the device section: small- and medium-shaped checkpoints "
+                        "on that device vs transformers (bench/device_bench.py); the other sections stay on CPU")
+    p.add_argument("--device-models", default="small,medium",
+                   help="checkpoints for the device section: tiny, small, medium (tiny checks the section on CPU)")
     return p.parse_args(argv)
 
 
@@ -59,9 +64,13 @@ def config(args):
         small_ttfa=not q, small_positions=None if q else [50, 500, 1000, 1500],
         options=not q, options_duration=1.0, options_reps=2,
     )
+    c.device, c.device_models = args.device, [m for m in args.device_models.split(",") if m]
+    c.device_duration, c.device_reps = (5.0, 2) if q else (10.0, 3)
     c.sections = set(args.only.split(",")) - {""} or set(SECTIONS)
     if q:
         c.sections.discard("options")
+    if not args.only and args.device == "cpu":
+        c.sections.discard("device")   # the CPU sections already measure the CPU
     return c
 
 
@@ -121,7 +130,14 @@ def meta(cfg, check) -> dict:
             "transformers": transformers.__version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
             "git_head": git("rev-parse", "--short", "HEAD").strip(),
             "troubadour_dirty_files": [ln[3:] for ln in git("status", "--porcelain", "troubadour").splitlines()],
-            "load_avg_start": load(), "gpu": None}
+            "load_avg_start": load(), "device": cfg.device, "gpu": _gpu(cfg.device)}
+
+
+def _gpu(device: str):
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return None
 
 
 def run_sections(cfg, table, results, errors):
@@ -190,6 +206,10 @@ def run_sections(cfg, table, results, errors):
             results["matmul_small"] = eb.matmul_layouts(be, cfg.threads, cfg.matmul_reps, table)
         guarded("small", small)
 
+    if "device" in cfg.sections:
+        import device_bench
+        guarded("device", lambda: device_bench.run(cfg, table, results))
+
     if "options" in cfg.sections:
         def options():
             table.section(f"CPU options on the small-shaped decoder (greedy, {cfg.options_duration:g} s)")
@@ -216,6 +236,8 @@ def headline(results) -> dict:
         "cache_get_10000_vs_100": g("track_cache", "get_ratio"),
         "cache_hit_max_gap_ms_64_clients": g("cache_hits", "concurrency", "64", "max_inter_chunk_gap_ms"),
         "cache_hit_fairness_64_clients": g("cache_hits", "concurrency", "64", "fairness_min_over_max"),
+        "device_rtf_ratio_small": g("device", "small", "rtf_ratio"),
+        "device_rtf_ratio_medium": g("device", "medium", "rtf_ratio"),
     }
 
 
