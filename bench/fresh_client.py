@@ -14,7 +14,7 @@ import resource
 import sys
 
 from common import med, r
-from serving import RawClient, fetch_server
+from serving import RawClient, fetch_server, pair_order
 
 
 def main(server: str, raw: str, n: int, request: str, sizes: str) -> None:
@@ -26,13 +26,14 @@ def main(server: str, raw: str, n: int, request: str, sizes: str) -> None:
         fetch_server(client, req)
         rawc.fetch()
     ours, theirs, faults = [], [], {"ours": 0, "raw": 0}
-    for _ in range(n):   # interleaved, like the main measurement
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        ours.append(fetch_server(client, req))
-        f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        theirs.append(rawc.fetch())
-        faults["ours"] += f1 - f0
-        faults["raw"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f1
+    for i in range(n):   # interleaved in ABBA order, like the main measurement
+        for side in pair_order(i):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            if side == "ours":
+                ours.append(fetch_server(client, req))
+            else:
+                theirs.append(rawc.fetch())
+            faults[side] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     tp = lambda recs: med([x["bytes"] / x["seconds"] / 1e6 for x in recs])   # noqa: E731
     print(json.dumps({"throughput_ratio": r(tp(ours) / tp(theirs)), "server_mb_s": r(tp(ours), 1),
                       "raw_mb_s": r(tp(theirs), 1), "not_cached": sum(1 for x in ours if not x["cached"]),
