@@ -25,6 +25,8 @@ ROWS = [  # (headline key, what it is)
     ("cache_get_10000_vs_100", "TrackCache.get p50, 10 000 entries ÷ 100 entries"),
     ("cache_hit_max_gap_ms_64_clients", "64 concurrent clients: longest gap between chunks (ms)"),
     ("cache_hit_fairness_64_clients", "64 concurrent clients: min ÷ max per-client MB/s"),
+    ("device_rtf_ratio_small", "`--device cuda`: real-time factor, ours ÷ transformers, small-shaped (not yet measured)"),
+    ("device_rtf_ratio_medium", "`--device cuda`: same, medium-shaped (not yet measured)"),
 ]
 
 
