@@ -240,9 +240,11 @@ def test_wide_checkpoint_takes_the_few_rows_layouts(wide_backend):
     assert eng._skinny
     if native_kernel_expected():   # .ci/run's machines: Linux with gcc
         assert eng._gemv is not None and eng.matmuls == "native kernel"
+        assert eng._attend   # decode steps' self-attention too (head size 64)
     else:                          # the fallback names its reason
         assert eng._gemv is None and eng.matmuls.startswith("PyTorch (")
     assert Engine(wide_backend, native_kernel=False)._gemv is None
+    assert not Engine(wide_backend, native_kernel=False)._attend
     lin = torch.nn.Linear(256, 96)
     for rows in (1, 2, 3, 8, 40):   # the layouts themselves are tested in test_matmul.py
         x = torch.randn(rows, 1, 256)

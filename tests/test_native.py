@@ -1,5 +1,5 @@
 """The native decode kernel (gemv.c through native.py): built once per machine into its cache folder, equal
-to F.linear, and optional: every way it can be missing leaves the engine on PyTorch's matmuls with a reason."""
+to F.linear (and its decode-step attention to scaled_dot_product_attention), and optional: every way it can be missing leaves the engine on PyTorch's matmuls with a reason."""
 
 import os
 import shutil
@@ -65,6 +65,34 @@ def test_non_contiguous_inputs_and_weight_views(fresh):
     for w in (big[100:200], big[:, :128]):
         xx = x[:, :w.shape[1]]
         torch.testing.assert_close(few_rows_linear(xx, w, None, False, k), F.linear(xx, w), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows,heads,d", [(2, 16, 64), (1, 2, 16), (8, 24, 64), (6, 4, 128), (3, 3, 256)])
+@pytest.mark.parametrize("length", [1, 2, 37, 1500])
+def test_attend_equals_scaled_dot_product_attention(fresh, rows, heads, d, length):
+    """A decode step's self-attention as the engine calls it: q a view into the fused q/k/v output, k and v
+    the first `length` positions of a longer preallocated cache."""
+    k = native.kernel()
+    torch.manual_seed(rows * 1000 + length)
+    q = torch.randn(rows, 1, 3 * heads * d).view(rows, 1, 3, heads, d).unbind(2)[0]
+    kc, vc = (torch.randn(rows, heads, length + 9, d) for _ in range(2))
+    scale = d ** -0.5
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :length], vc[:, :, :length], scale=scale)
+    got = k.attend(q, kc, vc, length, scale)
+    assert got.shape == (rows, 1, heads * d)
+    torch.testing.assert_close(got, ref.transpose(1, 2).reshape(rows, 1, heads * d), atol=1e-5, rtol=1e-4)
+
+
+def test_attend_refuses_what_it_does_not_take(fresh):
+    k = native.kernel()
+    q = torch.randn(2, 1, 4, 20)                       # head size not a multiple of 16
+    kc = torch.randn(2, 4, 10, 20)
+    with pytest.raises(ValueError, match="head size 20"):
+        k.attend(q, kc, kc.clone(), 5, 1.0)
+    q = torch.randn(2, 1, 4, 16)
+    kc = torch.randn(2, 4, 16, 10).transpose(2, 3)     # positions not contiguous
+    with pytest.raises(ValueError, match="contiguous"):
+        k.attend(q, kc, kc.clone(), 5, 1.0)
 
 
 def test_more_rows_are_refused_by_the_kernel_and_routed_elsewhere(fresh):

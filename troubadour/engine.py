@@ -85,6 +85,8 @@ class Engine:
                         and self._dec.config.hidden_size >= 256)
         self._onednn = self._skinny and onednn_linear_works()
         self._gemv = native.kernel() if self._skinny and native_kernel else None
+        head = self._dec.config.hidden_size // self._num_heads
+        self._attend = self._gemv is not None and head % 16 == 0 and head <= 256   # what the C kernel takes
         self.matmuls = "PyTorch"   # which decode-step matmuls run (the server's start-up line)
         if self._skinny:
             self.matmuls = "native kernel" if self._gemv else \
@@ -385,10 +387,12 @@ class Engine:
             kc, vc = cache[i]
             kc[:, :, start:end] = kk.transpose(1, 2)
             vc[:, :, start:end] = vv.transpose(1, 2)
-            # a prefill starts at 0, so PyTorch's top-left causal mask is the right one
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
-                                               is_causal=n > 1, scale=p.scale)
-            x = x + self._run(p.out, a.transpose(1, 2).reshape(rows, n, d))
+            if n == 1 and self._attend:   # a decode step: the native kernel streams the cache
+                a = self._gemv.attend(q, kc, vc, end, p.scale)
+            else:   # a prefill starts at 0, so PyTorch's top-left causal mask is the right one
+                a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
+                                                   is_causal=n > 1, scale=p.scale).transpose(1, 2).reshape(rows, n, d)
+            x = x + self._run(p.out, a)
 
             if cross is not None:
                 q = self._run(p.cq, p.ln2(x)).view(rows, n, h, d // h).transpose(1, 2)

@@ -67,7 +67,7 @@ def _build(cc: str, out: Path) -> None:
     errors = []
     # -march=native first; some compilers (older Apple clang on arm64) only know -mcpu=native
     for arch in (["-march=native"], ["-mcpu=native"], []):
-        cmd = [cc, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)]
+        cmd = [cc, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE), "-lm"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if r.returncode == 0:
             os.replace(tmp, out)   # atomic: a second process building at once never loads half a file
@@ -78,7 +78,8 @@ def _build(cc: str, out: Path) -> None:
 
 
 class Gemv:
-    """y = x @ w^T + bias for 1 to 8 rows of fp32 CPU tensors, on PyTorch's thread count."""
+    """y = x @ w^T + bias for 1 to 8 rows of fp32 CPU tensors, and a decode step's self-attention (`attend`),
+    on PyTorch's thread count."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -86,6 +87,12 @@ class Gemv:
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
+        att = ctypes.CDLL(str(path)).troubadour_attend
+        att.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 2 +
+                        [ctypes.c_long] * 2 + [ctypes.c_void_p] + [ctypes.c_long] * 2 + [ctypes.c_int] * 2 +
+                        [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_int])
+        att.restype = ctypes.c_int
+        self._att = att
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: (rows, in) contiguous, rows 1 to 8; weight: (out, in) contiguous; bias: (out,) or None."""
@@ -97,6 +104,20 @@ class Gemv:
             raise ValueError(f"native gemv takes 1 to 8 rows, got {rows}")
         return y
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int, scale: float) -> torch.Tensor:
+        """Self-attention of a decode step: q (rows, 1, heads, d), k and v the KV cache (rows, heads, >= length,
+        d) with the same strides; the first `length` positions are attended. Returns (rows, 1, heads * d)."""
+        rows, _, heads, d = q.shape
+        if k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != d or q.stride(3) != 1:
+            raise ValueError("attend: k and v need the same layout, positions and features contiguous")
+        out = torch.empty(rows, 1, heads * d)
+        rc = self._att(q.data_ptr(), q.stride(0), q.stride(2), k.data_ptr(), v.data_ptr(), k.stride(0),
+                       k.stride(1), out.data_ptr(), heads * d, d, rows, heads, length, d, scale,
+                       torch.get_num_threads())
+        if rc:
+            raise ValueError(f"native attend does not take head size {d} over {length} positions")
+        return out
+
     def agrees(self) -> bool:
         """Same results as F.linear, tails (widths not a multiple of 64) and bias included."""
         g = torch.Generator().manual_seed(0)
@@ -105,6 +126,13 @@ class Gemv:
             x, w = torch.randn(rows, width, generator=g), torch.randn(41, width, generator=g)
             b = torch.randn(41, generator=g) if bias else None
             if not torch.allclose(self(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-4):
+                return False
+        for rows, heads, d, length in ((2, 4, 64, 7), (1, 2, 16, 1), (3, 3, 32, 40)):
+            q = torch.randn(rows, 1, heads, d, generator=g)
+            k, v = (torch.randn(rows, heads, length + 5, d, generator=g) for _ in range(2))
+            ref = F.scaled_dot_product_attention(q.transpose(1, 2), k[:, :, :length], v[:, :, :length], scale=0.3)
+            if not torch.allclose(self.attend(q, k, v, length, 0.3), ref.transpose(1, 2).reshape(rows, 1, -1),
+                                  atol=1e-5, rtol=1e-4):
                 return False
         return True
 
