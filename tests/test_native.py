@@ -83,6 +83,14 @@ def test_attend_equals_scaled_dot_product_attention(fresh, rows, heads, d, lengt
     torch.testing.assert_close(got, ref.transpose(1, 2).reshape(rows, 1, heads * d), atol=1e-5, rtol=1e-4)
 
 
+def test_attend_takes_any_cache_length(fresh):
+    """Its scores live in a scratch tensor, not on an OpenMP thread's stack."""
+    k = native.kernel()
+    q, kc, vc = torch.randn(2, 1, 2, 16), torch.randn(2, 2, 40000, 16), torch.randn(2, 2, 40000, 16)
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, scale=0.25).transpose(1, 2).reshape(2, 1, 32)
+    torch.testing.assert_close(k.attend(q, kc, vc, 40000, 0.25), ref, atol=1e-5, rtol=1e-4)
+
+
 def test_attend_refuses_what_it_does_not_take(fresh):
     k = native.kernel()
     q = torch.randn(2, 1, 4, 20)                       # head size not a multiple of 16

@@ -182,12 +182,12 @@ int troubadour_gemv(const float *w, const float *x, const float *bias, float *y,
  * PyTorch's flash kernel read the cache at ~21 GB/s inside a step (the cache comes back from DRAM after the
  * weight stream); here each (row, head) streams its keys, then its values, front to back. q and out are
  * (rows, heads, d) with the given row/head strides; k and v (rows, heads, >= T, d) share theirs, positions
- * contiguous. d a multiple of 16 up to 256; returns -1 for shapes it does not take. */
+ * contiguous; scores is scratch for rows * heads * T floats. d a multiple of 16 up to 256; returns -1 otherwise. */
 int troubadour_attend(const float *q, long q_rs, long q_hs, const float *k, const float *v, long kv_rs,
                       long kv_hs, float *out, long o_rs, long o_hs, int rows, int heads, long T, int d,
-                      float scale, int threads)
+                      float scale, float *scores, int threads)
 {
-    if (d % 16 || d > 256 || T < 1 || T > 65536)
+    if (d % 16 || d > 256 || T < 1)
         return -1;
     int nv = d / 16;
     #pragma omp parallel for num_threads(threads) schedule(static)
@@ -195,7 +195,7 @@ int troubadour_attend(const float *q, long q_rs, long q_hs, const float *k, cons
         long r = task / heads, h = task % heads;
         const float *qp = q + r * q_rs + h * q_hs;
         const float *kp = k + r * kv_rs + h * kv_hs, *vp = v + r * kv_rs + h * kv_hs;
-        float s[T];
+        float *s = scores + task * T;   /* the caller's scratch, rows * heads * T: no stack to outgrow */
         v16 qv[16], acc[16];
         for (int j = 0; j < nv; j++)
             qv[j] = load16(qp + 16 * j);

@@ -90,7 +90,7 @@ class Gemv:
         att = ctypes.CDLL(str(path)).troubadour_attend
         att.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 2 +
                         [ctypes.c_long] * 2 + [ctypes.c_void_p] + [ctypes.c_long] * 2 + [ctypes.c_int] * 2 +
-                        [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_int])
+                        [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])
         att.restype = ctypes.c_int
         self._att = att
 
@@ -110,10 +110,10 @@ class Gemv:
         rows, _, heads, d = q.shape
         if k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != d or q.stride(3) != 1:
             raise ValueError("attend: k and v need the same layout, positions and features contiguous")
-        out = torch.empty(rows, 1, heads * d)
+        out, scores = torch.empty(rows, 1, heads * d), torch.empty(rows * heads * length)
         rc = self._att(q.data_ptr(), q.stride(0), q.stride(2), k.data_ptr(), v.data_ptr(), k.stride(0),
                        k.stride(1), out.data_ptr(), heads * d, d, rows, heads, length, d, scale,
-                       torch.get_num_threads())
+                       scores.data_ptr(), torch.get_num_threads())
         if rc:
             raise ValueError(f"native attend does not take head size {d} over {length} positions")
         return out
