@@ -101,10 +101,6 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
     table.row(f"{name} on {dev}: step p50, ours / transformers", out["ours_step_ms"].get("p50"), "ms",
               note=f"transformers {out['hf_step_ms'].get('p50')} ms (ratio {out['step_ratio']})")
     table.row(f"{name} on {dev}: 4 prompts batched vs sequential", out["batch_speedup"], "x")
-    del engine, backend
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
     return out
 
 
@@ -125,4 +121,7 @@ def run(cfg, table, results: dict) -> None:
     out = {}
     for name in cfg.device_models:
         out[name] = one_model(name, cfg.device, cfg.device_duration, cfg.device_reps, table)
+        gc.collect()   # the model goes with one_model's frame; free it before loading the next
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     results["device"] = out

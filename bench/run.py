@@ -144,6 +144,7 @@ def _gpu(device: str):
 def run_sections(cfg, table, results, errors):
     import engine_bench as eb
     import models
+    import step_detail as sd
 
     def guarded(name, fn):
         t = now()
@@ -203,8 +204,8 @@ def run_sections(cfg, table, results, errors):
                 table.section("5. scaling: step cost by KV-cache position (small-shaped)")
                 results["positions_small"] = eb.positional_cost(eng, cfg.small_positions, 5, table)
             table.section("where a small-shaped step goes")
-            results["profile_small"] = eb.profile_step(eng, cfg.profile_duration, table)
-            results["matmul_small"] = eb.matmul_layouts(be, cfg.threads, cfg.matmul_reps, table)
+            results["profile_small"] = sd.profile_step(eng, cfg.profile_duration, table)
+            results["matmul_small"] = sd.matmul_layouts(be, cfg.threads, cfg.matmul_reps, table)
         guarded("small", small)
 
     if "device" in cfg.sections:
@@ -214,7 +215,7 @@ def run_sections(cfg, table, results, errors):
     if "options" in cfg.sections:
         def options():
             table.section(f"CPU options on the small-shaped decoder (greedy, {cfg.options_duration:g} s)")
-            results["options_small"] = eb.options(models.small_shaped(), cfg.threads, cfg.options_duration,
+            results["options_small"] = sd.options(models.small_shaped(), cfg.threads, cfg.options_duration,
                                                   cfg.options_reps, table)
         guarded("options", options)
 
