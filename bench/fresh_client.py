@@ -10,30 +10,18 @@ clients pay that, but not equally, so the ratio is reported from both kinds of p
 from __future__ import annotations
 
 import json
-import resource
 import sys
 
 from common import med, r
-from serving import RawClient, fetch_server, pair_order
+from serving import RawClient, fetch_pairs
 
 
 def main(server: str, raw: str, n: int, request: str, sizes: str) -> None:
     from troubadour.client import Client
 
     client, rawc = Client(server, timeout=120), RawClient(raw, [int(s) for s in sizes.split(",")])
-    req = json.loads(request)
-    for _ in range(3):
-        fetch_server(client, req)
-        rawc.fetch()
-    ours, theirs, faults = [], [], {"ours": 0, "raw": 0}
-    for i in range(n):   # interleaved in ABBA order, like the main measurement
-        for side in pair_order(i):
-            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            if side == "ours":
-                ours.append(fetch_server(client, req))
-            else:
-                theirs.append(rawc.fetch())
-            faults[side] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    faults = {"ours": 0, "raw": 0}
+    ours, theirs = fetch_pairs(client, rawc, json.loads(request), n, faults)   # like the main measurement
     tp = lambda recs: med([x["bytes"] / x["seconds"] / 1e6 for x in recs])   # noqa: E731
     print(json.dumps({"throughput_ratio": r(tp(ours) / tp(theirs)), "server_mb_s": r(tp(ours), 1),
                       "raw_mb_s": r(tp(theirs), 1), "not_cached": sum(1 for x in ours if not x["cached"]),

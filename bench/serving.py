@@ -86,6 +86,24 @@ def pair_order(i: int) -> tuple[str, str]:
     return ("ours", "raw") if i % 2 == 0 else ("raw", "ours")
 
 
+def fetch_pairs(client, rawc, request: dict, n: int, faults: dict) -> tuple[list, list]:
+    """n interleaved pairs (warmed up first): our fetches and the raw pair's, adding each side's page faults
+    to `faults`."""
+    for _ in range(3):
+        fetch_server(client, request)
+        rawc.fetch()
+    ours, raw = [], []
+    for i in range(n):
+        for side in pair_order(i):
+            f0 = _minor_faults()
+            if side == "ours":
+                ours.append(fetch_server(client, request))
+            else:
+                raw.append(rawc.fetch())
+            faults[side] += _minor_faults() - f0
+    return ours, raw
+
+
 def _minor_faults() -> int:
     """This process's minor page faults so far: received messages in freshly mapped memory fault in page by
     page, which is what makes the raw pair's MB/s move between runs (bench/README.md)."""
@@ -210,19 +228,8 @@ def run(cfg, table, results: dict) -> None:
                 srv.start()
                 client = Client(srv.address, timeout=120)
                 raw = RawServer(work / "track.raw")
-            rawc = RawClient(raw.address, sizes)
-            for _ in range(3):   # warm both paths (the first hit after a restart reads the disk cache)
-                fetch_server(client, request)
-                rawc.fetch()
-            ours_k, raw_k = [], []
-            for i in range(per_round):
-                for side in pair_order(i):
-                    f0 = _minor_faults()
-                    if side == "ours":
-                        ours_k.append(fetch_server(client, request))
-                    else:
-                        raw_k.append(rawc.fetch())
-                    faults[side] += _minor_faults() - f0
+            rawc = RawClient(raw.address, sizes)   # (the warm-up's first hit after a restart reads the disk)
+            ours_k, raw_k = fetch_pairs(client, rawc, request, per_round, faults)
             rawc.close()
             srv_recs += ours_k
             raw_recs += raw_k

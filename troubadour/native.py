@@ -83,11 +83,12 @@ class Gemv:
 
     def __init__(self, path: Path):
         self.path = path
-        fn = ctypes.CDLL(str(path)).troubadour_gemv
+        lib = ctypes.CDLL(str(path))
+        fn = lib.troubadour_gemv
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
-        att = ctypes.CDLL(str(path)).troubadour_attend
+        att = lib.troubadour_attend
         att.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 2 +
                         [ctypes.c_long] * 2 + [ctypes.c_void_p] + [ctypes.c_long] * 2 + [ctypes.c_int] * 2 +
                         [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])

@@ -245,7 +245,7 @@ class Server(Handlers):
                 budget -= memoryview(msg[3]).nbytes if len(msg) > 3 else 0
                 if budget <= 0 and not alone:
                     break
-            if getattr(h, "done", None) and h.done():
+            if isinstance(h, Reply) and h.done():
                 self.replies.pop(h.key, None)
         return blocked
 
