@@ -22,6 +22,7 @@ import zmq
 
 from . import protocol as P
 from .errors import TroubadourError
+from .heap import tune_for_streaming
 from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, CancelledError,  # noqa: F401
                            Chunk, ConnectionLost, EmptyPromptError, EngineDeadError, EngineError,
                            InternalError, InvalidParamError, ModelError, NotFoundError, ProfileFileError,
@@ -84,6 +85,7 @@ class Client:
         self._ping_every = max(0.05, self.timeout / 3)
         self._last_seen = self._last_ping = time.monotonic()
         self._sock = None
+        tune_for_streaming()   # received chunks stay in the heap instead of page-faulting (heap.py)
         self._connect()
 
     # -- socket
