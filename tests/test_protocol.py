@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from troubadour import protocol as p
-from troubadour.parse import REQUEST_FIELDS, parse_request
+from troubadour.parse import REQUEST_FIELDS, RequestParser, parse_request
 from troubadour.errors import TroubadourError, ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -508,3 +508,56 @@ def test_fuzz_mutated_vectors(v, data):
             frame[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
     frames[i] = bytes(frame)
     decode_or_refuse(frames, v["direction"] == "reply")
+
+
+# RequestParser remembers get_track bodies; whatever it remembers, it must answer like decode + parse_request.
+SHARED_PARSER = RequestParser(size=64)
+
+
+def outcome(fn, frames):
+    try:
+        return "ok", fn(frames)
+    except p.ProtocolError as e:
+        return "refused", e.code, e.field, e.req_id
+
+
+def reference(frames):
+    return parse_request(p.decode(frames))
+
+
+plausible = {"prompt": st.sampled_from(["calm piano", " ", "x"]) | subset,
+             "context": st.sampled_from(["battle", "bad name!"]) | subset,
+             "variant": st.integers(-1, 17) | st.booleans(),
+             "params": st.dictionaries(st.sampled_from(["duration", "seed", "top_k", "top_p", "nope"]),
+                                       st.integers(-1, 40) | st.floats(-1, 40) | st.booleans() | st.none(),
+                                       max_size=3) | subset,
+             "format": st.sampled_from(["wav", "pcm_s16le", "mp3"]), "sample_rate": st.sampled_from([48000, 1, 48000.0]),
+             "stream": st.booleans() | st.integers(0, 1), "fallback": st.booleans(), "priority": st.integers(-1, 200)}
+get_track_bodies = st.fixed_dictionaries({}, optional=plausible)
+ABSENT = "<no id>"
+ids = st.lists(st.integers(-2, 2**63) | st.text(max_size=3) | st.booleans() | st.none() | st.just(ABSENT),
+               min_size=1, max_size=3)
+
+
+@FUZZ
+@given(get_track_bodies, ids)
+def test_request_parser_answers_like_parse_request(body, rids):
+    for rid in rids + rids:   # each body twice per id: the second time it is known
+        frames = [p.HEADER, b"get_track",
+                  msgpack.packb(body if rid == ABSENT else {**body, "id": rid}, use_bin_type=True)]
+        assert outcome(SHARED_PARSER, frames) == outcome(reference, frames)
+
+
+def test_request_parser_knows_bodies_not_ids_or_types():
+    parse = RequestParser()
+    body = {"prompt": "calm piano", "params": {"duration": 12, "seed": 3}, "stream": True}
+    first = parse(p.encode("get_track", {**body, "id": 1}))
+    assert first == request(**body, id=1) and first["params"] == {"duration": 12.0, "seed": 3}
+    assert parse(p.encode("get_track", {**body, "id": "abc"})) == {**first, "id": "abc"}
+    with pytest.raises(p.ProtocolError) as e:   # a known body with a bad id is refused all the same
+        parse(p.encode("get_track", {**body, "id": -1}))
+    assert e.value.field == "id"
+    with pytest.raises(p.ProtocolError) as e:   # True == 1 in Python, but not here
+        parse(p.encode("get_track", {**body, "params": {"duration": 12, "seed": True}, "id": 2}))
+    assert e.value.field == "params.seed"
+    assert parse(p.encode("cancel", {"id": 4, "target": 1}))["target"] == 1   # other types: parsed as usual

@@ -31,6 +31,21 @@ def test_memo_keeps_pieces_as_frames_and_prebuilt_messages_with_the_same_bytes()
     assert memo.get(("t", "wav", 44100)) is None
 
 
+def test_memo_holds_a_track_while_any_of_its_formats_is_remembered():
+    memo = Memo(limit_bytes=4000)
+    memo.put(("a", "wav", 48000), _pieces(1, 1000), 500, 1000, {})
+    memo.put(("a", "pcm_s16le", 32000), _pieces(1, 1000), 500, 1000, {})
+    memo.put(("b", "wav", 48000), _pieces(1, 1000), 500, 1000, {})
+    assert memo.holds("a") and memo.holds("b") and not memo.holds("c")
+    memo.put(("c", "wav", 48000), _pieces(1, 1000), 500, 1000, {})
+    memo.put(("d", "wav", 48000), _pieces(1, 1000), 500, 1000, {})   # over the limit: the oldest goes
+    assert memo.holds("a") and memo.size == 4000   # its other format is still there
+    memo.put(("e", "wav", 48000), _pieces(1, 1000), 500, 1000, {})
+    assert not memo.holds("a") and all(memo.holds(t) for t in "bcde")
+    memo.drop("b")
+    assert not memo.holds("b") and memo.holds("c") and memo.size == 3000
+
+
 def test_memo_header_is_built_once_per_key():
     memo = Memo()
     memo.put("t", _pieces(1, 100), 50, 100, {})

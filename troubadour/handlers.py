@@ -109,8 +109,16 @@ class Handlers:
         """A get_track request (context or prompt) -> the exact track to deliver."""
         overrides = req.get("params") or {}
         if req.get("context") is None:
-            params = GenParams.from_dict({**GenParams().to_dict(), **overrides}, self.engine.max_duration)
-            return self._spec(req["prompt"], params, None, None, {})
+            # a prompt's track depends on nothing but the request: remembered by prompt and overrides
+            memo_key = (req["prompt"], repr(overrides))
+            spec = self._prompt_specs.get(memo_key)
+            if spec is None:
+                params = GenParams.from_dict({**GenParams().to_dict(), **overrides}, self.engine.max_duration)
+                spec = self._spec(req["prompt"], params, None, None, {})
+                if len(self._prompt_specs) >= 1024:
+                    self._prompt_specs.clear()
+                self._prompt_specs[memo_key] = spec
+            return spec
         ctx = self.profiles.get(req["context"], strict=not req.get("fallback", True))
         variant = req.get("variant")
         if variant is None:
@@ -118,22 +126,34 @@ class Handlers:
         elif variant >= ctx.variants:
             raise ValidationError(f"variant must be in [0, {ctx.variants}) for context {ctx.name!r}",
                                   field="variant")
-        params = ctx.params_for(variant)
-        if overrides:
-            merged = {**params.to_dict(), **overrides}
-            if "duration" in overrides and ctx.bpm:
-                merged["duration"] = bar_aligned_duration(overrides["duration"], ctx.bpm, ctx.meter,
-                                                          self.engine.max_duration)
-            if "seed" in overrides:
-                merged["seed"] = overrides["seed"] + variant
-            try:
-                params = GenParams.from_dict(merged, self.engine.max_duration)
-            except ValidationError as e:
-                raise ValidationError(e.message, field=f"params.{e.field}") from None
+        if not overrides:
+            return self.context_spec(ctx, variant)
+        merged = {**ctx.params_for(variant).to_dict(), **overrides}
+        if "duration" in overrides and ctx.bpm:
+            merged["duration"] = bar_aligned_duration(overrides["duration"], ctx.bpm, ctx.meter,
+                                                      self.engine.max_duration)
+        if "seed" in overrides:
+            merged["seed"] = overrides["seed"] + variant
+        try:
+            params = GenParams.from_dict(merged, self.engine.max_duration)
+        except ValidationError as e:
+            raise ValidationError(e.message, field=f"params.{e.field}") from None
         return self.context_spec(ctx, variant, params)
 
     def context_spec(self, ctx, variant: int, params=None) -> TrackSpec:
         """The track of a context variant; a context with a `theme` follows the theme's variant 0 (melody)."""
+        if params is None:   # remembered per profiles object, so a reload starts afresh
+            if self._ctx_specs[0] is not self.profiles:
+                self._ctx_specs = (self.profiles, {})
+            spec = self._ctx_specs[1].get((ctx.name, variant))
+            if spec is None or self.profiles.contexts.get(ctx.name) is not ctx:
+                spec = self._context_spec(ctx, variant, None)
+                if self.profiles.contexts.get(ctx.name) is ctx:
+                    self._ctx_specs[1][(ctx.name, variant)] = spec
+            return spec
+        return self._context_spec(ctx, variant, params)
+
+    def _context_spec(self, ctx, variant: int, params) -> TrackSpec:
         theme = None
         if ctx.theme:
             theme = self.context_spec(self.profiles.get(ctx.theme), 0)
@@ -167,12 +187,13 @@ class Handlers:
         n = self.rotation.get((client, ctx.name), 0)
         self.rotation[(client, ctx.name)] = n + 1
         order = [(n + i) % ctx.variants for i in range(ctx.variants)]
-        specs = {v: self.context_spec(ctx, v) for v in order}
         for v in order:
-            if self.cache.contains(specs[v].key):
-                if v != order[0] and self.scheduler.find(specs[order[0]].key) is None:
+            key = self.context_spec(ctx, v).key
+            if self.memo.holds(key) or self.cache.contains(key):   # the memo first: no disk read
+                turn = self.context_spec(ctx, order[0])
+                if v != order[0] and self.scheduler.find(turn.key) is None:
                     # answer now from the cache, and make the variant whose turn it was for next time
-                    self._submit_background(specs[order[0]], P.PREFETCH_PRIORITY, "prefetch")
+                    self._submit_background(turn, P.PREFETCH_PRIORITY, "prefetch")
                 return v
         return order[0]
 

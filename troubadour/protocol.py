@@ -200,10 +200,12 @@ def encode(msg_type: str, body: dict, payload=None) -> list:
     return frames
 
 
-def decode(frames, *, reply: bool = False) -> Message:
+def decode(frames, *, reply: bool = False, check: bool = True) -> Message:
     """Parse frames header, type, body[, payload] (envelope removed): a request, or with reply=True a
-    server message. Raises ProtocolError: bad_request, unsupported_version, unknown_type or too_large."""
-    msg = _decode_common(frames, reply)
+    server message. Raises ProtocolError: bad_request, unsupported_version, unknown_type or too_large.
+    check=False leaves a request body's msgpack-subset walk to the caller (`check_body`); the unpacker's own
+    limits still apply."""
+    msg = _decode_common(frames, reply, check)
     if msg is not None:
         return msg
     if not isinstance(frames, (list, tuple)) or not frames:
@@ -252,7 +254,12 @@ def decode(frames, *, reply: bool = False) -> Message:
 _TYPE_NAMES = {False: {t.encode("ascii"): t for t in REQUEST_TYPES}, True: {t.encode("ascii"): t for t in REPLY_TYPES}}
 
 
-def _decode_common(frames, reply: bool) -> Message | None:
+def check_body(body: dict) -> dict:
+    """The subset walk that decode(check=False) skipped: the body with map keys sorted, or ProtocolError."""
+    return _canon(body)
+
+
+def _decode_common(frames, reply: bool, check: bool = True) -> Message | None:
     """A well-formed message of a known type whose frames are bytes (as both Python ends receive them) is
     decoded with the same checks but without the general path's conversions; None sends anything else there,
     which finds the error."""
@@ -265,7 +272,7 @@ def _decode_common(frames, reply: bool) -> Message | None:
     if msg_type is None or len(data) > (MAX_REPLY_BODY_BYTES if reply else MAX_REQUEST_BYTES - 4 - len(kind)):
         return None
     if not reply:
-        return Message(msg_type, _unpack(data)) if len(frames) == 3 else None
+        return Message(msg_type, _unpack(data, check)) if len(frames) == 3 else None
     body = _unpack(data, check=False)
     payload = frames[3] if len(frames) == 4 else None
     _check_reply(msg_type, body, payload)

@@ -193,6 +193,7 @@ class Memo:
         self.limit = limit_bytes
         self.size = 0
         self._items: OrderedDict = OrderedDict()
+        self._tracks: dict = {}   # track id -> entries held (any format/rate)
 
     def get(self, key) -> Remembered | None:
         entry = self._items.get(key)
@@ -200,18 +201,28 @@ class Memo:
             self._items.move_to_end(key)
         return entry
 
+    def holds(self, track_id: str) -> bool:
+        """Some format/rate of this track is remembered: it can be delivered without the disk cache."""
+        return track_id in self._tracks
+
     def put(self, key, pieces: list, frames: int, nbytes: int, digests: dict) -> None:
         if nbytes > self.limit // 4 or key in self._items:
             return
         self._items[key] = Remembered(pieces, frames, nbytes, digests)
+        self._tracks[key[0]] = self._tracks.get(key[0], 0) + 1
         self.size += nbytes
         while self.size > self.limit:
-            _, old = self._items.popitem(last=False)
-            self.size -= old.nbytes
+            self._forget(next(iter(self._items)))
 
     def drop(self, track_id: str) -> None:
         for key in [k for k in self._items if k[0] == track_id]:
-            self.size -= self._items.pop(key).nbytes
+            self._forget(key)
+
+    def _forget(self, key) -> None:
+        self.size -= self._items.pop(key).nbytes
+        left = self._tracks.pop(key[0]) - 1
+        if left:
+            self._tracks[key[0]] = left
 
 
 def track_header(spec, cached: bool, delivery: Delivery) -> dict:

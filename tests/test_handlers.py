@@ -1,0 +1,60 @@
+"""Request handling shortcuts in troubadour.handlers, on an in-process Server that is not serving: what the
+remembered specs return must be what a fresh resolution returns, and a profiles reload must be seen."""
+
+import pytest
+
+from servers import PROFILES
+from troubadour.server import Server
+
+
+@pytest.fixture
+def server(engine, tmp_path):
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(PROFILES)
+    srv = Server(engine, cache_dir=str(tmp_path / "cache"), bind="tcp://127.0.0.1:0", profiles_path=profiles,
+                 watch=False)
+    yield srv
+    srv.cache.close()
+    srv.readers.shutdown()
+
+
+def get(**fields):
+    return {"type": "get_track", "id": 1, "params": {}, "format": "pcm_s16le", "sample_rate": None,
+            "stream": True, "regenerate": False, "cached_only": False, "priority": 0, "context": None,
+            "variant": None, "fallback": True, "prompt": None, **fields}
+
+
+def test_remembered_specs_equal_fresh_ones(server):
+    for req in (get(prompt="calm piano"), get(prompt="calm piano", params={"duration": 2.0, "seed": 7}),
+                get(context="battle", variant=0), get(context="explore", variant=1),
+                get(context="explore", variant=1, params={"duration": 0.5})):
+        first, again = server.resolve(b"c", req), server.resolve(b"c", req)
+        server._prompt_specs.clear()
+        server._ctx_specs = (None, {})
+        assert first == again == server.resolve(b"c", req)
+    assert server.resolve(b"c", get(prompt="calm piano")).key != server.resolve(
+        b"c", get(prompt="calm piano", params={"seed": 7})).key
+
+
+def test_reloaded_profiles_give_new_specs(server):
+    before = server.resolve(b"c", get(context="battle", variant=0))
+    server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "mysterious"'))
+    names, changed = server.reload_profiles()
+    assert changed == ["battle"]
+    after = server.resolve(b"c", get(context="battle", variant=0))
+    assert after.key != before.key and "mysterious" in after.prompt.lower()
+    # unchanged contexts resolve to the same track as before
+    assert server.resolve(b"c", get(context="menu", variant=0)).key == server.context_spec(
+        server.profiles.get("menu"), 0).key
+
+
+def test_rotation_prefers_a_remembered_variant_and_queues_the_one_whose_turn_it_was(server):
+    ctx = server.profiles.get("explore")
+    v0, v1 = (server.context_spec(ctx, v) for v in (0, 1))
+    assert not server.cache.contains(v1.key)
+    server.memo.put((v1.key, "pcm_s16le", 32000), [(0, 10, b"\0" * 40)], 10, 40, {})
+    # variant 0's turn, but only variant 1 can be delivered at once: it is served, and 0 is made for next time
+    assert server.resolve(b"c", get(context="explore")).variant == 1
+    assert server.scheduler.find(v0.key) is not None
+    server.memo.drop(v1.key)
+    assert server.resolve(b"c", get(context="explore")).variant == 1   # the turn moved on; nothing held
