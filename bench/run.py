@@ -49,8 +49,8 @@ def config(args):
     q = args.quick
     c = argparse.Namespace(
         quick=q,
-        cache_requests=750 if q else 1400,   # ~1 ms a fetch: samples are cheap, the machine's swings are not
-        cache_rounds=5 if q else 7,          # fresh server processes per round; the headline is their median
+        cache_requests=840 if q else 1400,   # ~1 ms a fetch: samples are cheap, the machine's swings are not
+        cache_rounds=7 if q else 9,          # fresh server processes per round; the headline is their median
         concurrency=[1, 8, 64],
         concurrent_fetches=4 if q else 8,
         tiny_duration=10.0, tiny_reps=3 if q else 5,
