@@ -15,7 +15,6 @@ glibc only; elsewhere a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 
@@ -45,7 +44,7 @@ def _apply() -> bool:
     except (ValueError, OSError, AttributeError):   # no such name here: not glibc
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)   # this process's symbols, libc's included (find_library runs ldconfig)
         # the mmap threshold first: setting either one turns glibc's dynamic adjustment off
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
             libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
