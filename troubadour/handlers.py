@@ -142,14 +142,14 @@ class Handlers:
 
     def context_spec(self, ctx, variant: int, params=None) -> TrackSpec:
         """The track of a context variant; a context with a `theme` follows the theme's variant 0 (melody)."""
-        if params is None:   # remembered per profiles object, so a reload starts afresh
+        if params is None and self.profiles.contexts.get(ctx.name) is ctx:
+            # remembered per profiles object, so a reload starts afresh; fallbacks for unknown names are not
             if self._ctx_specs[0] is not self.profiles:
                 self._ctx_specs = (self.profiles, {})
-            spec = self._ctx_specs[1].get((ctx.name, variant))
-            if spec is None or self.profiles.contexts.get(ctx.name) is not ctx:
-                spec = self._context_spec(ctx, variant, None)
-                if self.profiles.contexts.get(ctx.name) is ctx:
-                    self._ctx_specs[1][(ctx.name, variant)] = spec
+            known = self._ctx_specs[1]
+            spec = known.get((ctx.name, variant))
+            if spec is None:
+                spec = known[(ctx.name, variant)] = self._context_spec(ctx, variant, None)
             return spec
         return self._context_spec(ctx, variant, params)
 
