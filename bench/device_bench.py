@@ -6,7 +6,8 @@ CUDA, the backends' default there), our engine vs transformers' generate() on th
 
 Per model: real-time factor (seconds of generation per second of audio, whole calls: text encoder, decoder,
 codec) for both and their ratio, per-step time for both and their ratio, 4 prompts batched vs one after
-another, peak device memory. Steps are timed from the same hooks as on CPU (our progress callback,
+another, peak device memory, and the same engine with `--compile` (CUDA graphs on CUDA): its step time
+against the eager step's, its first (compiling) call, and how many greedy codes differ from eager. Steps are timed from the same hooks as on CPU (our progress callback,
 transformers' logits processor); on CUDA each hook first waits for the device, so a tick is when the step's
 work finished, not when it was queued. `--device cpu --only device --device-models tiny` runs the same code
 on the CPU as a check of the section itself.
@@ -47,14 +48,14 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    def ours(prompts, seconds):
+    def ours(prompts, seconds, eng=engine):
         ticks: list[float] = []
 
         def progress(done, total):
             sync()
             ticks.append(now())
         t0 = now()
-        eb.ours(engine, prompts, seconds, progress=progress)   # returns numpy audio: the device is done
+        eb.ours(eng, prompts, seconds, progress=progress)   # returns numpy audio: the device is done
         return now() - t0, ticks
 
     def theirs(prompts, seconds):
@@ -74,7 +75,11 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
     prompts = eb.PROMPTS[:1]
     ours(prompts, 0.2)
     theirs(prompts, 0.2)
-    o_wall, h_wall, o_steps, h_steps = [], [], [], []
+    compiled = Engine(backend, compile_step=True)   # --compile: CUDA graphs on a GPU
+    t = now()
+    ours(prompts, 0.2, compiled)
+    compile_s = now() - t
+    o_wall, h_wall, o_steps, h_steps, c_wall, c_steps = [], [], [], [], [], []
     for _ in range(reps):   # interleaved
         w, ticks = ours(prompts, duration)
         o_wall.append(w)
@@ -82,6 +87,10 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
         w, ticks = theirs(prompts, duration)
         h_wall.append(w)
         h_steps += [b - a for a, b in zip(ticks[1:], ticks[2:])]
+        w, ticks = ours(prompts, duration, compiled)
+        c_wall.append(w)
+        c_steps += [b - a for a, b in zip(ticks[1:], ticks[2:])]
+    greedy = [eb.ours(e, prompts, 1.0, top_k=1)["results"][0] for e in (engine, compiled)]
     batch, single = [], []
     for _ in range(max(1, reps - 1)):
         batch.append(ours(eb.PROMPTS, duration)[0])
@@ -92,7 +101,10 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
            "rtf_ratio": r(med(o_wall) / med(h_wall)),
            "ours_step_ms": dist(o_steps, 1e3), "hf_step_ms": dist(h_steps, 1e3),
            "step_ratio": r(med(o_steps) / med(h_steps)) if o_steps and h_steps else None,
-           "batch_speedup": r(med(single) / med(batch))}
+           "batch_speedup": r(med(single) / med(batch)),
+           "compiled": {"compile_s": r(compile_s, 1), "rtf": r(med(c_wall) / duration),
+                        "step_ms": dist(c_steps, 1e3), "step_vs_eager": r(med(c_steps) / med(o_steps)),
+                        "greedy_codes_differ": r(float((greedy[0].codes != greedy[1].codes).mean()))}}
     if dev.type == "cuda":
         out["peak_memory_gb"] = r(torch.cuda.max_memory_allocated(dev) / 1e9, 2)
         out["gpu"] = torch.cuda.get_device_name(dev)
@@ -101,6 +113,10 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
     table.row(f"{name} on {dev}: step p50, ours / transformers", out["ours_step_ms"].get("p50"), "ms",
               note=f"transformers {out['hf_step_ms'].get('p50')} ms (ratio {out['step_ratio']})")
     table.row(f"{name} on {dev}: 4 prompts batched vs sequential", out["batch_speedup"], "x")
+    c = out["compiled"]
+    table.row(f"{name} on {dev}: --compile step / eager step", c["step_vs_eager"], "",
+              note=f"step p50 {c['step_ms'].get('p50')} ms, RTF {c['rtf']}, first call {c['compile_s']} s; "
+                   f"greedy codes differ {c['greedy_codes_differ']}")
     return out
 
 

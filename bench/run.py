@@ -240,6 +240,10 @@ def headline(results) -> dict:
         "cache_hit_fairness_64_clients": g("cache_hits", "concurrency", "64", "fairness_min_over_max"),
         "device_rtf_ratio_small": g("device", "small", "rtf_ratio"),
         "device_rtf_ratio_medium": g("device", "medium", "rtf_ratio"),
+        "device_compiled_step_vs_eager_small": g("device", "small", "compiled", "step_vs_eager"),
+        "device_compiled_step_vs_eager_medium": g("device", "medium", "compiled", "step_vs_eager"),
+        "compile_speed_vs_fp32_small_cpu": g("options_small", "options", "--compile (torch.compile, no native kernel)",
+                                              "speed_vs_fp32"),
     }
 
 

@@ -108,7 +108,7 @@ def profile_step(engine, duration, table, top: int = 14) -> dict:
 
 # ---------------------------------------------------------------- CPU options (full run)
 def options(path, threads: int, duration: float, reps: int, table) -> dict:
-    """The engine's CPU options (`--precision`, thread count, the native kernel off, and the matmul layout it
+    """The engine's CPU options (`--precision`, `--compile`, thread count, the native kernel off, and the matmul layout it
     replaced) on the small-shaped decoder: speed vs fp32 and the quality cost vs fp32 greedy (top_k=1) codes
     and audio."""
     from troubadour.engine import Engine
@@ -118,6 +118,7 @@ def options(path, threads: int, duration: float, reps: int, table) -> dict:
     engines["fp32"] = (eng, threads)
     engines[f"fp32, {1 if threads != 1 else 2} thread(s)"] = (eng, 1 if threads != 1 else 2)
     engines["fp32, no native kernel (TROUBADOUR_NATIVE=0)"] = (Engine(be, native_kernel=False), threads)
+    engines["--compile (torch.compile, no native kernel)"] = (Engine(be, compile_step=True), threads)
     before = Engine(be)
     before._skinny = False   # every matmul through F.linear, as before the layouts were picked by rows
     engines["fp32, F.linear layout (before)"] = (before, threads)

@@ -27,6 +27,9 @@ ROWS = [  # (headline key, what it is)
     ("cache_hit_fairness_64_clients", "64 concurrent clients: min ÷ max per-client MB/s"),
     ("device_rtf_ratio_small", "`--device cuda`: real-time factor, ours ÷ transformers, small-shaped (not yet measured)"),
     ("device_rtf_ratio_medium", "`--device cuda`: same, medium-shaped (not yet measured)"),
+    ("device_compiled_step_vs_eager_small", "`--device cuda`: `--compile` step ÷ eager step, small-shaped (not yet measured)"),
+    ("device_compiled_step_vs_eager_medium", "`--device cuda`: same, medium-shaped (not yet measured)"),
+    ("compile_speed_vs_fp32_small_cpu", "CPU, full run: `--compile` speed ÷ default fp32 engine, small-shaped"),
 ]
 
 

@@ -76,11 +76,13 @@ class EngineSource:
     """A local engine, or a model loaded on first use (a bake with nothing to generate never loads it).
     The variants of one context are one engine.generate batch."""
 
-    def __init__(self, engine=None, *, model: str | None = None, device: str = "auto", log=None):
+    def __init__(self, engine=None, *, model: str | None = None, device: str = "auto", log=None,
+                 compile_step: bool = False):
         from .backends.transformers_backend import model_identity
         from .params import MAX_DURATION
 
         self._engine, self._model, self._device, self._log = engine, model, device, log
+        self._compile = compile_step
         if engine is not None:
             self.model_id, self.identity, self.max_duration = (engine.info.model_id, engine.info.identity,
                                                                engine.max_duration)
@@ -100,7 +102,7 @@ class EngineSource:
                 raise TroubadourError(f"model {self._model!r} changed while loading", field="model")
             if self._log:
                 self._log(f"model {backend.info.model_id} on {backend.info.device}")
-            self._engine = Engine(backend, max_duration=self.max_duration)
+            self._engine = Engine(backend, max_duration=self.max_duration, compile_step=self._compile)
         return self._engine
 
     @property
@@ -409,6 +411,8 @@ def add_cli(sub) -> None:
     src.add_argument("--server", metavar="ADDR", help="fetch raw audio from a running server, e.g. "
                                                      "tcp://127.0.0.1:5555, instead of loading a model")
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--compile", action="store_true", dest="compile_step",
+                   help="with --model: decode step through torch.compile (CUDA graphs on an NVIDIA GPU)")
     p.add_argument("--format", choices=["wav", "ogg"], default="wav")
     p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=DEFAULT_SAMPLE_RATE,
                    dest="sample_rate", help=f"output sample rate (default {DEFAULT_SAMPLE_RATE})")
@@ -434,7 +438,7 @@ def cmd_bake(args) -> int:
     else:
         from .backends.base import DEFAULT_MODEL
 
-        source = EngineSource(model=args.model or DEFAULT_MODEL, device=args.device,
+        source = EngineSource(model=args.model or DEFAULT_MODEL, device=args.device, compile_step=args.compile_step,
                               log=lambda msg: print(f"bake: {msg}", file=sys.stderr))
     try:
         report = bake(args.profiles, args.out, source, variants=args.variants, fmt=args.format,

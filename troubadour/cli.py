@@ -25,6 +25,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "measured quality cost; bf16 is no faster than the native fp32 kernel on CPUs "
                         "(bench/README.md)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's choice)")
+    p.add_argument("--compile", action="store_true", dest="compile_step",
+                   help="run the decode step through torch.compile (CUDA graphs on an NVIDIA GPU); each batch "
+                        "size compiles on first use. Same tracks; on CPUs no faster (bench/README.md)")
 
 
 def _add_param_args(p: argparse.ArgumentParser) -> None:
@@ -176,14 +179,15 @@ def plan_from_args(args):
 
 
 def make_engine(args):
-    """Load the model and build the engine from --model/--device/--precision/--threads."""
+    """Load the model and build the engine from --model/--device/--precision/--threads/--compile."""
     from .backends import load_backend
     from .engine import Engine
 
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
-    return Engine(load_backend(args.model, args.device), precision=args.precision)
+    return Engine(load_backend(args.model, args.device), precision=args.precision,
+                  compile_step=getattr(args, "compile_step", False))
 
 
 def _ask_prompt() -> str:

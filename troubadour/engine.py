@@ -57,7 +57,7 @@ class Engine:
     def __init__(self, backend, *, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES,
                  context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES,
                  window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S, precision: str = "auto",
-                 native_kernel: bool = True):
+                 native_kernel: bool = True, compile_step: bool = False):
         self.backend = backend
         self.info = backend.info
         fr = self.info.frame_rate
@@ -82,7 +82,7 @@ class Engine:
         self._set_precision(precision)
         # (tiny test checkpoints: below ~256 wide the per-call overhead outweighs the layout)
         self._skinny = (self._device.type == "cpu" and self._dtype() == torch.float32 and self.precision == "fp32"
-                        and self._dec.config.hidden_size >= 256)
+                        and self._dec.config.hidden_size >= 256 and not compile_step)
         self._onednn = self._skinny and onednn_linear_works()
         self._gemv = native.kernel() if self._skinny and native_kernel else None
         head = self._dec.config.hidden_size // self._num_heads
@@ -94,6 +94,12 @@ class Engine:
             align_parameters(backend.decoder)
         self._plan = [self._layer_plan(i, layer) for i, layer in enumerate(self._layers)]
         self._plan_heads = self._lin_plan(self._fused["heads"])
+        self._compiled = None
+        if compile_step:
+            from .compiled import CompiledStep
+
+            self._compiled = CompiledStep(self)
+            self.matmuls = f"torch.compile ({self._compiled.mode})"
 
     # ------------------------------------------------------------------ public API
     @property
@@ -167,6 +173,8 @@ class Engine:
         total = self.steps_for(max(j.params.duration for j in jobs))
         cfg = any(j.params.cfg_coef > 1 for j in jobs)
         hidden, mask = self.backend.encode_text([j.prompt for j in jobs])
+        if self._compiled is not None and not self.info.melody:   # (melody models: the text is in the sequence)
+            hidden, mask = self._compiled.pad_text(hidden, mask)
         chroma = [None if j.melody is None else chroma_features(j.melody, self.sample_rate) for j in jobs]
         sampler = Sampler([j.params for j in jobs], self._device)
         decoders = [RowCodes(n, self.info.num_codebooks, self._device, self._hop, self.chunk_frames,
@@ -231,7 +239,9 @@ class Engine:
         dev = self._device
         rows = b * (2 if cfg else 1)
         dtype = self._dtype()
-        cache = self._alloc_cache(rows, off + steps)
+        compiled = self._compiled   # its cache spans a whole window, whatever the track, so shapes stay put
+        cache = (compiled.cache(rows, off + self.window_frames + max_delay) if compiled is not None
+                 else self._alloc_cache(rows, off + steps))
         pos = self._positions(off + steps).to(dtype)
         delays = torch.tensor(self._delays, device=dev)
         limit = torch.tensor(new, device=dev) + p
@@ -252,12 +262,15 @@ class Engine:
             if cfg:
                 tokens = torch.cat([tokens, tokens])
             n = tokens.shape[2]
-            x = self._embed(tokens) + pos[off + s - n + 1:off + s + 1]
-            start = off + s - n + 1
-            if s == p and off:
-                x = torch.cat([lead + pos[:off], x], dim=1)
-                start = 0
-            raw = self._forward(x, start, cache, cross)
+            if compiled is not None and n == 1 and not (s == p and off):   # (not the melody prefill)
+                raw = compiled(tokens, off + s, cache, cross)
+            else:
+                x = self._embed(tokens) + pos[off + s - n + 1:off + s + 1]
+                start = off + s - n + 1
+                if s == p and off:
+                    x = torch.cat([lead + pos[:off], x], dim=1)
+                    start = 0
+                raw = self._forward(x, start, cache, cross)
             logits = raw
             if cfg:
                 cond, uncond = raw[:b], raw[b:]
@@ -375,8 +388,11 @@ class Engine:
             out.append((kk, vv))
         return out, bias
 
-    def _forward(self, x: torch.Tensor, start: int, cache, cross) -> torch.Tensor:
-        """Decoder layers over positions [start, start + n); returns logits of the last one (rows, K, V)."""
+    def _forward(self, x: torch.Tensor, start: int, cache, cross, at=None) -> torch.Tensor:
+        """Decoder layers over positions [start, start + n); returns logits of the last one (rows, K, V).
+
+        `at`: (position tensor (1,), additive key mask) for the compiled step (compiled.py): the step writes
+        the cache at a tensor position and attends over all of it, so no shape changes from step to step."""
         rows, n, d = x.shape
         h = self._num_heads
         cross_kv, cross_bias = cross if cross is not None else (None, None)
@@ -385,13 +401,20 @@ class Engine:
             y = p.ln1(x)
             q, kk, vv = self._run(p.qkv, y).view(rows, n, 3, h, d // h).unbind(2)
             kc, vc = cache[i]
-            kc[:, :, start:end] = kk.transpose(1, 2)
-            vc[:, :, start:end] = vv.transpose(1, 2)
-            if n == 1 and self._attend:   # a decode step: the native kernel streams the cache
-                a = self._gemv.attend(q, kc, vc, end, p.scale)
-            else:   # a prefill starts at 0, so PyTorch's top-left causal mask is the right one
-                a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
-                                                   is_causal=n > 1, scale=p.scale).transpose(1, 2).reshape(rows, n, d)
+            if at is not None:
+                kc.index_copy_(2, at[0], kk.transpose(1, 2))
+                vc.index_copy_(2, at[0], vv.transpose(1, 2))
+                a = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=at[1],
+                                                   scale=p.scale).transpose(1, 2).reshape(rows, n, d)
+            else:
+                kc[:, :, start:end] = kk.transpose(1, 2)
+                vc[:, :, start:end] = vv.transpose(1, 2)
+                if n == 1 and self._attend:   # a decode step: the native kernel streams the cache
+                    a = self._gemv.attend(q, kc, vc, end, p.scale)
+                else:   # a prefill starts at 0, so PyTorch's top-left causal mask is the right one
+                    a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
+                                                       is_causal=n > 1, scale=p.scale)
+                    a = a.transpose(1, 2).reshape(rows, n, d)
             x = x + self._run(p.out, a)
 
             if cross is not None:

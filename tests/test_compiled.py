@@ -1,0 +1,108 @@
+"""The compiled decode step (`--compile`) against the real (tiny) model, through torch.compile on the CPU.
+
+On a CUDA GPU the same compiled function replays as CUDA graphs (mode "reduce-overhead"); what can be
+checked without one is that it runs compiled, not as Python, and gives the same tracks as the eager loop.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from test_cli import run
+from troubadour.backends import load_backend
+from troubadour.engine import Engine, Job
+from troubadour.params import GenParams
+
+JOBS = [
+    Job("calm piano", GenParams(duration=2.0, top_k=1, cfg_coef=3.0)),
+    Job("an epic orchestral battle theme with pounding drums and brass", GenParams(duration=1.0, seed=5,
+                                                                                    temperature=1.2)),
+    Job("soft ambient pads", GenParams(duration=1.5, seed=9, top_p=0.9)),
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(backend):
+    return Engine(backend, compile_step=True)
+
+
+def forward_calls(eng, jobs) -> int:
+    """Python calls of the decoder's forward while `eng` generates `jobs`: the compiled step runs none."""
+    code, n = Engine._forward.__code__, [0]
+
+    def count(frame, event, arg):
+        if event == "call" and frame.f_code is code:
+            n[0] += 1
+
+    sys.setprofile(count)
+    try:
+        eng.generate(jobs)
+    finally:
+        sys.setprofile(None)
+    return n[0]
+
+
+def assert_same_tracks(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.codes, y.codes)
+        np.testing.assert_allclose(x.audio, y.audio, atol=1e-5)
+
+
+def test_compiled_engine_gives_the_same_tracks_batched_and_alone(engine, compiled):
+    assert compiled.matmuls.startswith("torch.compile")
+    assert_same_tracks(engine.generate(JOBS), compiled.generate(JOBS))
+    assert_same_tracks(engine.generate(JOBS[1:2]), compiled.generate(JOBS[1:2]))
+    no_cfg = [Job("calm piano", GenParams(duration=1.0, seed=2, cfg_coef=1.0))]   # rows without CFG twins
+    assert_same_tracks(engine.generate(no_cfg), compiled.generate(no_cfg))
+
+
+def test_steps_run_compiled_not_as_python(engine, compiled):
+    jobs = [Job("calm piano", GenParams(duration=1.0, seed=4))]
+    compiled.generate(jobs)   # compiles this shape
+    assert forward_calls(compiled, jobs) == 0
+    assert forward_calls(engine, jobs) == engine.steps_for(1.0)   # the check can see Python steps
+
+
+def test_long_track_continues_across_windows_compiled(backend):
+    """A continuation window starts with a prefill of the kept codes (eager), then compiled steps."""
+    kw = dict(window_s=2.0, continuation_s=1.0)
+    eager, comp = Engine(backend, **kw), Engine(backend, compile_step=True, **kw)
+    jobs = [Job("calm piano", GenParams(duration=3.5, seed=1))]
+    assert_same_tracks(eager.generate(jobs), comp.generate(jobs))
+    assert forward_calls(comp, jobs) == 2   # one prefill per continuation window, nothing else
+
+
+def test_a_poisoned_cache_does_not_leak_into_the_next_track(engine, compiled):
+    jobs = [Job("calm piano", GenParams(duration=1.0, seed=6))]
+    compiled.generate(jobs)
+    with torch.inference_mode():   # what a batch that blew up could leave behind
+        for cache in compiled._compiled._caches.values():
+            for kv in cache:
+                for t in kv:
+                    t.fill_(float("nan"))
+    assert_same_tracks(engine.generate(jobs), compiled.generate(jobs))
+
+
+def test_melody_model_compiles_too(tmp_path):
+    from test_melody import tone
+    from troubadour.testmodel import build_test_model
+
+    be = load_backend(str(build_test_model(tmp_path / "mel", melody=True)), "cpu")
+    jobs = [Job("calm piano", GenParams(duration=1.0, seed=3), melody=tone([261.63])),
+            Job("a much longer prompt about a tense night in the haunted forest", GenParams(duration=1.0, seed=4))]
+    comp = Engine(be, compile_step=True)
+    assert_same_tracks(Engine(be).generate(jobs), comp.generate(jobs))
+    assert forward_calls(comp, jobs) == 1   # the prefill of melody and text; every step after it compiled
+
+
+def test_generate_with_compile_flag_writes_the_same_track(tiny_model, cli_env, tmp_path):
+    args = ["generate", "calm piano", "--model", str(tiny_model), "--duration", "1", "--seed", "3"]
+    plain = run(args + ["--out", "a"], cli_env, tmp_path)
+    comp = run(args + ["--out", "b", "--compile"], cli_env, tmp_path)
+    assert plain.returncode == 0 and comp.returncode == 0, plain.stderr + comp.stderr
+    a, b = (sf.read(tmp_path / r.stdout.split()[0], dtype="float32")[0] for r in (plain, comp))
+    np.testing.assert_allclose(a, b, atol=1e-4)
