@@ -55,7 +55,8 @@ def assert_same_tracks(a, b):
 def test_compiled_engine_gives_the_same_tracks_batched_and_alone(engine, compiled):
     assert compiled.matmuls.startswith("torch.compile")
     assert_same_tracks(engine.generate(JOBS), compiled.generate(JOBS))
-    assert_same_tracks(engine.generate(JOBS[1:2]), compiled.generate(JOBS[1:2]))
+    for one in (JOBS[1:2], JOBS[2:3]):   # same shapes, another prompt: the held conditioning is refreshed
+        assert_same_tracks(engine.generate(one), compiled.generate(one))
     no_cfg = [Job("calm piano", GenParams(duration=1.0, seed=2, cfg_coef=1.0))]   # rows without CFG twins
     assert_same_tracks(engine.generate(no_cfg), compiled.generate(no_cfg))
 
@@ -106,3 +107,10 @@ def test_generate_with_compile_flag_writes_the_same_track(tiny_model, cli_env, t
     assert plain.returncode == 0 and comp.returncode == 0, plain.stderr + comp.stderr
     a, b = (sf.read(tmp_path / r.stdout.split()[0], dtype="float32")[0] for r in (plain, comp))
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_bake_source_passes_compile_on(tiny_model):
+    from troubadour.bake import EngineSource
+
+    assert EngineSource(model=str(tiny_model), device="cpu", compile_step=True).engine._compiled is not None
+    assert EngineSource(model=str(tiny_model), device="cpu").engine._compiled is None

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 MIN_TEXT = 64   # text padded to a power of two from here: most prompts share one shape, one compilation
-# one compilation per (rows, text bucket): rows 1-8 (four prompts with their CFG rows) times a few text
-# lengths is more than dynamo's default of 8, after which it would silently fall back to eager
+# shapes that change make dynamo recompile (the first change of a dimension makes it dynamic); past its
+# default limit of 8 it would silently run the step as Python
 RECOMPILE_LIMIT = 64
-CACHE_ROUND = 128   # cache lengths are rounded up to this (melody models: the text's length varies)
+CACHE_ROUND = 128   # whole-window caches are rounded up to this (melody models: the text's length varies)
+MIN_CACHE = 256     # shortest cache: the length only matters once attention costs as much as the weights
 
 
 class CompiledStep:
@@ -29,12 +30,14 @@ class CompiledStep:
         self.mode = "reduce-overhead" if dev.type == "cuda" else "default"
         self._pos = engine._positions(CACHE_ROUND).to(engine._dtype())
         self._index = torch.zeros(1, dtype=torch.long, device=dev)
-        self._caches: dict[tuple[int, int], list] = {}
+        self._whole: dict[tuple[int, int], list] = {}           # (rows, whole length) -> [(k, v)] per layer
+        self._caches: dict[tuple[int, int, int], list] = {}    # (rows, whole, length) -> views of those
+        self._cross: dict[tuple, tuple] = {}                     # conditioning shapes -> buffers
         for t in (self._pos, self._index):
             torch._dynamo.mark_static_address(t)
         cfg = torch._dynamo.config
         cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
-        self._fn = torch.compile(self._step, mode=self.mode, dynamic=False, fullgraph=True)
+        self._fn = torch.compile(self._step, mode=self.mode, fullgraph=True)
 
     def pad_text(self, hidden: torch.Tensor, mask: torch.Tensor):
         """Zero text positions up to the bucket length, masked out (the null condition's rows stay all zero,
@@ -45,24 +48,52 @@ class CompiledStep:
             return hidden, mask
         return F.pad(hidden, (0, 0, 0, size - t)), F.pad(mask, (0, size - t))
 
-    def cache(self, rows: int, positions: int) -> list:
-        """A KV cache for `rows` rows and at least `positions` positions, zeroed: stale values past the
-        position are masked, but a NaN left by a failed batch would still poison the masked sum (0 * NaN)."""
-        length = -(-positions // CACHE_ROUND) * CACHE_ROUND
-        cache = self._caches.get((rows, length))
-        if cache is None:
-            if length > self._pos.shape[0]:
-                self._pos = self.engine._positions(length).to(self._pos.dtype)
-                torch._dynamo.mark_static_address(self._pos)
-            cache = self.engine._alloc_cache(rows, length)
-            for kv in cache:
+    def cache(self, rows: int, positions: int, limit: int) -> list:
+        """A zeroed KV cache for `rows` rows and at least `positions` of at most `limit` positions.
+
+        The step attends over every position of the cache it is given, so a short track gets a short cache:
+        a power of two from MIN_CACHE, a view of one whole-window buffer per row count (one address for the
+        graphs; its length is a dynamic dimension, so new lengths do not recompile). Zeroed because stale
+        values past the position are masked, yet a NaN left by a failed batch would poison the masked sum."""
+        full = -(-limit // CACHE_ROUND) * CACHE_ROUND
+        length = min(full, max(MIN_CACHE, 1 << (positions - 1).bit_length()))
+        views = self._caches.get((rows, full, length))
+        if views is None:
+            whole = self._whole.get((rows, full))
+            if whole is None:
+                if full > self._pos.shape[0]:
+                    self._pos = self.engine._positions(full).to(self._pos.dtype)
+                    torch._dynamo.mark_static_address(self._pos)
+                whole = self._whole[rows, full] = self.engine._alloc_cache(rows, full)
+            views = [tuple(t[:, :, :length] for t in kv) for kv in whole]
+            for kv in views:
                 for t in kv:
                     torch._dynamo.mark_static_address(t)
-            self._caches[rows, length] = cache
-        for kv in cache:
+                    torch._dynamo.mark_dynamic(t, 2)
+            self._caches[rows, full, length] = views
+        for kv in views:
             for t in kv:
                 t.zero_()
-        return cache
+        return views
+
+    def conditioning(self, cross):
+        """The text's cross-attention keys/values copied into buffers kept per shape: fresh tensors for every
+        batch would be inputs the graphs copy on every step (or re-record for)."""
+        if cross is None:
+            return None
+        kv, bias = cross
+        key = (bias.shape, kv[0][0].shape)
+        held = self._cross.get(key)
+        if held is None:
+            held = ([tuple(torch.empty_like(t) for t in pair) for pair in kv], torch.empty_like(bias))
+            for t in [t for pair in held[0] for t in pair] + [held[1]]:
+                torch._dynamo.mark_static_address(t)
+            self._cross[key] = held
+        for mine, theirs in zip(held[0], kv):
+            for a, b in zip(mine, theirs):
+                a.copy_(b)
+        held[1].copy_(bias)
+        return held
 
     def __call__(self, tokens: torch.Tensor, position: int, cache, cross) -> torch.Tensor:
         """Logits (rows, K, V) for one step: tokens (rows, K, 1) at `position` of the cache from `cache()`."""

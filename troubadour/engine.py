@@ -100,6 +100,8 @@ class Engine:
 
             self._compiled = CompiledStep(self)
             self.matmuls = f"torch.compile ({self._compiled.mode})"
+            if self._device.type == "cpu":
+                self.matmuls += ", ~0.2x the native kernel's speed on CPUs (bench/README.md); meant for CUDA"
 
     # ------------------------------------------------------------------ public API
     @property
@@ -239,9 +241,12 @@ class Engine:
         dev = self._device
         rows = b * (2 if cfg else 1)
         dtype = self._dtype()
-        compiled = self._compiled   # its cache spans a whole window, whatever the track, so shapes stay put
-        cache = (compiled.cache(rows, off + self.window_frames + max_delay) if compiled is not None
-                 else self._alloc_cache(rows, off + steps))
+        compiled = self._compiled
+        if compiled is not None:
+            cache = compiled.cache(rows, off + steps, off + self.window_frames + max_delay)
+            cross = compiled.conditioning(cross)
+        else:
+            cache = self._alloc_cache(rows, off + steps)
         pos = self._positions(off + steps).to(dtype)
         delays = torch.tensor(self._delays, device=dev)
         limit = torch.tensor(new, device=dev) + p
