@@ -114,3 +114,15 @@ def test_bake_source_passes_compile_on(tiny_model):
 
     assert EngineSource(model=str(tiny_model), device="cpu", compile_step=True).engine._compiled is not None
     assert EngineSource(model=str(tiny_model), device="cpu").engine._compiled is None
+
+
+def test_cuda_graphs_only_where_torch_records_them_from_any_thread(monkeypatch):
+    import torch._inductor.cudagraph_trees as trees
+
+    from troubadour.compiled import mode_for
+
+    assert mode_for(torch.device("cpu")) == "default"
+    monkeypatch.setattr(trees, "graph_capture_lock", object(), raising=False)   # torch 2.13 has it
+    assert mode_for(torch.device("cuda")) == "reduce-overhead"
+    monkeypatch.delattr(trees, "graph_capture_lock")   # an older torch: compiled, without CUDA graphs
+    assert mode_for(torch.device("cuda")) == "default"

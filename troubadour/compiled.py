@@ -1,13 +1,12 @@
 """The decode step through torch.compile; on a CUDA GPU it replays as CUDA graphs (`--compile`).
 
 On a GPU a step at the batch sizes a game uses is a few hundred small kernels, and launching them from
-Python costs more than running them. A CUDA graph replays them in one launch, but only if nothing about the
-step changes from one call to the next: shapes and addresses. So the step here writes a KV cache that has the
-window's whole length (positions not yet written are masked, not sliced off), reads its position from a
-tensor, and sees the text padded to a power-of-two length (melody models, whose text is part of the
-sequence, round the cache length up instead); the caches live as long as the engine, one per shape, at
-addresses the graphs can keep. Sampling stays outside (each row has its own generator).
-Prefills (one per window) run eagerly.
+Python costs more than running them. A CUDA graph replays them in one launch, but only if the step's inputs
+keep their addresses and its shapes come from a small set. So the step writes its KV cache at a position held
+in a tensor and attends over the whole cache it is given, positions not yet written masked; that cache is a
+view, a power of two long, of one whole-window buffer per row count (a dynamic length: no recompilation, one
+graph recorded per length); the text is padded to a power of two and its keys/values copied into held
+buffers. Sampling stays outside (each row has its own generator), and so do prefills (one per window).
 """
 
 from __future__ import annotations
@@ -23,11 +22,23 @@ CACHE_ROUND = 128   # whole-window caches are rounded up to this (melody models:
 MIN_CACHE = 256     # shortest cache: the length only matters once attention costs as much as the weights
 
 
+def mode_for(device: torch.device) -> str:
+    """torch.compile's mode: CUDA graphs ("reduce-overhead") on CUDA where torch can record them from any
+    Python thread (the server warms up on its main thread and generates on its engine thread): torch's fix of
+    cudagraph trees in Python threads (pytorch#184357) came with `graph_capture_lock`. Elsewhere plain
+    compilation, which has no such limit."""
+    if device.type != "cuda":
+        return "default"
+    import torch._inductor.cudagraph_trees as trees
+
+    return "reduce-overhead" if hasattr(trees, "graph_capture_lock") else "default"
+
+
 class CompiledStep:
     def __init__(self, engine):
         self.engine = engine
         dev = engine._device
-        self.mode = "reduce-overhead" if dev.type == "cuda" else "default"
+        self.mode = mode_for(dev)
         self._pos = engine._positions(CACHE_ROUND).to(engine._dtype())
         self._index = torch.zeros(1, dtype=torch.long, device=dev)
         self._whole: dict[tuple[int, int], list] = {}           # (rows, whole length) -> [(k, v)] per layer
