@@ -22,7 +22,7 @@ from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
 from .chunking import Chunk, RowCodes
 from . import native
-from .matmul import align_parameters, few_rows_linear, fuse_linears, onednn_linear_works
+from .matmul import align_parameters, few_rows_linear, fuse_projections, onednn_linear_works, set_precision
 from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
@@ -77,9 +77,9 @@ class Engine:
         self._delays = [c // 2 if stereo else c for c in range(k)]
         self._hop = self.info.sample_rate // self.info.frame_rate
         self._device = backend.torch_device
-        self._fuse_projections()
-        self.precision = "fp32" if self._device.type == "cpu" else str(self.info.dtype)
-        self._set_precision(precision)
+        self._fused = fuse_projections(self._layers, self._heads)
+        self.precision = set_precision([backend.decoder, self._fused], self._device, precision) or \
+            ("fp32" if self._device.type == "cpu" else str(self.info.dtype))
         # (tiny test checkpoints: below ~256 wide the per-call overhead outweighs the layout)
         self._skinny = (self._device.type == "cpu" and self._dtype() == torch.float32 and self.precision == "fp32"
                         and self._dec.config.hidden_size >= 256 and not compile_step)
@@ -303,35 +303,7 @@ class Engine:
                 yield ready
 
     # ------------------------------------------------------------------ decode loop pieces
-    def _fuse_projections(self) -> None:
-        """One matmul for q, k, v and one for the codebooks' heads, held as nn.Linears so precision options
-        (int8, bf16) cover them; the original modules' weights become views of the fused tensors."""
-        qkv = torch.nn.ModuleList()
-        for layer in self._layers:
-            att = layer.self_attn
-            qkv.append(fuse_linears([att.q_proj, att.k_proj, att.v_proj]))
-        self._fused = torch.nn.ModuleDict({"qkv": qkv, "heads": fuse_linears(list(self._heads))})
-
     _qkv = property(lambda self: self._fused["qkv"])
-
-    def _set_precision(self, precision: str) -> None:
-        """CPU speed options for the decoder (the text encoder and codec stay as loaded). Their quality cost
-        (codes and SNR against fp32) is measured in bench/ (`options`)."""
-        if precision in ("auto", "fp32") or precision is None:
-            return
-        if precision == "bf16":
-            self.backend.decoder.to(torch.bfloat16)
-            self._fused.to(torch.bfloat16)
-        elif precision == "int8":
-            if self._device.type != "cpu":
-                raise ValidationError("int8 dynamic quantization runs on the CPU only", field="precision")
-            from torch.ao.quantization import quantize_dynamic
-
-            for module in (self.backend.decoder, self._fused):
-                quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        else:
-            raise ValidationError(f"precision must be fp32, bf16 or int8, got {precision!r}", field="precision")
-        self.precision = precision
 
     def _lin_plan(self, mod) -> tuple:
         return (mod, mod.weight, mod.bias) if self._skinny else (mod, None, None)

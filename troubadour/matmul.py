@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ValidationError
+
 GEMV_ROWS = 2
 NATIVE_ROWS = 8
 ONEDNN_ROWS = 32
@@ -75,3 +77,31 @@ def fuse_linears(mods: list[torch.nn.Linear]) -> torch.nn.Linear:
         m.weight.data = w[start:start + n]
         start += n
     return fused
+
+
+def fuse_projections(layers, heads) -> torch.nn.ModuleDict:
+    """One matmul for each layer's q, k, v and one for the codebooks' heads, held as nn.Linears so the
+    precision options cover them; the original modules' weights become views of the fused tensors."""
+    qkv = torch.nn.ModuleList(fuse_linears([x.self_attn.q_proj, x.self_attn.k_proj, x.self_attn.v_proj])
+                              for x in layers)
+    return torch.nn.ModuleDict({"qkv": qkv, "heads": fuse_linears(list(heads))})
+
+
+def set_precision(modules: list[torch.nn.Module], device: torch.device, precision: str | None) -> str | None:
+    """The decoder's speed options (the text encoder and codec stay as loaded); returns the precision set, or
+    None for the weights as loaded. Their quality cost (codes and SNR against fp32) is measured in bench/."""
+    if precision in ("auto", "fp32") or precision is None:
+        return None
+    if precision == "bf16":
+        for module in modules:
+            module.to(torch.bfloat16)
+    elif precision == "int8":
+        if device.type != "cpu":
+            raise ValidationError("int8 dynamic quantization runs on the CPU only", field="precision")
+        from torch.ao.quantization import quantize_dynamic
+
+        for module in modules:
+            quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    else:
+        raise ValidationError(f"precision must be fp32, bf16 or int8, got {precision!r}", field="precision")
+    return precision
