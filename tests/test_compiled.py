@@ -126,3 +126,22 @@ def test_cuda_graphs_only_where_torch_records_them_from_any_thread(monkeypatch):
     assert mode_for(torch.device("cuda")) == "reduce-overhead"
     monkeypatch.delattr(trees, "graph_capture_lock")   # an older torch: compiled, without CUDA graphs
     assert mode_for(torch.device("cuda")) == "default"
+
+
+def test_server_with_compile_serves_the_same_tracks(tiny_model, tmp_path):
+    """Warm-up on the main thread, generation on the engine thread: both through the compiled step."""
+    from serverutil import ServerProcess
+    from troubadour.client import Client
+
+    tracks = []
+    for name, extra in (("plain", ()), ("compiled", ("--compile", "--max-batch", "2"))):
+        with ServerProcess(tiny_model, tmp_path / name, extra_args=extra) as srv:
+            with Client(srv.address, timeout=60) as c:
+                c.prefetch(["menu", "battle"])   # three tracks in batches of two (the warm-up compiled both sizes)
+                tracks.append([c.get_track(ctx, variant=v).audio for ctx, v in (("menu", 0), ("battle", 0),
+                                                                                ("battle", 1))])
+            warm = [line for line in srv.lines if "model warm" in line]
+        assert warm and ("torch.compile" in warm[0]) == (name == "compiled"), srv.lines
+    for a, b in zip(*tracks):
+        x, y = (np.frombuffer(t, dtype=np.int16).astype(np.int32) for t in (a, b))
+        assert x.shape == y.shape and np.abs(x - y).max() <= 1   # s16 of audio equal to 1e-5

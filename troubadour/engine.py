@@ -112,6 +112,11 @@ class Engine:
     def channels(self) -> int:
         return self.info.channels
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the decode step runs through torch.compile (`--compile`)."""
+        return self._compiled is not None
+
     def frames_for(self, duration: float) -> int:
         return max(1, int(round(duration * self.info.frame_rate)))
 

@@ -287,6 +287,8 @@ def cmd_serve(args) -> int:
     engine = make_engine(args)
     t0 = time.perf_counter()
     engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
+    if engine.compiled and args.max_batch > 1:   # another batch size compiles once more: now, not at a prefetch
+        engine.generate([Job("warm up", engine_params_for_warmup())] * args.max_batch)
     log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}; decode matmuls: {engine.matmuls}")
     server = Server(engine, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
                     max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
