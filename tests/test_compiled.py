@@ -145,3 +145,17 @@ def test_server_with_compile_serves_the_same_tracks(tiny_model, tmp_path):
     for a, b in zip(*tracks):
         x, y = (np.frombuffer(t, dtype=np.int16).astype(np.int32) for t in (a, b))
         assert x.shape == y.shape and np.abs(x - y).max() <= 1   # s16 of audio equal to 1e-5
+
+
+def test_batches_of_every_size_share_one_cache(backend):
+    """On a GPU the cache of a window is hundreds of MB per row: one buffer, sized by the largest batch."""
+    eng = Engine(backend, compile_step=True)
+    held = lambda: {t.untyped_storage().data_ptr() for cache in eng._compiled._caches.values()   # noqa: E731
+                    for kv in cache for t in kv}
+    eng.generate(JOBS)                    # 6 rows
+    eng.generate(JOBS[:1])                # 2 rows: a view of the same buffer
+    eng.generate([Job("calm piano", GenParams(duration=8.0))])   # a longer cache: still the same buffer
+    assert len(held()) == 2 * len(eng._layers)   # one key and one value buffer per layer
+    bigger = JOBS + [Job("drums", GenParams(duration=1.0))]     # 8 rows: a larger buffer replaces it
+    assert_same_tracks(Engine(backend).generate(bigger), eng.generate(bigger))
+    assert len(held()) == 2 * len(eng._layers)

@@ -4,9 +4,9 @@ On a GPU a step at the batch sizes a game uses is a few hundred small kernels, a
 Python costs more than running them. A CUDA graph replays them in one launch, but only if the step's inputs
 keep their addresses and its shapes come from a small set. So the step writes its KV cache at a position held
 in a tensor and attends over the whole cache it is given, positions not yet written masked; that cache is a
-view, a power of two long, of one whole-window buffer per row count (a dynamic length: no recompilation, one
-graph recorded per length); the text is padded to a power of two and its keys/values copied into held
-buffers. Sampling stays outside (each row has its own generator), and so do prefills (one per window).
+view, a power of two long, of one whole-window buffer all row counts share (a dynamic length: no
+recompilation, one graph recorded per length); the text is padded to a power of two and its keys/values
+copied into held buffers. Sampling stays outside (each row has its own generator), and so do prefills.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class CompiledStep:
         self.mode = mode_for(dev)
         self._pos = engine._positions(CACHE_ROUND).to(engine._dtype())
         self._index = torch.zeros(1, dtype=torch.long, device=dev)
-        self._whole: dict[tuple[int, int], list] = {}           # (rows, whole length) -> [(k, v)] per layer
+        self._whole: dict[int, list] = {}                        # whole length -> [(k, v)] per layer
         self._caches: dict[tuple[int, int, int], list] = {}    # (rows, whole, length) -> views of those
         self._cross: dict[tuple, tuple] = {}                     # conditioning shapes -> buffers
         for t in (self._pos, self._index):
@@ -63,20 +63,22 @@ class CompiledStep:
         """A zeroed KV cache for `rows` rows and at least `positions` of at most `limit` positions.
 
         The step attends over every position of the cache it is given, so a short track gets a short cache:
-        a power of two from MIN_CACHE, a view of one whole-window buffer per row count (one address for the
-        graphs; its length is a dynamic dimension, so new lengths do not recompile). Zeroed because stale
+        a power of two from MIN_CACHE long, a view of one whole-window buffer that every row count shares
+        (one address for the graphs, one cache's memory; a batch larger than any before allocates a larger
+        buffer). The length is a dynamic dimension, so new lengths do not recompile. Zeroed because stale
         values past the position are masked, yet a NaN left by a failed batch would poison the masked sum."""
         full = -(-limit // CACHE_ROUND) * CACHE_ROUND
         length = min(full, max(MIN_CACHE, 1 << (positions - 1).bit_length()))
         views = self._caches.get((rows, full, length))
         if views is None:
-            whole = self._whole.get((rows, full))
-            if whole is None:
+            whole = self._whole.get(full)
+            if whole is None or whole[0][0].shape[0] < rows:
                 if full > self._pos.shape[0]:
                     self._pos = self.engine._positions(full).to(self._pos.dtype)
                     torch._dynamo.mark_static_address(self._pos)
-                whole = self._whole[rows, full] = self.engine._alloc_cache(rows, full)
-            views = [tuple(t[:, :, :length] for t in kv) for kv in whole]
+                whole = self._whole[full] = self.engine._alloc_cache(rows, full)
+                self._caches = {k: v for k, v in self._caches.items() if k[1] != full}   # views of the old one
+            views = [tuple(t[:rows, :, :length] for t in kv) for kv in whole]
             for kv in views:
                 for t in kv:
                     torch._dynamo.mark_static_address(t)

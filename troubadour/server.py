@@ -286,9 +286,9 @@ def cmd_serve(args) -> int:
     log(f"loading model {args.model} ...")
     engine = make_engine(args)
     t0 = time.perf_counter()
+    if engine.compiled and args.max_batch > 1:   # the largest batch first: its KV cache is the one all share;
+        engine.generate([Job("warm up", engine_params_for_warmup())] * args.max_batch)   # compiled now, not later
     engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
-    if engine.compiled and args.max_batch > 1:   # another batch size compiles once more: now, not at a prefetch
-        engine.generate([Job("warm up", engine_params_for_warmup())] * args.max_batch)
     log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}; decode matmuls: {engine.matmuls}")
     server = Server(engine, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
                     max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
