@@ -159,3 +159,11 @@ def test_batches_of_every_size_share_one_cache(backend):
     bigger = JOBS + [Job("drums", GenParams(duration=1.0))]     # 8 rows: a larger buffer replaces it
     assert_same_tracks(Engine(backend).generate(bigger), eng.generate(bigger))
     assert len(held()) == 2 * len(eng._layers)
+
+
+def test_compile_with_int8_is_refused_up_front(tiny_model):
+    from troubadour.errors import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        Engine(load_backend(str(tiny_model), "cpu"), compile_step=True, precision="int8")
+    assert e.value.field == "precision" and "--compile" in str(e.value)

@@ -77,6 +77,9 @@ class Engine:
         self._delays = [c // 2 if stereo else c for c in range(k)]
         self._hop = self.info.sample_rate // self.info.frame_rate
         self._device = backend.torch_device
+        if compile_step and precision == "int8":
+            raise ValidationError("--compile does not combine with --precision int8 (torch.compile cannot trace "
+                                  "dynamically quantized linears)", field="precision")
         self._fused = fuse_projections(self._layers, self._heads)
         self.precision = set_precision([backend.decoder, self._fused], self._device, precision) or \
             ("fp32" if self._device.type == "cpu" else str(self.info.dtype))
