@@ -104,7 +104,8 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
            "batch_speedup": r(med(single) / med(batch)),
            "compiled": {"compile_s": r(compile_s, 1), "rtf": r(med(c_wall) / duration),
                         "step_ms": dist(c_steps, 1e3), "step_vs_eager": r(med(c_steps) / med(o_steps)),
-                        "greedy_codes_differ": r(float((greedy[0].codes != greedy[1].codes).mean()))}}
+                        "greedy_codes_differ": r(float((greedy[0].codes != greedy[1].codes).mean())),
+                        "mode": compiled._compiled.mode, "failure": compiled._compiled.failure}}
     if dev.type == "cuda":
         out["peak_memory_gb"] = r(torch.cuda.max_memory_allocated(dev) / 1e9, 2)
         out["gpu"] = torch.cuda.get_device_name(dev)
@@ -116,7 +117,8 @@ def one_model(name: str, device: str, duration: float, reps: int, table) -> dict
     c = out["compiled"]
     table.row(f"{name} on {dev}: --compile step / eager step", c["step_vs_eager"], "",
               note=f"step p50 {c['step_ms'].get('p50')} ms, RTF {c['rtf']}, first call {c['compile_s']} s; "
-                   f"greedy codes differ {c['greedy_codes_differ']}")
+                   f"greedy codes differ {c['greedy_codes_differ']}; {c['mode']}"
+                   + (f"; FAILED, plain loop: {c['failure']}" if c["failure"] else ""))
     return out
 
 

@@ -167,3 +167,19 @@ def test_compile_with_int8_is_refused_up_front(tiny_model):
     with pytest.raises(ValidationError) as e:
         Engine(load_backend(str(tiny_model), "cpu"), compile_step=True, precision="int8")
     assert e.value.field == "precision" and "--compile" in str(e.value)
+
+
+def test_a_compiler_failure_falls_back_to_the_plain_loop(engine, backend, caplog):
+    eng = Engine(backend, compile_step=True)
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("triton: no kernel for this GPU\\nlong details")
+
+    eng._compiled._fn = broken
+    with caplog.at_level("WARNING", logger="troubadour.compiled"):
+        assert_same_tracks(engine.generate(JOBS), eng.generate(JOBS))
+    assert len(calls) == 1   # tried once, not at every step
+    assert "--compile failed" in caplog.text and "no kernel for this GPU" in caplog.text
+    assert eng.matmuls.startswith("PyTorch (--compile failed: RuntimeError: triton: no kernel")

@@ -11,8 +11,12 @@ copied into held buffers. Sampling stays outside (each row has its own generator
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("troubadour.compiled")
 
 MIN_TEXT = 64   # text padded to a power of two from here: most prompts share one shape, one compilation
 # shapes that change make dynamo recompile (the first change of a dimension makes it dynamic); past its
@@ -49,6 +53,7 @@ class CompiledStep:
         cfg = torch._dynamo.config
         cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
         self._fn = torch.compile(self._step, mode=self.mode, fullgraph=True)
+        self.failure: str | None = None   # why compiling failed; the plain loop runs from then on
 
     def pad_text(self, hidden: torch.Tensor, mask: torch.Tensor):
         """Zero text positions up to the bucket length, masked out (the null condition's rows stay all zero,
@@ -112,10 +117,19 @@ class CompiledStep:
         """Logits (rows, K, V) for one step: tokens (rows, K, 1) at `position` of the cache from `cache()`."""
         if position >= cache[0][0].shape[2]:
             raise ValueError(f"position {position} is past the cache ({cache[0][0].shape[2]})")
-        self._index.fill_(position)
-        if self.mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()   # the previous step's outputs are no longer read
-        return self._fn(tokens, cache, cross)
+        if self.failure is None:
+            self._index.fill_(position)
+            if self.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()   # the previous step's outputs are no longer read
+            try:
+                return self._fn(tokens, cache, cross)
+            except Exception as exc:   # a compiler failure (inductor, triton, a new torch) must not fail tracks
+                self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                self.engine.matmuls = f"PyTorch (--compile failed: {self.failure})"
+                log.warning("--compile failed, running the plain decode loop: %s", self.failure)
+        # the plain step on the same cache (it rewrites this position, whatever a failed call left there)
+        x = self.engine._embed(tokens) + self._pos[position:position + 1]
+        return self.engine._forward(x, position, cache, cross)
 
     def _step(self, tokens: torch.Tensor, cache, cross) -> torch.Tensor:
         e = self.engine
