@@ -183,3 +183,14 @@ def test_a_compiler_failure_falls_back_to_the_plain_loop(engine, backend, caplog
     assert len(calls) == 1   # tried once, not at every step
     assert "--compile failed" in caplog.text and "no kernel for this GPU" in caplog.text
     assert eng.matmuls.startswith("PyTorch (--compile failed: RuntimeError: triton: no kernel")
+
+
+def test_a_torch_that_cannot_compile_here_gives_the_plain_loop(engine, backend, monkeypatch, caplog):
+    def refuse(*a, **kw):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    with caplog.at_level("WARNING", logger="troubadour.compiled"):
+        eng = Engine(backend, compile_step=True)
+    assert "Dynamo is not supported" in caplog.text and "--compile failed" in eng.matmuls
+    assert_same_tracks(engine.generate(JOBS[:1]), eng.generate(JOBS[:1]))

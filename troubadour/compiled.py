@@ -52,8 +52,16 @@ class CompiledStep:
             torch._dynamo.mark_static_address(t)
         cfg = torch._dynamo.config
         cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
-        self._fn = torch.compile(self._step, mode=self.mode, fullgraph=True)
         self.failure: str | None = None   # why compiling failed; the plain loop runs from then on
+        try:   # (older torch refuses some Pythons here rather than at the first call)
+            self._fn = torch.compile(self._step, mode=self.mode, fullgraph=True)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        self.engine.matmuls = f"PyTorch (--compile failed: {self.failure})"
+        log.warning("--compile failed, running the plain decode loop: %s", self.failure)
 
     def pad_text(self, hidden: torch.Tensor, mask: torch.Tensor):
         """Zero text positions up to the bucket length, masked out (the null condition's rows stay all zero,
@@ -124,9 +132,7 @@ class CompiledStep:
             try:
                 return self._fn(tokens, cache, cross)
             except Exception as exc:   # a compiler failure (inductor, triton, a new torch) must not fail tracks
-                self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                self.engine.matmuls = f"PyTorch (--compile failed: {self.failure})"
-                log.warning("--compile failed, running the plain decode loop: %s", self.failure)
+                self._failed(exc)
         # the plain step on the same cache (it rewrites this position, whatever a failed call left there)
         x = self.engine._embed(tokens) + self._pos[position:position + 1]
         return self.engine._forward(x, position, cache, cross)

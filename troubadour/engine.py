@@ -99,12 +99,12 @@ class Engine:
         self._plan_heads = self._lin_plan(self._fused["heads"])
         self._compiled = None
         if compile_step:
-            from .compiled import CompiledStep
+            from .compiled import CompiledStep, mode_for
 
-            self._compiled = CompiledStep(self)
-            self.matmuls = f"torch.compile ({self._compiled.mode})"
-            if self._device.type == "cpu":
-                self.matmuls += ", ~0.2x the native kernel's speed on CPUs (bench/README.md); meant for CUDA"
+            self.matmuls = "torch.compile (" + mode_for(self._device) + (
+                ", ~0.2x the native kernel's speed on CPUs (bench/README.md); meant for CUDA)"
+                if self._device.type == "cpu" else ")")
+            self._compiled = CompiledStep(self)   # (which says so in `matmuls` if compiling fails)
 
     # ------------------------------------------------------------------ public API
     @property
