@@ -48,15 +48,23 @@ class CompiledStep:
         self._whole: dict[int, list] = {}                        # whole length -> [(k, v)] per layer
         self._caches: dict[tuple[int, int, int], list] = {}    # (rows, whole, length) -> views of those
         self._cross: dict[tuple, tuple] = {}                     # conditioning shapes -> buffers
-        for t in (self._pos, self._index):
-            torch._dynamo.mark_static_address(t)
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
         self.failure: str | None = None   # why compiling failed; the plain loop runs from then on
-        try:   # (older torch refuses some Pythons here rather than at the first call)
+        try:   # (an older torch refuses some Pythons here rather than at the first call)
+            for t in (self._pos, self._index):
+                torch._dynamo.mark_static_address(t)
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"   # (older name)
+            setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
             self._fn = torch.compile(self._step, mode=self.mode, fullgraph=True)
         except Exception as exc:
             self._failed(exc)
+
+    def _static(self, t: torch.Tensor, dynamic: int | None = None) -> None:
+        """Tell dynamo `t` keeps its address (and which dimension's size varies), while compiling works."""
+        if self.failure is None:
+            torch._dynamo.mark_static_address(t)
+            if dynamic is not None:
+                torch._dynamo.mark_dynamic(t, dynamic)
 
     def _failed(self, exc: Exception) -> None:
         self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
@@ -88,14 +96,13 @@ class CompiledStep:
             if whole is None or whole[0][0].shape[0] < rows:
                 if full > self._pos.shape[0]:
                     self._pos = self.engine._positions(full).to(self._pos.dtype)
-                    torch._dynamo.mark_static_address(self._pos)
+                    self._static(self._pos)
                 whole = self._whole[full] = self.engine._alloc_cache(rows, full)
                 self._caches = {k: v for k, v in self._caches.items() if k[1] != full}   # views of the old one
             views = [tuple(t[:rows, :, :length] for t in kv) for kv in whole]
             for kv in views:
                 for t in kv:
-                    torch._dynamo.mark_static_address(t)
-                    torch._dynamo.mark_dynamic(t, 2)
+                    self._static(t, dynamic=2)
             self._caches[rows, full, length] = views
         for kv in views:
             for t in kv:
@@ -113,7 +120,7 @@ class CompiledStep:
         if held is None:
             held = ([tuple(torch.empty_like(t) for t in pair) for pair in kv], torch.empty_like(bias))
             for t in [t for pair in held[0] for t in pair] + [held[1]]:
-                torch._dynamo.mark_static_address(t)
+                self._static(t)
             self._cross[key] = held
         for mine, theirs in zip(held[0], kv):
             for a, b in zip(mine, theirs):
