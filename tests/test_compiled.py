@@ -194,3 +194,17 @@ def test_a_torch_that_cannot_compile_here_gives_the_plain_loop(engine, backend, 
         eng = Engine(backend, compile_step=True)
     assert "Dynamo is not supported" in caplog.text and "--compile failed" in eng.matmuls
     assert_same_tracks(engine.generate(JOBS[:1]), eng.generate(JOBS[:1]))
+
+
+def test_the_cuda_graph_mode_compiles_and_matches_on_the_cpu(engine, backend, monkeypatch):
+    """The GPU's configuration (reduce-overhead: static cache addresses, a dynamic length, a step mark before
+    every call) through the same compiler on the CPU, where torch skips only the graph recording itself."""
+    import troubadour.compiled as compiled
+
+    monkeypatch.setattr(compiled, "mode_for", lambda device: "reduce-overhead")
+    eng = Engine(backend, compile_step=True)
+    assert eng._compiled.mode == "reduce-overhead"
+    long = [Job("epic battle drums", GenParams(duration=6.0, seed=3))]   # a second cache length
+    for jobs in (JOBS, JOBS[:1], long):
+        assert_same_tracks(engine.generate(jobs), eng.generate(jobs))
+    assert eng._compiled.failure is None and forward_calls(eng, JOBS[:1]) == 0
