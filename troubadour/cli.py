@@ -26,8 +26,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "(bench/README.md)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's choice)")
     p.add_argument("--compile", action="store_true", dest="compile_step",
-                   help="run the decode step through torch.compile (CUDA graphs on an NVIDIA GPU); each batch "
-                        "size compiles on first use. Same tracks; on CPUs no faster (bench/README.md)")
+                   help="run the decode step through torch.compile (CUDA graphs on an NVIDIA GPU); compiles on "
+                        "first use. For GPUs: on CPUs ~0.2x the default's speed (bench/README.md)")
 
 
 def _add_param_args(p: argparse.ArgumentParser) -> None:
