@@ -121,8 +121,7 @@ def options(path, threads: int, duration: float, reps: int, table) -> dict:
     engines["--compile (torch.compile, no native kernel)"] = (Engine(be, compile_step=True), threads)
     before = Engine(be)
     before._skinny = False   # every matmul through F.linear, as before the layouts were picked by rows
-    before._plan = [before._layer_plan(i, layer) for i, layer in enumerate(before._layers)]   # (plans hold
-    before._plan_heads = before._lin_plan(before._fused["heads"])                               # the layout)
+    before._make_plans()     # (the plans hold the layout)
     engines["fp32, F.linear layout (before)"] = (before, threads)
     for precision in ("bf16", "int8"):
         be, _ = load(path, threads)

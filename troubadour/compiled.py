@@ -128,21 +128,22 @@ class CompiledStep:
         held[1].copy_(bias)
         return held
 
-    def __call__(self, tokens: torch.Tensor, position: int, cache, cross) -> torch.Tensor:
-        """Logits (rows, K, V) for one step: tokens (rows, K, 1) at `position` of the cache from `cache()`."""
+    def __call__(self, tokens: torch.Tensor, position: int, cache, cross) -> torch.Tensor | None:
+        """Logits (rows, K, V) for one step: tokens (rows, K, 1) at `position` of the cache from `cache()`;
+        None once compiling has failed (the engine's plain step then runs on the same cache, rewriting this
+        position whatever a failed call left there)."""
+        if self.failure is not None:
+            return None
         if position >= cache[0][0].shape[2]:
             raise ValueError(f"position {position} is past the cache ({cache[0][0].shape[2]})")
-        if self.failure is None:
-            self._index.fill_(position)
-            if self.mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()   # the previous step's outputs are no longer read
-            try:
-                return self._fn(tokens, cache, cross)
-            except Exception as exc:   # a compiler failure (inductor, triton, a new torch) must not fail tracks
-                self._failed(exc)
-        # the plain step on the same cache (it rewrites this position, whatever a failed call left there)
-        x = self.engine._embed(tokens) + self._pos[position:position + 1]
-        return self.engine._forward(x, position, cache, cross)
+        self._index.fill_(position)
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()   # the previous step's outputs are no longer read
+        try:
+            return self._fn(tokens, cache, cross)
+        except Exception as exc:   # a compiler failure (inductor, triton, a new torch) must not fail tracks
+            self._failed(exc)
+            return None
 
     def _step(self, tokens: torch.Tensor, cache, cross) -> torch.Tensor:
         e = self.engine

@@ -96,8 +96,7 @@ class Engine:
             self.matmuls = "native kernel" if self._gemv else \
                 f"PyTorch ({native.why_not() if native_kernel else 'native kernel off'})"
             align_parameters(backend.decoder)
-        self._plan = [self._layer_plan(i, layer) for i, layer in enumerate(self._layers)]
-        self._plan_heads = self._lin_plan(self._fused["heads"])
+        self._make_plans()
         self._compiled = None
         if compile_step:
             from .compiled import CompiledStep, mode_for
@@ -276,9 +275,10 @@ class Engine:
             if cfg:
                 tokens = torch.cat([tokens, tokens])
             n = tokens.shape[2]
+            raw = None
             if compiled is not None and n == 1 and not (s == p and off):   # (not the melody prefill)
-                raw = compiled(tokens, off + s, cache, cross)
-            else:
+                raw = compiled(tokens, off + s, cache, cross)              # None if compiling failed
+            if raw is None:
                 x = self._embed(tokens) + pos[off + s - n + 1:off + s + 1]
                 start = off + s - n + 1
                 if s == p and off:
@@ -313,6 +313,11 @@ class Engine:
 
     # ------------------------------------------------------------------ decode loop pieces
     _qkv = property(lambda self: self._fused["qkv"])
+
+    def _make_plans(self) -> None:
+        """What each step uses, looked up once (again after a change of the matmul layout, `_skinny`)."""
+        self._plan = [self._layer_plan(i, layer) for i, layer in enumerate(self._layers)]
+        self._plan_heads = self._lin_plan(self._fused["heads"])
 
     def _lin_plan(self, mod) -> tuple:
         return (mod, mod.weight, mod.bias) if self._skinny else (mod, None, None)
