@@ -5,6 +5,7 @@ checked without one is that it runs compiled, not as Python, and gives the same 
 """
 
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -122,10 +123,47 @@ def test_cuda_graphs_only_where_torch_records_them_from_any_thread(monkeypatch):
     from troubadour.compiled import mode_for
 
     assert mode_for(torch.device("cpu")) == "default"
+    assert mode_for(torch.device("cpu"), same_thread=True) == "default"
     monkeypatch.setattr(trees, "graph_capture_lock", object(), raising=False)   # torch 2.13 has it
     assert mode_for(torch.device("cuda")) == "reduce-overhead"
     monkeypatch.delattr(trees, "graph_capture_lock")   # an older torch: compiled, without CUDA graphs
     assert mode_for(torch.device("cuda")) == "default"
+    # ... unless every call stays on the main thread, where older torch keeps its graph managers
+    assert mode_for(torch.device("cuda"), same_thread=True) == "reduce-overhead"
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(mode_for(torch.device("cuda"), same_thread=True)))
+    t.start()
+    t.join()
+    assert seen == ["default"]
+
+
+def test_only_the_server_builds_its_engine_for_another_thread(tiny_model, monkeypatch):
+    """generate and bake run the model on the thread that loads it; the server warms up on its main thread and
+    generates on its engine thread, so only it must not ask for main-thread-only CUDA graphs."""
+    import troubadour.cli as cli
+    import troubadour.compiled as compiled
+    from troubadour.bake import EngineSource
+
+    asked = []
+    real = compiled.mode_for
+    monkeypatch.setattr(compiled, "mode_for", lambda device, same_thread=False: asked.append(same_thread) or
+                        real(device, same_thread))
+    args = cli.build_parser().parse_args(["generate", "x", "--model", str(tiny_model), "--device", "cpu", "--compile"])
+    assert cli.make_engine(args).compiled and asked[-1] is True
+    assert EngineSource(model=str(tiny_model), device="cpu", compile_step=True).engine.compiled and asked[-1] is True
+
+    class Built(Exception):
+        pass
+
+    def fake_make_engine(args, same_thread=True):
+        asked.append(same_thread)
+        raise Built
+
+    monkeypatch.setattr(cli, "make_engine", fake_make_engine)
+    args = cli.build_parser().parse_args(["serve", "--model", str(tiny_model), "--compile", "--device", "cpu"])
+    with pytest.raises(Built):
+        args.func(args)
+    assert asked[-1] is False
 
 
 def test_server_with_compile_serves_the_same_tracks(tiny_model, tmp_path):
@@ -201,7 +239,7 @@ def test_the_cuda_graph_mode_compiles_and_matches_on_the_cpu(engine, backend, mo
     every call) through the same compiler on the CPU, where torch skips only the graph recording itself."""
     import troubadour.compiled as compiled
 
-    monkeypatch.setattr(compiled, "mode_for", lambda device: "reduce-overhead")
+    monkeypatch.setattr(compiled, "mode_for", lambda device, same_thread=False: "reduce-overhead")
     eng = Engine(backend, compile_step=True)
     assert eng._compiled.mode == "reduce-overhead"
     long = [Job("epic battle drums", GenParams(duration=6.0, seed=3))]   # a second cache length

@@ -102,7 +102,8 @@ class EngineSource:
                 raise TroubadourError(f"model {self._model!r} changed while loading", field="model")
             if self._log:
                 self._log(f"model {backend.info.model_id} on {backend.info.device}")
-            self._engine = Engine(backend, max_duration=self.max_duration, compile_step=self._compile)
+            self._engine = Engine(backend, max_duration=self.max_duration, compile_step=self._compile,
+                                  same_thread=True)   # a bake generates on the thread that loads the model
         return self._engine
 
     @property

@@ -178,8 +178,9 @@ def plan_from_args(args):
     return plan, theme
 
 
-def make_engine(args):
-    """Load the model and build the engine from --model/--device/--precision/--threads/--compile."""
+def make_engine(args, same_thread: bool = True):
+    """Load the model and build the engine from --model/--device/--precision/--threads/--compile.
+    `same_thread`: the engine runs only on this thread (generate; the server hands it to its engine thread)."""
     from .backends import load_backend
     from .engine import Engine
 
@@ -187,7 +188,7 @@ def make_engine(args):
         import torch
         torch.set_num_threads(args.threads)
     return Engine(load_backend(args.model, args.device), precision=args.precision,
-                  compile_step=getattr(args, "compile_step", False))
+                  compile_step=getattr(args, "compile_step", False), same_thread=same_thread)
 
 
 def _ask_prompt() -> str:

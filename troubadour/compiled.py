@@ -12,6 +12,7 @@ copied into held buffers. Sampling stays outside (each row has its own generator
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -26,23 +27,28 @@ CACHE_ROUND = 128   # whole-window caches are rounded up to this (melody models:
 MIN_CACHE = 256     # shortest cache: the length only matters once attention costs as much as the weights
 
 
-def mode_for(device: torch.device) -> str:
-    """torch.compile's mode: CUDA graphs ("reduce-overhead") on CUDA where torch can record them from any
-    Python thread (the server warms up on its main thread and generates on its engine thread): torch's fix of
-    cudagraph trees in Python threads (pytorch#184357) came with `graph_capture_lock`. Elsewhere plain
+def mode_for(device: torch.device, same_thread: bool = False) -> str:
+    """torch.compile's mode: CUDA graphs ("reduce-overhead") on CUDA where torch can record and replay them in
+    the threads that will call the step. The server warms up on its main thread and generates on its engine
+    thread, which needs torch's fix of cudagraph trees in Python threads (pytorch#184357, which came with
+    `graph_capture_lock`); older torch keeps its graph managers in the main thread's thread-locals, so there
+    graphs work only when every call stays on the main thread (`same_thread`: the CLIs). Elsewhere plain
     compilation, which has no such limit."""
     if device.type != "cuda":
         return "default"
     import torch._inductor.cudagraph_trees as trees
 
-    return "reduce-overhead" if hasattr(trees, "graph_capture_lock") else "default"
+    if hasattr(trees, "graph_capture_lock"):
+        return "reduce-overhead"
+    on_main = threading.current_thread() is threading.main_thread()
+    return "reduce-overhead" if same_thread and on_main else "default"
 
 
 class CompiledStep:
-    def __init__(self, engine):
+    def __init__(self, engine, same_thread: bool = False):
         self.engine = engine
         dev = engine._device
-        self.mode = mode_for(dev)
+        self.mode = mode_for(dev, same_thread)
         self._pos = engine._positions(CACHE_ROUND).to(engine._dtype())
         self._index = torch.zeros(1, dtype=torch.long, device=dev)
         self._whole: dict[int, list] = {}                        # whole length -> [(k, v)] per layer

@@ -58,7 +58,9 @@ class Engine:
     def __init__(self, backend, *, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES,
                  context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES,
                  window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S, precision: str = "auto",
-                 native_kernel: bool = True, compile_step: bool = False):
+                 native_kernel: bool = True, compile_step: bool = False, same_thread: bool = False):
+        # same_thread: every call comes from the thread that builds the engine (the CLIs, not the server), which
+        # lets --compile record CUDA graphs on a torch without graph_capture_lock (compiled.mode_for)
         self.backend = backend
         self.info = backend.info
         fr = self.info.frame_rate
@@ -101,10 +103,10 @@ class Engine:
         if compile_step:
             from .compiled import CompiledStep, mode_for
 
-            self.matmuls = "torch.compile (" + mode_for(self._device) + (
+            self.matmuls = "torch.compile (" + mode_for(self._device, same_thread) + (
                 ", ~0.2x the native kernel's speed on CPUs (bench/README.md); meant for CUDA)"
                 if self._device.type == "cpu" else ")")
-            self._compiled = CompiledStep(self)   # (which says so in `matmuls` if compiling fails)
+            self._compiled = CompiledStep(self, same_thread)   # (which says so in `matmuls` if compiling fails)
 
     # ------------------------------------------------------------------ public API
     @property

@@ -284,7 +284,7 @@ def cmd_serve(args) -> int:
         from .auth import check_server_keys
         check_server_keys(args.curve_secret, args.allow)
     log(f"loading model {args.model} ...")
-    engine = make_engine(args)
+    engine = make_engine(args, same_thread=False)   # warmed up here, run on the engine thread
     t0 = time.perf_counter()
     if engine.compiled and args.max_batch > 1:   # the largest batch first: its KV cache is the one all share;
         engine.generate([Job("warm up", engine_params_for_warmup())] * args.max_batch)   # compiled now, not later
