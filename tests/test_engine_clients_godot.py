@@ -90,6 +90,34 @@ def test_engine_clients_godot_core_is_version_neutral():
     assert not problems, "\n".join(problems)
 
 
+def godot4_sources() -> dict[str, str]:
+    """Godot-4-only GDScript: the sample, the editor plugin and the READMEs' gdscript blocks."""
+    out = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in (SAMPLE / "main.gd", ADDON / "plugin.gd")}
+    for readme in (GODOT_CLIENT / "README.md", SAMPLE / "README.md"):
+        for i, block in enumerate(re.findall(r"```gdscript\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)):
+            out[f"{readme.relative_to(ROOT)} block {i + 1}"] = block
+    return out
+
+
+def test_engine_clients_godot4_code_does_not_infer_from_the_addon():
+    """The addon's API is untyped (it must run on Godot 3), so in Godot 4 `var x := addon_object.anything`
+    is a parse error ("Cannot infer the type ... the value doesn't have a set type"): a type is needed."""
+    scripts = {p.stem for p in (ADDON / "client.gd", ADDON / "player.gd")}
+    problems = []
+    for name, text in godot4_sources().items():
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        types = {"TroubadourClient", "TroubadourPlayer"}
+        types |= {c for c, s in re.findall(r"const\s+(\w+)\s*=\s*preload\(\"[^\"]*/(\w+)\.gd\"\)", code) if s in scripts}
+        alt = "|".join(sorted(types))
+        objects = set(re.findall(rf"\b(\w+)\s*:\s*(?:{alt})\b", code))
+        objects |= set(re.findall(rf"\bvar\s+(\w+)\s*:?=\s*(?:{alt})\.new\(", code))
+        for n, line in enumerate(code.splitlines(), 1):
+            m = re.search(r"\bvar\s+\w+\s*:=(.*)", line)
+            if m and any(re.search(rf"\b{o}\.(?!new\()", m.group(1)) for o in objects):
+                problems.append(f"{name}:{n}: {line.strip()}")
+    assert not problems, "\n".join(problems)
+
+
 def test_engine_clients_godot_sample_uses_the_addon_from_clients(tmp_path):
     """The sample has no copy of its own (one source of truth); README's copy step makes it runnable."""
     assert not (SAMPLE / "addons" / "troubadour" / "plugin.gd").exists() or \

@@ -16,6 +16,10 @@ func _enter_tree() -> void:
 			ProjectSettings.set_setting(s[0], s[1])
 		ProjectSettings.set_initial_value(s[0], s[1])
 		ProjectSettings.add_property_info({"name": s[0], "type": s[2]})
+		# Custom settings are "advanced" (hidden until Advanced Settings is toggled) unless marked
+		# basic; set_as_basic() exists from Godot 4.1 (call() keeps 4.0 compiling).
+		if ProjectSettings.has_method("set_as_basic"):
+			ProjectSettings.call("set_as_basic", s[0], true)
 
 
 func _exit_tree() -> void:
