@@ -120,6 +120,19 @@ def test_engine_clients_unity_director_compiles_with_unity_stubs(tmp_path):
                "-define:UNITY_EDITOR")
 
 
+def test_engine_clients_unity_director_lifecycle():
+    """Unity rules the stubs cannot check. A script reload in play mode calls OnDisable, never OnDestroy, before it
+    unloads the domain, so the client's socket threads must stop there; and clips from AudioClip.Create live until
+    Destroy, so each replaced or cleared clip is destroyed."""
+    src = (UNITY / "Runtime" / "MusicDirector.cs").read_text()
+    on_disable = re.search(r"void OnDisable\(\)\s*\{(.*?)\n        \}", src, re.S)
+    assert on_disable and "CloseClient();" in on_disable.group(1)
+    assert re.search(r"void CloseClient\(\)\s*\{[^}]*client\.Dispose\(\);", src)
+    release = re.search(r"void ReleaseClip\(\)\s*\{(.*?)\n            \}", src, re.S)
+    assert release and "Object.Destroy(clip)" in release.group(1)
+    assert src.count("AudioClip.Create(") == 1 and "deck.ReleaseClip();\n" in src.split("AudioClip.Create(")[0][-400:]
+
+
 def test_engine_clients_unity_package_layout():
     """What the Package Manager reads: package.json, the asmdef, a .meta (own GUID) per asset, the sample's path."""
     package = json.loads((UNITY / "package.json").read_text())

@@ -29,8 +29,11 @@ namespace Troubadour
 
             public void Clear()
             {
-                Source.Stop();
-                Source.clip = null;
+                if (Source != null)   // Unity null once destroyed with its GameObject
+                {
+                    Source.Stop();
+                    ReleaseClip();
+                }
                 if (Request != null && !Request.IsDone) Request.Cancel();
                 Request = null;
                 Buffer = null;
@@ -38,8 +41,19 @@ namespace Troubadour
                 Context = null;
                 Token = null;
             }
+
+            /// <summary>A clip from AudioClip.Create lives until Destroy (or Resources.UnloadUnusedAssets), and its
+            /// reader callback holds the whole track: free it as soon as the deck lets go of it.</summary>
+            public void ReleaseClip()
+            {
+                var clip = Source.clip;
+                Source.clip = null;
+                if (clip != null) UnityEngine.Object.Destroy(clip);
+            }
         }
 
+        // Serialized (hidden) so a script reload in play mode finds the same AudioSources; the decks are not kept.
+        [SerializeField, HideInInspector] AudioSource[] sources;
         readonly Deck[] decks = new Deck[2];
         Deck playing, incoming;
         TroubadourClient client;
@@ -62,17 +76,34 @@ namespace Troubadour
 
         void Awake()
         {
+            if (FindObjectOfType<AudioListener>() == null) gameObject.AddComponent<AudioListener>();
+            Status = "idle";
+        }
+
+        void OnEnable()
+        {
+            // Also runs after a script reload in play mode (no Awake then): rebuild the decks, resume the music.
+            if (decks[0] == null) CreateDecks();
+            // (a reload may hand private strings back as "" rather than null)
+            if (!string.IsNullOrEmpty(wantedContext)) Load(wantedContext, wantedVariant);
+        }
+
+        void CreateDecks()
+        {
+            if (sources == null || sources.Length != decks.Length) sources = new AudioSource[decks.Length];
             for (int i = 0; i < decks.Length; i++)
             {
-                var s = gameObject.AddComponent<AudioSource>();
-                s.playOnAwake = false;
-                s.loop = true;          // the buffer decides what plays; the clip just keeps asking for data
-                s.spatialBlend = 0f;
+                var s = sources[i];
+                if (s == null)
+                {
+                    s = sources[i] = gameObject.AddComponent<AudioSource>();
+                    s.playOnAwake = false;
+                    s.loop = true;          // the buffer decides what plays; the clip just keeps asking for data
+                    s.spatialBlend = 0f;
+                }
                 s.volume = 0f;
                 decks[i] = new Deck { Source = s };
             }
-            if (FindObjectOfType<AudioListener>() == null) gameObject.AddComponent<AudioListener>();
-            Status = "idle";
         }
 
         void Start()
@@ -80,7 +111,24 @@ namespace Troubadour
             if (prefetchOnStart != null && prefetchOnStart.Length > 0) Prefetch(prefetchOnStart);
         }
 
+        void OnDisable()
+        {
+            // Close the socket threads here, not only in OnDestroy: a script reload in play mode calls OnDisable
+            // (never OnDestroy) before it unloads the domain, and open sockets on live threads can hang that.
+            // The streams die with the client, so the decks stop too; OnEnable loads wantedContext again.
+            foreach (var d in decks) if (d != null) d.Clear();
+            playing = incoming = null;
+            fading = false;
+            fadeAt = retryAt = -1f;
+            CloseClient();
+        }
+
         void OnDestroy()
+        {
+            CloseClient();   // one made while disabled (Client, Prefetch)
+        }
+
+        void CloseClient()
         {
             if (client != null) client.Dispose();
             client = null;
@@ -99,6 +147,7 @@ namespace Troubadour
         {
             wantedContext = context;
             wantedVariant = variant;
+            if (!isActiveAndEnabled) return;   // OnEnable loads it (no decks, no Update to poll before that)
             if (incoming != null && incoming.Context == context) return;   // already on its way
             bool samePlaying = playing != null && playing.Context == context &&
                                (!variant.HasValue || playing.Header == null || playing.Header.Variant == variant.Value);
@@ -151,6 +200,7 @@ namespace Troubadour
                     var buffer = PcmTrackBuffer.For(h);
                     deck.Buffer = buffer;
                     bool wasPlaying = deck.Source.isPlaying;   // a Restarted header after a reconnect
+                    deck.ReleaseClip();
                     deck.Source.clip = AudioClip.Create("troubadour " + context, (int)Math.Min(h.Frames, int.MaxValue),
                                                         h.Channels, h.SampleRate, true, data => buffer.Read(data));
                     if (wasPlaying) deck.Source.Play();

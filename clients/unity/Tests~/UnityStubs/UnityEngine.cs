@@ -7,10 +7,11 @@ namespace UnityEngine
 {
     public class Object
     {
-        public string name;
+        public string name { get; set; }
         public static T FindObjectOfType<T>() where T : Object { return null; }
-        public static void Destroy(Object o) { }
-        public static void DontDestroyOnLoad(Object o) { }
+        public static void Destroy(Object obj) { }
+        public static void Destroy(Object obj, float t) { }
+        public static void DontDestroyOnLoad(Object target) { }
     }
 
     public class Component : Object
@@ -19,7 +20,11 @@ namespace UnityEngine
         public T GetComponent<T>() { return default(T); }
     }
 
-    public class Behaviour : Component { public bool enabled; }
+    public class Behaviour : Component
+    {
+        public bool enabled { get; set; }
+        public bool isActiveAndEnabled { get { return false; } }
+    }
     public class MonoBehaviour : Behaviour { }
 
     public sealed class GameObject : Object
@@ -29,7 +34,9 @@ namespace UnityEngine
         public T GetComponent<T>() { return default(T); }
     }
 
-    public sealed class AudioListener : Behaviour { }
+    public class AudioBehaviour : Behaviour { }
+
+    public sealed class AudioListener : AudioBehaviour { }
 
     public sealed class AudioClip : Object
     {
@@ -41,11 +48,13 @@ namespace UnityEngine
                                        PCMReaderCallback pcmreadercallback, PCMSetPositionCallback pcmsetpositioncallback) { return null; }
     }
 
-    public sealed class AudioSource : Behaviour
+    public sealed class AudioSource : AudioBehaviour
     {
-        public AudioClip clip;
-        public float volume, spatialBlend;
-        public bool loop, playOnAwake;
+        public AudioClip clip { get; set; }
+        public float volume { get; set; }
+        public float spatialBlend { get; set; }
+        public bool loop { get; set; }
+        public bool playOnAwake { get; set; }
         public bool isPlaying { get { return false; } }
         public void Play() { }
         public void Stop() { }
@@ -60,7 +69,7 @@ namespace UnityEngine
         public static float deltaTime { get { return 0f; } }
     }
 
-    public static class Mathf
+    public struct Mathf
     {
         public const float PI = 3.14159274f;
         public static float Sin(float f) { return 0f; }
@@ -113,6 +122,10 @@ namespace UnityEngine
         public RuntimeInitializeOnLoadMethodAttribute() { }
         public RuntimeInitializeOnLoadMethodAttribute(RuntimeInitializeLoadType t) { }
     }
+
+    public sealed class SerializeField : Attribute { }
+
+    public sealed class HideInInspector : Attribute { }
 
     [AttributeUsage(AttributeTargets.Class)]
     public sealed class AddComponentMenu : Attribute { public AddComponentMenu(string menuName) { } }
