@@ -70,6 +70,12 @@ def test_bad_values_exit_2_with_one_line_naming_the_field(tmp_path, tiny_model, 
     assert not (tmp_path / "o").exists()
 
 
+def test_unwritable_out_is_a_one_line_error(tmp_path, cli_env, tiny_model):
+    (tmp_path / "afile").write_text("")
+    r = run(["generate", "x", "--duration", "0.5", "--model", str(tiny_model), "--out", "afile"], cli_env, tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "afile" in r.stderr.splitlines()[-1], r.stderr
+
+
 def test_missing_model_is_a_clear_error_without_traceback(tmp_path, cli_env):
     r = run(["generate", "calm piano", "--model", str(tmp_path / "missing")], cli_env, tmp_path)
     assert r.returncode == 3

@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("troubadour: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:   # an output path that cannot be written (a file in the way, no permission, disk full)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"troubadour: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 def cmd_make_test_model(args) -> int:
