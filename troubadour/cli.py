@@ -13,6 +13,7 @@ from .errors import ModelLoadError, TroubadourError
 
 EXIT_USAGE = 2
 EXIT_MODEL = 3
+EXIT_NO_SERVER = 4
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     except TroubadourError as e:
         print(f"troubadour: error: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
+        # (bake --server: a server that does not answer is exit 4, as for fetch/prefetch/status)
+        return EXIT_NO_SERVER if e.code in ("connection_lost", "timeout") else EXIT_USAGE
     except KeyboardInterrupt:
         print("troubadour: interrupted", file=sys.stderr)
         return 130
