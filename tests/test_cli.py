@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from conftest import troubadour_cmd
@@ -46,6 +47,33 @@ def test_temperature_zero_is_a_one_line_error(tmp_path, cli_env, tiny_model):
     r = run(["generate", "calm piano", "--model", str(tiny_model), "--temperature", "0"], cli_env, tmp_path)
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "temperature" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, field", [
+    (["x", "--variations", "0"], "variations"),
+    (["--context", "battle", "--variations", "0"], "variations"),
+    (["x", "--loudness", "nan"], "loudness"),
+    (["x", "--loudness", "5"], "loudness"),
+    (["--context", "battle", "--fix", "nope"], "fix"),
+    (["--context", "battle", "--mood", "sad"], "mood"),
+    (["x", "--device", "tpu"], "device"),
+    (["x", "--device", "cuda:7"], "device"),
+    (["x", "--threads", "-1"], "threads"),
+    (["x", "--threads", "0"], "threads"),
+])
+def test_bad_values_exit_2_with_one_line_naming_the_field(tmp_path, tiny_model, capsys, args, field):
+    from troubadour.cli import main
+
+    code = main(["generate", *args, "--duration", "0.5", "--model", str(tiny_model), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and field in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_out_is_a_one_line_error(tmp_path, cli_env, tiny_model):
+    (tmp_path / "afile").write_text("")
+    r = run(["generate", "x", "--duration", "0.5", "--model", str(tiny_model), "--out", "afile"], cli_env, tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "afile" in r.stderr.splitlines()[-1], r.stderr
 
 
 def test_missing_model_is_a_clear_error_without_traceback(tmp_path, cli_env):

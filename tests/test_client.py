@@ -387,6 +387,16 @@ def test_cli_fetch_server_error_is_one_line(server, capsys, tmp_path):
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_cli_fetch_out_in_a_new_folder_or_unwritable_path(server, capsys, tmp_path):
+    out = tmp_path / "music" / "menu.wav"
+    code, _, err = cli_main(["fetch", "--server", server.address, "--context", "menu", "--out", str(out)], capsys)
+    assert code == 0 and sf.info(str(out)).samplerate == 32000, err
+    (tmp_path / "afile").write_text("")
+    code, _, err = cli_main(["fetch", "--server", server.address, "--context", "menu", "--out",
+                             str(tmp_path / "afile" / "x.wav")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "afile" in err, err
+
+
 def test_cli_status(server, capsys, monkeypatch):
     code, out, err = cli_main(["status", "--server", server.address], capsys)
     assert code == 0, err

@@ -269,3 +269,25 @@ def test_track_past_the_model_window_streams_by_continuation(conn):
     head, data = msgs[0].body, audio_of(msgs)
     assert head["frames"] == 34 * 32000 and len(data) == 2 * 34 * 32000
     assert msgs[-1].body["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--bind", None], "bind"),   # None: the running module server's address, already in use
+    (["--bind", "nonsense"], "bind"),
+    (["--max-queue", "0"], "max-queue"),
+    (["--max-batch", "0"], "max-batch"),
+    (["--cache-size", "-1"], "cache-size"),
+])
+def test_bad_serve_options_exit_2_before_loading_the_model(server, tiny_model, tmp_path, cli_env, args, field):
+    import subprocess
+
+    from conftest import troubadour_cmd
+
+    args = [a if a is not None else server.address for a in args]
+    if "--bind" not in args:
+        args += ["--bind", "tcp://127.0.0.1:0"]
+    r = subprocess.run(troubadour_cmd() + ["serve", "--model", str(tiny_model), "--cache", str(tmp_path / "c"),
+                                           *args], env=cli_env, cwd=tmp_path, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and field in r.stderr and "loading model" not in r.stderr, r.stderr

@@ -13,6 +13,7 @@ from .errors import ModelLoadError, TroubadourError
 
 EXIT_USAGE = 2
 EXIT_MODEL = 3
+EXIT_NO_SERVER = 4
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -102,10 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     except TroubadourError as e:
         print(f"troubadour: error: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
+        # (bake --server: a server that does not answer is exit 4, as for fetch/prefetch/status)
+        return EXIT_NO_SERVER if e.code in ("connection_lost", "timeout") else EXIT_USAGE
     except KeyboardInterrupt:
         print("troubadour: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:   # an output path that cannot be written (a file in the way, no permission, disk full)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"troubadour: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 def cmd_make_test_model(args) -> int:
@@ -148,15 +154,22 @@ def plan_from_args(args):
     from .profiles import apply_presets, compose_prompt, load_profiles
 
     overrides = {k: getattr(args, k) for k in GenParams.names() if getattr(args, k, None) is not None}
+    if args.loudness is not None and not -40 <= args.loudness <= -5:   # the range profiles and bake accept
+        raise TroubadourError(f"--loudness must be in [-40, -5] LUFS, got {args.loudness}", code="invalid_param",
+                              field="loudness")
     if args.context:
         if args.prompt:
             raise TroubadourError("give either a PROMPT or --context, not both", code="invalid_param",
                                   field="context")
+        for name in ("mood", "genre", "fix"):   # a context has its own; ignoring them silently misleads
+            if getattr(args, name):
+                raise TroubadourError(f"--{name} builds a prompt and does not combine with --context: set "
+                                      f"{name} in the profiles file", code="invalid_param", field=name)
         profiles = load_profiles(args.profiles)
         ctx = profiles.get(args.context)
         theme = profiles.get(ctx.theme) if ctx.theme else None
         base = ctx.params.to_dict()
-        variants = args.variations or ctx.variants
+        variants = args.variations if args.variations is not None else ctx.variants
         loudness = ctx.loudness
         prompt, context = ctx.prompt, ctx.name
     else:
@@ -166,7 +179,8 @@ def plan_from_args(args):
         if args.mood or args.genre or args.fix:
             prompt = compose_prompt(genre=args.genre, mood=args.mood, fix=args.fix, extra=prompt)
         base = apply_presets(GenParams().to_dict(), genre=args.genre, mood=args.mood, fix=args.fix)
-        variants, loudness, context, theme = args.variations or 1, -16.0, None, None
+        variants = args.variations if args.variations is not None else 1
+        loudness, context, theme = -16.0, None, None
     if "seed" not in overrides and not args.context:
         overrides["seed"] = secrets.randbelow(2**31)   # recorded in the metadata, so any take can be redone
     params = GenParams(**{**base, **overrides}).validate()
@@ -184,9 +198,12 @@ def make_engine(args, same_thread: bool = True):
     from .backends import load_backend
     from .engine import Engine
 
-    if getattr(args, "threads", None):
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise TroubadourError(f"--threads must be >= 1, got {threads}", code="invalid_param", field="threads")
+    if threads:
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     return Engine(load_backend(args.model, args.device), precision=args.precision,
                   compile_step=getattr(args, "compile_step", False), same_thread=same_thread)
 

@@ -88,6 +88,7 @@ def cmd_fetch(args) -> int:
     suffix = out.suffix.lower().lstrip(".")
     fmt = args.format or (suffix if suffix in ("wav", "ogg") else "pcm_s16le")
     params = {k: getattr(args, k) for k in GenParams.names() if getattr(args, k, None) is not None}
+    out.parent.mkdir(parents=True, exist_ok=True)   # as generate and bake do with --out; before any generation
     start = time.monotonic()
     with _client(args) as client:
         track = client.get_track(args.context, variant=args.variant, prompt=args.prompt, params=params or None,

@@ -86,7 +86,11 @@ class Server(Handlers):
         if self.curve:
             from .auth import secure_server
             self.authenticator = secure_server(self.socket, self.ctx, *self.curve)
-        self.socket.bind(self.bind_address)
+        try:
+            self.socket.bind(self.bind_address)
+        except zmq.ZMQError as e:
+            self.socket.close(0)
+            raise bind_error(self.bind_address, e) from None
         self.bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         wake_addr = f"inproc://troubadour-wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
@@ -279,7 +283,15 @@ def cmd_serve(args) -> int:
     if not _is_loopback(args.bind) and not args.curve_secret:
         log(f"WARNING: binding {args.bind} exposes the server beyond this machine WITHOUT authentication: anyone "
             "who can reach it can use it. Use --curve-secret/--allow (see `troubadour keys`).")
+    for name, value, ok in (("max_queue", args.max_queue, args.max_queue >= 1),
+                            ("max_batch", args.max_batch, args.max_batch >= 1),
+                            ("cache_size", args.cache_size, args.cache_size > 0)):
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise TroubadourError(f"{flag} must be {'> 0' if name == 'cache_size' else '>= 1'}, got {value}",
+                                  code="invalid_param", field=name)
     load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
+    _check_bind(args.bind)         # and so does a port already in use
     if args.curve_secret:
         from .auth import check_server_keys
         check_server_keys(args.curve_secret, args.allow)
@@ -301,6 +313,24 @@ def cmd_serve(args) -> int:
             f"cache {args.cache})")
 
     return server.serve_forever(ready)
+
+
+def bind_error(address: str, e: zmq.ZMQError) -> TroubadourError:
+    hint = {errno.EADDRINUSE: "; something else is listening there, pick another port",
+            errno.EINVAL: "; expected e.g. tcp://127.0.0.1:5555"}.get(e.errno, "")
+    return TroubadourError(f"--bind {address}: cannot listen there ({zmq.strerror(e.errno)}){hint}",
+                           code="invalid_param", field="bind")
+
+
+def _check_bind(address: str) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as e:
+        raise bind_error(address, e) from None
+    finally:
+        sock.close(0)
 
 
 def engine_params_for_warmup():

@@ -46,6 +46,7 @@ def pick_device(requested: str | None = "auto") -> str:
     import torch
 
     if requested and requested != "auto":
+        _check_device(requested)
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -53,3 +54,31 @@ def pick_device(requested: str | None = "auto") -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _check_device(requested: str) -> None:
+    """An unknown or absent device is a bad --device value, not a traceback from deep inside torch."""
+    import torch
+
+    from ..errors import ValidationError
+
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ValidationError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}",
+                              field="device") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValidationError(f"--device {requested}: no CUDA device (this PyTorch has no CUDA, or no GPU is "
+                                  "visible); use --device auto or cpu", field="device")
+        if device.index is not None and device.index >= count:
+            raise ValidationError(f"--device {requested}: only {count} CUDA device(s)", field="device")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValidationError(f"--device {requested}: MPS is not available here; use --device auto or cpu",
+                                  field="device")
+    elif device.type != "cpu":
+        raise ValidationError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}",
+                              field="device")
