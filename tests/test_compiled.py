@@ -160,7 +160,8 @@ def test_only_the_server_builds_its_engine_for_another_thread(tiny_model, monkey
         raise Built
 
     monkeypatch.setattr(cli, "make_engine", fake_make_engine)
-    args = cli.build_parser().parse_args(["serve", "--model", str(tiny_model), "--compile", "--device", "cpu"])
+    args = cli.build_parser().parse_args(["serve", "--model", str(tiny_model), "--compile", "--device", "cpu",
+                                          "--bind", "tcp://127.0.0.1:*"])
     with pytest.raises(Built):
         args.func(args)
     assert asked[-1] is False
