@@ -291,3 +291,29 @@ def test_bad_serve_options_exit_2_before_loading_the_model(server, tiny_model, t
                        stdin=subprocess.DEVNULL, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and field in r.stderr and "loading model" not in r.stderr, r.stderr
+
+
+def test_cache_stats_count_the_servers_hits_and_misses(tiny_model, tmp_path):
+    """`troubadour cache stats` after a session: a track generated for a request is a miss, a track answered
+    from the server's memory or from disk a hit, an uncached `cached_only` request a miss; across restarts."""
+    from troubadour.cache import TrackCache
+
+    srv = ServerProcess(tiny_model, tmp_path).start()
+    try:
+        c = Conn(srv.address)
+        for _ in range(3):   # generated, then twice from memory
+            track(c, prompt="calm piano", params={"duration": 1.0, "seed": 1})
+        (err,) = c.call(P.GET_TRACK, prompt="harp", params={"duration": 1.0}, cached_only=True)
+        assert err.type == P.ERROR and err.body["code"] == P.NOT_FOUND
+        time.sleep(1.5)      # written about once a second
+        stats = TrackCache(str(srv.cache)).stats()
+        assert (stats["hits"], stats["misses"]) == (2, 2), stats
+        c.close()
+        srv.restart()
+        c = Conn(srv.address)
+        track(c, prompt="calm piano", params={"duration": 1.0, "seed": 1})   # from disk
+        c.close()
+    finally:
+        srv.stop()
+    stats = TrackCache(str(srv.cache)).stats()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (3, 2, 1), stats

@@ -245,6 +245,16 @@ class TrackCache:
             self.raw.incr(HITS_KEY)
         return track
 
+    def count(self, hits: int, misses: int) -> None:
+        """Add requests answered without a read here (a server's memory of recent tracks) or that needed a
+        generation: the server batches these, since a counter write per request would cost more than the hit."""
+        with self._lock:
+            self.session_hits += hits
+            self.session_misses += misses
+        with self.raw.transact(retry=True):
+            self.raw.incr(HITS_KEY, hits)
+            self.raw.incr(MISSES_KEY, misses)
+
     def contains(self, key: str) -> bool:
         """Whether an entry exists (not verified, not counted, doesn't refresh LRU)."""
         return BLOB_PREFIX + key in self.raw

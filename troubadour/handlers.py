@@ -210,6 +210,7 @@ class Handlers:
             self.cache.pin(spec.key)
             self.readers.submit(self._read_cached, reply, req, spec)
             return
+        self.counts[1] += 1   # (a disk hit, or a damaged entry's miss, is counted by cache.get)
         self._deliver(reply, req, spec, job, None)
 
     def _read_cached(self, reply, req, spec) -> None:
@@ -260,6 +261,7 @@ class Handlers:
 
     def _send_memo(self, reply, req, spec, entry) -> None:
         """A remembered track; its streamed header is prebuilt once per (context, variant, profile info)."""
+        self.counts[0] += 1
         rate = req["sample_rate"] or self.engine.sample_rate
 
         def header() -> dict:

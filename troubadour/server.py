@@ -58,6 +58,7 @@ class Server(Handlers):
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
+        self.counts = [0, 0, time.monotonic()]   # get_track hits from the memo, misses; last written to the cache
         self._specs: dict = {}           # resolved tracks by their inputs (handlers._spec)
         self.parse = RequestParser(engine.max_duration)   # frames -> request, repeated bodies remembered
         self._prompt_specs: dict = {}    # (prompt, overrides) -> TrackSpec (handlers.resolve)
@@ -119,11 +120,22 @@ class Server(Handlers):
             self.watcher.stop()
         self.worker.join(timeout=5)
         self.readers.shutdown(wait=True, cancel_futures=True)
+        self.write_counts()
         for s in (self.socket, self._wake_rx, self._wake_tx):
             s.close(linger=0)
         if self.authenticator:
             self.authenticator.stop()
         self.cache.close()
+
+    def write_counts(self) -> None:
+        """get_track hits and misses into the cache's counters (`troubadour cache stats`), about once a second."""
+        hits, misses, _ = self.counts
+        self.counts = [0, 0, time.monotonic()]
+        if hits or misses:
+            try:
+                self.cache.count(hits, misses)
+            except Exception as exc:   # statistics never take the server down
+                log(f"could not update the cache's hit counters: {exc}")
 
     def _emit(self, event) -> None:
         """Called from the engine and watcher threads."""
@@ -161,6 +173,8 @@ class Server(Handlers):
                     self._on_frames([f.bytes for f in frames])   # a third cheaper than recv_multipart
             self._drain_events()
             blocked = self._flush()
+            if time.monotonic() - self.counts[2] > 1.0:
+                self.write_counts()
             if self.dead is not None and not self._has_output():
                 log(f"engine is dead ({self.dead.message}); exiting for a supervisor to restart")
                 return
