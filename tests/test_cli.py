@@ -162,3 +162,11 @@ def test_asks_for_a_prompt_on_a_terminal(tmp_path, cli_env, tiny_model):
     paths = [ln.strip() for ln in seen.decode().splitlines() if ln.strip().endswith(".wav")]
     meta = json.loads((tmp_path / paths[-1]).with_suffix(".json").read_text())
     assert meta["prompt"] == "lonely flute in the rain"
+
+
+def test_file_names_fold_accents_instead_of_dropping_letters():
+    from troubadour.generate import slug
+
+    assert slug("Épopée du dragon — l'antre!") == "epopee_du_dragon_l_antre"
+    assert slug("Straße nach Köln") == "strasse_nach_koln"
+    assert slug("戦闘のテーマ") == "track"

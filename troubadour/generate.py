@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,9 @@ class Plan:
 
 
 def slug(text: str, limit: int = 40) -> str:
-    s = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    # accents folded rather than dropped ("Épopée" -> "epopee", "ß" -> "ss"): names stay ASCII everywhere
+    text = "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+    s = re.sub(r"[^a-z0-9]+", "_", text).strip("_")
     return (s[:limit].rstrip("_") or "track")
 
 
