@@ -23,6 +23,17 @@ def fetch(conn, **req):
     return msgs
 
 
+def said(server, text: str, timeout: float = 10.0) -> str | None:
+    """The server's log line containing `text` (its output is read by a thread, so give it a moment)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = [line for line in list(server.lines) if text in line]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    return None
+
+
 def test_edit_profiles_file_pushes_track_ready_with_new_audio(server):
     game = Conn(server.address)
     game.call(P.SUBSCRIBE)
@@ -38,6 +49,7 @@ def test_edit_profiles_file_pushes_track_ready_with_new_audio(server):
     assert after[0].body["cached"] is True and after[0].body["track_id"] == ready["track_id"]
     assert "mysterious" in after[0].body["prompt"].lower()
     assert audio_of(after) != audio_of(before)
+    assert said(server, "profiles reloaded: battle (regenerating)"), server.lines
     game.close()
 
 
@@ -53,6 +65,9 @@ def test_broken_profiles_file_reports_error_and_keeps_serving(server):
     assert again[0].body["cached"] and audio_of(again) == audio_of(before)
     names = {c["name"] for c in game.call(P.LIST_PROFILES)[0].body["contexts"]}
     assert names == {"menu", "explore", "battle", "boss", "victory"}
+    # the developer sees it where the server runs too, with the parser's message
+    line = said(server, "profiles file not loaded, the previous profiles stay")
+    assert line and "profiles.toml" in line, server.lines
     game.close()
 
 

@@ -345,10 +345,13 @@ class Handlers:
     def on_event(self, event) -> None:
         kind = event[0]
         if kind == "profiles_file":
+            # said in the server's terminal too: a developer editing the file may have no subscriber open
             try:
-                self.reload_profiles()
-            except TroubadourError:
-                pass   # subscribers got profiles_error; the old profiles stay
+                _, changed = self.reload_profiles()
+                self.log(f"profiles reloaded: {', '.join(changed) if changed else 'no context sounds different'}"
+                         + (" (regenerating)" if changed else ""))
+            except TroubadourError as e:   # subscribers got profiles_error; the old profiles stay
+                self.log(f"profiles file not loaded, the previous profiles stay: {e.message}")
         elif kind == "cached":
             _, reply, req, spec, track = event
             try:

@@ -127,6 +127,10 @@ class Server(Handlers):
             self.authenticator.stop()
         self.cache.close()
 
+    @staticmethod
+    def log(msg: str) -> None:
+        log(msg)
+
     def write_counts(self) -> None:
         """get_track hits and misses into the cache's counters (`troubadour cache stats`), about once a second."""
         hits, misses, _ = self.counts
