@@ -18,7 +18,7 @@ To keep the default run near a minute on 2 cores, the next server process is sta
 runs (both on the same cache directory, which the cache supports across processes); the cache is still opened
 fresh by this test after each kill, before the new server serves anything.
 
-The metadata log (audio.MetadataLog) under SIGKILL is covered by tests/test_audio.py
+The metadata log (metalog.MetadataLog) under SIGKILL is covered by tests/test_metalog.py
 (test_log_survives_sigkill_mid_append); the server does not write one.
 """
 

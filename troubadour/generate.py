@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .audio import MetadataLog, normalize_loudness, write_audio, write_sidecar
+from .audio import normalize_loudness, write_audio, write_sidecar
+from .metalog import MetadataLog
 from .engine import Engine, Job
 from .params import GenParams
 
