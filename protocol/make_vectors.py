@@ -133,6 +133,8 @@ def invalid():
     yield "reply_type_as_request", "request", "", [h, b"pong", ping], "unknown_type", None, 5
     yield "bad_type_frame", "request", "type must be a-z0-9_", [h, b"Ping!", ping], "bad_request"
     yield "empty_type_frame", "request", "", [h, b"", ping], "bad_request"
+    yield "type_trailing_newline", "request", "a known type plus a newline is malformed, not unknown", [
+        h, b"ping\n", ping], "bad_request"
     yield "too_few_frames", "request", "", [h, b"ping"], "bad_request"
     yield "too_many_frames", "request", "", [h, b"ping", ping, b"x", b"y"], "bad_request"
     yield "payload_in_request", "request", "", [h, b"ping", ping, b"x"], "bad_request", None, 5
