@@ -345,3 +345,24 @@ def test_message_without_the_empty_frame_gets_no_reply(conn):
     with pytest.raises(TimeoutError):
         conn.recv(1.0)
     assert conn.call(P.PING)[0].type == P.PONG
+
+
+def test_subscribed_reply_comes_before_the_first_event(conn):
+    """An event raised in the same pass as the subscribe (here by a reload sent right behind it) must not
+    overtake the `subscribed` reply: event seq restarts at 0 after that reply (sections 4 and 5.7)."""
+    for _ in range(30):
+        sub = conn.send(P.SUBSCRIBE, events=["profiles_changed"])
+        reload = conn.send(P.RELOAD_PROFILES)
+        order = []
+        while not {sub, reload} <= {m.id for m in order} or not any(m.type == P.EVENT for m in order):
+            order.append(conn.recv(10))
+        kinds = [(m.type, m.seq) for m in order]
+        assert kinds.index((P.SUBSCRIBED, 0)) < kinds.index((P.EVENT, 0)), kinds
+    conn.call(P.UNSUBSCRIBE)
+
+
+def test_prefetch_error_field_indexes_the_request_and_duplicates_are_ignored(conn):
+    (err,) = conn.call(P.PREFETCH, contexts=["menu", "menu", "nowhere"])
+    assert err.body["code"] == "unknown_context" and err.body["field"] == "contexts[2]", err.body
+    (accepted,) = conn.call(P.PREFETCH, contexts=["menu", "menu"])
+    assert [(j["context"], j["variant"]) for j in accepted.body["jobs"]] == [("menu", 0)]

@@ -82,8 +82,9 @@ class Handlers:
         reply.send(P.PROFILES, final=True, contexts=rows, game=game)
 
     def on_subscribe(self, reply, req):
-        self.subscribers[reply.client] = Subscription(reply.envelope, req["events"])
+        sub = self.subscribers[reply.client] = Subscription(reply.envelope, req["events"])
         reply.send(P.SUBSCRIBED, final=True, events=req["events"])
+        sub.after = reply   # events queued in the same pass wait for it (their seq restarts at 0 after it)
 
     def on_unsubscribe(self, reply, req):
         self.subscribers.pop(reply.client, None)
@@ -285,6 +286,7 @@ class Handlers:
         for i, name in enumerate(req["contexts"]):
             if name not in self.profiles.contexts:
                 raise TroubadourError(f"unknown context {name!r}", code=UNKNOWN_CONTEXT, field=f"contexts[{i}]")
+        for name in dict.fromkeys(req["contexts"]):   # duplicates ignored
             ctx = self.profiles.get(name)
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
             for v in range(count):
