@@ -38,7 +38,7 @@ def rep(req_id, seq, final, msg_type, payload=None, **fields):
 def valid():
     """(name, direction, description, frames) of messages every decoder must accept."""
     track = dict(track_id=TRACK_ID, cached=False, context="battle", variant=0, fallback=False, sample_rate=32000,
-                 channels=2, frames=4, format="pcm_s16le", bpm=140.0, meter="4/4", loop_start=0, loop_end=4,
+                 channels=2, frames=4, format="pcm_s16le", bpm=140.0, meter="4/4", loop=True, loop_start=0, loop_end=4,
                  prompt="An epic orchestral battle theme.", params=PARAMS)
     yield "info_request", "request", "info, integer id", req("info", id=1)
     yield "health_request", "request", "health", req("health", id=2)
@@ -71,7 +71,7 @@ def valid():
                                          formats=list(p.FORMATS), limits=limits,
                                          profiles=["battle", "explore", "menu"], heartbeat_ms=2000)
     yield "health_reply", "reply", "", rep(2, 0, True, "health", status="ok", queue=3, generating=1,
-                                           uptime_s=3600.25)
+                                           generated=12, uptime_s=3600.25)
     yield "profiles_reply", "reply", "bpm left out when unset", rep(
         "profiles-1", 0, True, "profiles", game={"title": "Dungeon Bard", "genre": "fantasy rpg"},
         contexts=[{"name": "battle", "prompt": "An epic orchestral battle theme.", "variants": 2, "duration": 12.5,
@@ -106,6 +106,8 @@ def valid():
     yield "event_track_ready", "reply", "unsolicited: id nil", p.event_frames(
         0, "track_ready", context="battle", variant=1, track_id=TRACK_ID, reason="hot_swap")
     yield "event_profiles_changed", "reply", "", p.event_frames(1, "profiles_changed", contexts=["battle"])
+    yield "event_progress", "reply", "any generation advanced", p.event_frames(
+        3, "progress", context="battle", variant=1, track_id=TRACK_ID, done_steps=100, total_steps=500)
     yield "event_profiles_error", "reply", "", p.event_frames(
         2, "profiles_error", message="profiles.toml: line 3: expected '='", file="/game/profiles.toml")
     yield "error_invalid_param", "reply", "with field", rep(
@@ -133,6 +135,8 @@ def invalid():
     yield "reply_type_as_request", "request", "", [h, b"pong", ping], "unknown_type", None, 5
     yield "bad_type_frame", "request", "type must be a-z0-9_", [h, b"Ping!", ping], "bad_request"
     yield "empty_type_frame", "request", "", [h, b"", ping], "bad_request"
+    yield "type_trailing_newline", "request", "a known type plus a newline is malformed, not unknown", [
+        h, b"ping\n", ping], "bad_request"
     yield "too_few_frames", "request", "", [h, b"ping"], "bad_request"
     yield "too_many_frames", "request", "", [h, b"ping", ping, b"x", b"y"], "bad_request"
     yield "payload_in_request", "request", "", [h, b"ping", ping, b"x"], "bad_request", None, 5

@@ -291,7 +291,7 @@ def fetch_sha(address: str, **req) -> tuple[str, dict]:
     return hashlib.sha256(audio_of(msgs)).hexdigest(), msgs[0].body
 
 
-REQUIRED = ["vectors", "msgpack_roundtrip", "pcm_decode", "handshake", "info_health", "cold_track",
+REQUIRED = ["vectors", "msgpack_roundtrip", "pcm_decode", "error_codes", "handshake", "info_health", "cold_track",
             "cached_track", "prefetch_progress", "unknown_context_error", "cancel", "hot_swap", "heartbeat",
             "reconnect", "client_node", "player"]
 
@@ -354,4 +354,5 @@ def test_engine_clients_godot_vectors_without_server(tmp_path):
     assert any(l.startswith("OK vectors") for l in run.lines), run.output
     assert any(l.startswith("OK msgpack_roundtrip") for l in run.lines), run.output
     assert any(l.startswith("OK pcm_decode") for l in run.lines), run.output
+    assert any(l.startswith("OK error_codes") for l in run.lines), run.output
     assert not [l for l in run.lines if l.startswith("FAIL ")], run.output

@@ -392,8 +392,8 @@ def test_other_requests():
 
 
 def test_prefetch():
-    r = request("prefetch", id=1, contexts=["a", "b", "a"])
-    assert r == {"type": "prefetch", "id": 1, "contexts": ["a", "b"], "variants": "all", "priority": -50,
+    r = request("prefetch", id=1, contexts=["a", "b", "a"])   # duplicates: dropped by the handler
+    assert r == {"type": "prefetch", "id": 1, "contexts": ["a", "b", "a"], "variants": "all", "priority": -50,
                  "stream": False}
     r = request("prefetch", id=1, contexts=["a"], variants=3, stream=True, format="wav", sample_rate=48000)
     assert (r["variants"], r["stream"]) == (3, True) and "format" not in r

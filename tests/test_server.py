@@ -317,3 +317,100 @@ def test_cache_stats_count_the_servers_hits_and_misses(tiny_model, tmp_path):
         srv.stop()
     stats = TrackCache(str(srv.cache)).stats()
     assert (stats["hits"], stats["misses"], stats["entries"]) == (3, 2, 1), stats
+
+
+def test_duplicate_open_id_is_bad_request_on_field_id_and_the_first_continues(conn):
+    rid = conn.send(P.GET_TRACK, prompt="duplicate id", stream=True, params={"duration": 2.0, "seed": 31})
+    conn.send(P.PING, id=rid)
+    msgs = conn.until_final(rid, timeout=60)   # the duplicate's error is final for that id
+    dup = next(m for m in msgs if m.type == P.ERROR)
+    assert dup.body["code"] == "bad_request" and dup.body["field"] == "id", dup.body
+    rest = conn.until_final(rid, timeout=60) if msgs[-1].type == P.ERROR else msgs
+    assert rest[-1].type == P.END, [m.body for m in rest][-1]
+
+
+def test_cancel_naming_itself_gets_one_final_reply(conn):
+    conn.send(P.CANCEL, id="self-cancel", target="self-cancel")
+    got = []
+    while True:
+        try:
+            got.append(conn.recv(1.0))
+        except TimeoutError:
+            break
+    mine = [m for m in got if m.id == "self-cancel"]
+    assert [(m.type, m.final) for m in mine] == [(P.CANCELLED_REPLY, True)], [m.body for m in mine]
+    assert mine[0].body["found"] is False
+
+
+def test_cached_only_does_not_wait_for_a_generation_in_flight(conn):
+    req = dict(prompt="cached only while generating", params={"duration": 8.0, "seed": 55})
+    cold = conn.send(P.GET_TRACK, stream=True, **req)
+    assert conn.recv().type == P.TRACK   # the generation has started
+    (miss,) = conn.call(P.GET_TRACK, cached_only=True, **req)
+    assert miss.type == P.ERROR and miss.body["code"] == "not_found", miss.body
+    assert conn.until_final(cold, timeout=120)[-1].type == P.END
+    (hit,) = conn.call(P.GET_TRACK, cached_only=True, **req)
+    assert hit.type == P.TRACK and hit.body["cached"] is True
+
+
+def test_every_field_the_server_sends_is_in_the_spec(conn):
+    """PROTOCOL.md names, in the section of each reply, every field a client can see (clients ignore unknown
+    ones, but the contract lists them)."""
+    import re
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[1] / "protocol" / "PROTOCOL.md").read_text("utf-8")
+
+    def section(number):
+        return re.search(rf"^### {re.escape(number)} .*?(?=^##)", spec, re.M | re.S).group(0)
+
+    missing = []
+
+    def check(number, where, body):
+        text = section(number)
+        missing.extend(f"{where}.{k} (section {number})" for k in body if f"`{k}`" not in text
+                       and k not in ("id", "seq", "final"))
+
+    (info,) = conn.call(P.INFO)
+    for where, body in (("info", info.body), ("model", info.body["model"]), ("limits", info.body["limits"])):
+        check("5.1", where, body)
+    check("5.2", "health", conn.call(P.HEALTH)[0].body)
+    profiles = conn.call(P.LIST_PROFILES)[0].body
+    check("5.3", "profiles", profiles)
+    check("5.3", "game", profiles["game"])
+    for row in profiles["contexts"]:
+        check("5.3", "contexts[]", row)
+    for m in track(conn, context="menu"):
+        check("5.4", m.type, m.body)
+    (whole,) = conn.call(P.GET_TRACK, context="menu")
+    check("5.4", "track (whole)", whole.body)
+    check("5.9", "pong", conn.call(P.PING)[0].body)
+    assert not missing, f"fields sent but not in their PROTOCOL.md section: {sorted(set(missing))}"
+
+
+def test_message_without_the_empty_frame_gets_no_reply(conn):
+    conn.sock.send_multipart([P.HEADER, b"ping", msgpack.packb({"id": "no-delimiter"})])
+    with pytest.raises(TimeoutError):
+        conn.recv(1.0)
+    assert conn.call(P.PING)[0].type == P.PONG
+
+
+def test_subscribed_reply_comes_before_the_first_event(conn):
+    """An event raised in the same pass as the subscribe (here by a reload sent right behind it) must not
+    overtake the `subscribed` reply: event seq restarts at 0 after that reply (sections 4 and 5.7)."""
+    for _ in range(30):
+        sub = conn.send(P.SUBSCRIBE, events=["profiles_changed"])
+        reload = conn.send(P.RELOAD_PROFILES)
+        order = []
+        while not {sub, reload} <= {m.id for m in order} or not any(m.type == P.EVENT for m in order):
+            order.append(conn.recv(10))
+        kinds = [(m.type, m.seq) for m in order]
+        assert kinds.index((P.SUBSCRIBED, 0)) < kinds.index((P.EVENT, 0)), kinds
+    conn.call(P.UNSUBSCRIBE)
+
+
+def test_prefetch_error_field_indexes_the_request_and_duplicates_are_ignored(conn):
+    (err,) = conn.call(P.PREFETCH, contexts=["menu", "menu", "nowhere"])
+    assert err.body["code"] == "unknown_context" and err.body["field"] == "contexts[2]", err.body
+    (accepted,) = conn.call(P.PREFETCH, contexts=["menu", "menu"])
+    assert [(j["context"], j["variant"]) for j in accepted.body["jobs"]] == [("menu", 0)]

@@ -2,7 +2,8 @@
 
 * a client that stops reading a long stream: the server's memory stays bounded, other clients keep low latency,
   and the track still lands in the cache;
-* a client that disconnects mid-stream: same;
+* a client that disconnects mid-stream from a generation another client shares: same (with no other listener
+  the generation stops, as after a cancel: PROTOCOL.md sections 1 and 5.6);
 * the per-connection in-flight cap (`busy` for the excess, other connections unaffected);
 * a full generation queue (`busy`, while cached tracks and pings are still served);
 * many open cached streams on one unread connection, and replies to a connection whose pipe is full.
@@ -266,10 +267,12 @@ def test_disconnect_mid_stream_still_caches(server):
     msgs = [gone.recv(60) for _ in range(3)]
     assert [m.type for m in msgs] == [P.TRACK, P.CHUNK, P.CHUNK] and all(m.id == rid for m in msgs)
     assert msgs[0].body["cached"] is False
-    gone.close()
     fast = Conn(server.address)
+    shared = fast.send(P.GET_TRACK, stream=True, **req)   # joins the generation (a cached_only poll does not)
+    gone.close()
     dts = [timed(fast, P.PING)[0] for _ in range(20)]
     assert p99(dts) <= PING_P99_S
+    assert fast.until_final(shared, timeout=120)[-1].type == P.END
     whole = wait_cached(fast, 120, stream=False, **req)
     assert whole.body["frames"] == 20 * 48000 and len(whole.payload) == 20 * 48000 * 4
     (health,) = fast.call(P.HEALTH)

@@ -28,7 +28,7 @@ class Handlers:
         key = (client, rid)
         old = self.replies.get(key)
         if old is not None and not old.closed:
-            raise P.ProtocolError(f"request id {rid!r} is already open on this connection", req_id=rid)
+            raise P.ProtocolError(f"request id {rid!r} is already open on this connection", field="id", req_id=rid)
         if old is not None:   # finished but its last messages are still queued: keep them, free the id
             old.key = (client, ("done", next(self._error_ids)))
             self.replies[old.key] = self.replies.pop(key)
@@ -82,8 +82,9 @@ class Handlers:
         reply.send(P.PROFILES, final=True, contexts=rows, game=game)
 
     def on_subscribe(self, reply, req):
-        self.subscribers[reply.client] = Subscription(reply.envelope, req["events"])
+        sub = self.subscribers[reply.client] = Subscription(reply.envelope, req["events"])
         reply.send(P.SUBSCRIBED, final=True, events=req["events"])
+        sub.after = reply   # events queued in the same pass wait for it (their seq restarts at 0 after it)
 
     def on_unsubscribe(self, reply, req):
         self.subscribers.pop(reply.client, None)
@@ -95,7 +96,8 @@ class Handlers:
 
     def on_cancel(self, reply, req):
         target = self.replies.get((reply.client, req["target"]))
-        found = target is not None and not target.closed
+        # a cancel naming itself is not a target: failing it would give its id two final messages
+        found = target is not None and target is not reply and not target.closed
         if found:
             self._detach(target)
             target.fail(Cancelled("cancelled by the client"))
@@ -201,10 +203,12 @@ class Handlers:
         spec = self.resolve(reply.client, req)
         job = self.scheduler.find(spec.key)
         memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
-        memo = self.memo.get(memo_key) if job is None and not req["regenerate"] else None
+        # cached_only takes the cached audio even while the track is being generated again
+        from_cache = (job is None or req["cached_only"]) and not req["regenerate"]
+        memo = self.memo.get(memo_key) if from_cache else None
         if memo is not None:
             return self._send_memo(reply, req, spec, memo)
-        if job is None and not req["regenerate"] and self.cache.contains(spec.key):
+        if from_cache and self.cache.contains(spec.key):
             # reading and checking a blob takes milliseconds per MB: a reader thread does it, the I/O thread
             # goes on serving, and delivery continues in on_event("cached")
             self.cache.pin(spec.key)
@@ -223,7 +227,7 @@ class Handlers:
 
     def _deliver(self, reply, req, spec, job, track) -> None:
         memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
-        if job is None and track is None and req["cached_only"]:
+        if track is None and req["cached_only"]:   # a generation in flight is not ready: no waiting for it
             raise TroubadourError("track not in the cache yet", code=P.NOT_FOUND)
         shaper = self._shaper(spec)
         native_frames = track.audio.shape[1] if track else shaper.frames
@@ -284,6 +288,7 @@ class Handlers:
         for i, name in enumerate(req["contexts"]):
             if name not in self.profiles.contexts:
                 raise TroubadourError(f"unknown context {name!r}", code=UNKNOWN_CONTEXT, field=f"contexts[{i}]")
+        for name in dict.fromkeys(req["contexts"]):   # duplicates ignored
             ctx = self.profiles.get(name)
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
             for v in range(count):

@@ -206,6 +206,7 @@ def _prefetch(body: dict, sample_rates) -> dict:
             raise ProtocolError("variants must be \"all\" or an integer", code=INVALID_PARAM, field="variants")
         variants = _int(body, "variants", None, 1, MAX_VARIANTS)
     _output(body, sample_rates)  # accepted so clients can reuse their get_track options; unused
-    return {"contexts": list(dict.fromkeys(names)), "variants": variants,
+    # duplicates are dropped by the handler, so an error's `contexts[i]` is the index in the request
+    return {"contexts": names, "variants": variants,
             "priority": _int(body, "priority", PREFETCH_PRIORITY, *PRIORITY_RANGE),
             "stream": _typed(body, "stream", bool, False, "a bool")}

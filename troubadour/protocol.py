@@ -66,7 +66,7 @@ HEARTBEAT_MS = 2000
 HEARTBEAT_LIVENESS = 3                  # silent heartbeat periods before a peer counts as dead
 INT_MIN, INT_MAX = -2**63, 2**63 - 1    # int64: what C# long and Godot int hold
 
-_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_]*")   # used with fullmatch: "$" would let a trailing "\n" through
 
 
 class ProtocolError(TroubadourError):
@@ -227,7 +227,7 @@ def decode(frames, *, reply: bool = False, check: bool = True) -> Message:
         msg_type = raw_type.decode("ascii")
     except UnicodeDecodeError:
         msg_type = ""
-    if len(raw_type) > MAX_TYPE_LEN or not _TYPE_RE.match(msg_type):
+    if len(raw_type) > MAX_TYPE_LEN or not _TYPE_RE.fullmatch(msg_type):
         raise ProtocolError("message type must be 1-32 characters a-z, 0-9, '_'")
     known = REPLY_TYPES if reply else REQUEST_TYPES
     if not reply and sum(p.nbytes for p in parts) > MAX_REQUEST_BYTES:

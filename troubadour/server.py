@@ -249,6 +249,10 @@ class Server(Handlers):
                 else:
                     h.outbox.clear()   # a subscriber that does not read loses old events
                 continue
+            if getattr(h, "after", None) is not None:   # a Subscription whose `subscribed` is still queued
+                if h.after.outbox:
+                    continue
+                h.after = None
             budget = SEND_BYTES
             for _ in range(SEND_BATCH):
                 if not h.outbox:

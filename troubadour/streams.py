@@ -95,6 +95,7 @@ class Subscription:
         self.seq = 0
         self.outbox: deque = deque()
         self.source = None
+        self.after: Reply | None = None   # the `subscribed` reply, which must reach the client before any event
 
     @property
     def client(self) -> bytes:

@@ -58,6 +58,7 @@ func _run_all():
 	_test("vectors", "t_vectors")
 	_test("msgpack_roundtrip", "t_msgpack_roundtrip")
 	_test("pcm_decode", "t_pcm_decode")
+	_test("error_codes", "t_error_codes")
 	if config.has("port"):
 		conn = Connection.new(compat)
 		conn.log_enabled = true
@@ -348,6 +349,23 @@ func t_pcm_decode():
 	player.free()
 	if mono[0] != Vector2(0.25, 0.25) or mono[1] != Vector2(-1, -1) or mono[2] != Vector2(0.75, 0.75):
 		return "f32 mono frames: %s" % str(mono)
+	return ""
+
+
+# Error replies fed to a connection: known codes pass, an unknown one counts as internal.
+func t_error_codes():
+	var c = Connection.new(compat)
+	var got = []
+	for code in ["busy", "engine_dead", "some_future_code"]:
+		var h = c.request("ping", {})   # not connected: its record waits, which is all this needs
+		var enc = proto.encode("error", {"id": h, "seq": 0, "final": true, "code": code, "message": "m"})
+		c._on_frames([compat.empty_bytes()] + enc["frames"])
+		for ev in c.poll():
+			if ev[0] == "error" and ev[1] == h:
+				got.append([ev[2], str(ev[4].get("code"))])
+	var want = [["busy", "busy"], ["engine_dead", "engine_dead"], ["internal", "some_future_code"]]
+	if str(got) != str(want):
+		return "codes %s, expected %s" % [str(got), str(want)]
 	return ""
 
 

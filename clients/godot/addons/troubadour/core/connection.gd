@@ -16,7 +16,8 @@
 #   ["reply", handle, type, body]           any other reply: info, health, profiles, accepted, done,
 #                                           cancelled, subscribed, unsubscribed, reloaded, pong
 #   ["error", handle, code, message, body]  the request failed (handle -1: not tied to a request).
-#                                           Server codes are in PROTOCOL.md section 7; this client adds
+#                                           Server codes are in PROTOCOL.md section 7 (a code this client
+#                                           does not know arrives as internal; body.code keeps it); this client adds
 #                                           disconnected, timeout, lost_messages, checksum_mismatch,
 #                                           protocol_error, unreachable.
 #
@@ -403,7 +404,7 @@ func _on_frames(frames):
 		if type == "event":
 			_on_event(body)
 		elif type == "error":
-			_events.append(["error", -1, str(body.get("code", "internal")), str(body.get("message", "")), body])
+			_events.append(["error", -1, _server_code(body), str(body.get("message", "")), body])
 		return
 	if not _records.has(rid):
 		return    # a request we gave up on (timeout, cancel, re-sent under a new id)
@@ -422,7 +423,7 @@ func _on_frames(frames):
 		return
 	var h = rec["handle"]
 	if type == "error":
-		_events.append(["error", h, str(body.get("code", "internal")), str(body.get("message", "")), body])
+		_events.append(["error", h, _server_code(body), str(body.get("message", "")), body])
 	elif type == "track":
 		_on_track(rec, body, m["payload"])
 	elif type == "chunk":
@@ -444,6 +445,14 @@ func _on_frames(frames):
 		if type == "subscribed":
 			_event_seq = 0
 		_events.append(["reply", h, type, body])
+
+
+# Unknown codes count as internal (PROTOCOL.md section 7: newer servers may add codes).
+func _server_code(body):
+	var code = str(body.get("code", "internal"))
+	if not (code in Protocol.ERROR_CODES):
+		code = "internal"
+	return code
 
 
 func _on_track(rec, body, payload):
