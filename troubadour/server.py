@@ -120,7 +120,7 @@ class Server(Handlers):
             self.watcher.stop()
         self.worker.join(timeout=5)
         self.readers.shutdown(wait=True, cancel_futures=True)
-        self.write_counts()
+        self.write_counts(wait=True)
         for s in (self.socket, self._wake_rx, self._wake_tx):
             s.close(linger=0)
         if self.authenticator:
@@ -131,15 +131,22 @@ class Server(Handlers):
     def log(msg: str) -> None:
         log(msg)
 
-    def write_counts(self) -> None:
-        """get_track hits and misses into the cache's counters (`troubadour cache stats`), about once a second."""
+    def write_counts(self, wait: bool = False) -> None:
+        """get_track hits and misses into the cache's counters (`troubadour cache stats`), about once a second,
+        on a reader thread: an SQLite write (a WAL checkpoint can fsync) must not stall the I/O loop."""
         hits, misses, _ = self.counts
         self.counts = [0, 0, time.monotonic()]
         if hits or misses:
-            try:
-                self.cache.count(hits, misses)
-            except Exception as exc:   # statistics never take the server down
-                log(f"could not update the cache's hit counters: {exc}")
+            if wait:
+                self._count(hits, misses)
+            else:
+                self.readers.submit(self._count, hits, misses)
+
+    def _count(self, hits: int, misses: int) -> None:
+        try:
+            self.cache.count(hits, misses)
+        except Exception as exc:   # statistics never take the server down
+            log(f"could not update the cache's hit counters: {exc}")
 
     def _emit(self, event) -> None:
         """Called from the engine and watcher threads."""
