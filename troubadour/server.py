@@ -58,7 +58,8 @@ class Server(Handlers):
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
-        self.counts = [0, 0, time.monotonic()]   # get_track hits from the memo, misses; last written to the cache
+        self.counts = [0, 0]             # get_track hits from the memo, misses: not yet in the cache's counters
+        self._counted_at = time.monotonic()
         self._specs: dict = {}           # resolved tracks by their inputs (handlers._spec)
         self.parse = RequestParser(engine.max_duration)   # frames -> request, repeated bodies remembered
         self._prompt_specs: dict = {}    # (prompt, overrides) -> TrackSpec (handlers.resolve)
@@ -134,8 +135,7 @@ class Server(Handlers):
     def write_counts(self, wait: bool = False) -> None:
         """get_track hits and misses into the cache's counters (`troubadour cache stats`), about once a second,
         on a reader thread: an SQLite write (a WAL checkpoint can fsync) must not stall the I/O loop."""
-        hits, misses, _ = self.counts
-        self.counts = [0, 0, time.monotonic()]
+        (hits, misses), self.counts, self._counted_at = self.counts, [0, 0], time.monotonic()
         if hits or misses:
             if wait:
                 self._count(hits, misses)
@@ -184,7 +184,7 @@ class Server(Handlers):
                     self._on_frames([f.bytes for f in frames])   # a third cheaper than recv_multipart
             self._drain_events()
             blocked = self._flush()
-            if time.monotonic() - self.counts[2] > 1.0:
+            if time.monotonic() - self._counted_at > 1.0:
                 self.write_counts()
             if self.dead is not None and not self._has_output():
                 log(f"engine is dead ({self.dead.message}); exiting for a supervisor to restart")
@@ -312,13 +312,12 @@ def cmd_serve(args) -> int:
     if not _is_loopback(args.bind) and not args.curve_secret:
         log(f"WARNING: binding {args.bind} exposes the server beyond this machine WITHOUT authentication: anyone "
             "who can reach it can use it. Use --curve-secret/--allow (see `troubadour keys`).")
-    for name, value, ok in (("max_queue", args.max_queue, args.max_queue >= 1),
-                            ("max_batch", args.max_batch, args.max_batch >= 1),
-                            ("cache_size", args.cache_size, args.cache_size > 0)):
+    for name, value, ok, bound in (("max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),
+                                   ("max_batch", args.max_batch, args.max_batch >= 1, ">= 1"),
+                                   ("cache_size", args.cache_size, args.cache_size > 0, "> 0")):
         if not ok:
-            flag = "--" + name.replace("_", "-")
-            raise TroubadourError(f"{flag} must be {'> 0' if name == 'cache_size' else '>= 1'}, got {value}",
-                                  code="invalid_param", field=name)
+            raise TroubadourError(f"--{name.replace('_', '-')} must be {bound}, got {value}", code="invalid_param",
+                                  field=name)
     load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
     _check_bind(args.bind)         # and so does a port already in use
     if args.curve_secret:

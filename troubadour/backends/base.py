@@ -65,8 +65,10 @@ def _check_device(requested: str) -> None:
     try:
         device = torch.device(requested)
     except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
         raise ValidationError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}",
-                              field="device") from None
+                              field="device")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:
@@ -79,6 +81,3 @@ def _check_device(requested: str) -> None:
         if mps is None or not mps.is_available():
             raise ValidationError(f"--device {requested}: MPS is not available here; use --device auto or cpu",
                                   field="device")
-    elif device.type != "cpu":
-        raise ValidationError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}",
-                              field="device")
