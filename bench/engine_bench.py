@@ -14,13 +14,16 @@ PROMPTS = ["a calm piano piece with soft strings", "an epic orchestral battle th
 
 
 # ---------------------------------------------------------------- loading and running
-def load(path, threads: int):
+def load(path, threads: int, hf: bool = True, **engine_options):
+    """(a backend for transformers' generate or None, our Engine on its own copy). The Engine repacks the
+    decoder's weights for the native kernel (panels.py); transformers must run on the checkpoint as it loads,
+    or it would be timed on our layout."""
     from troubadour.backends import load_backend
     from troubadour.engine import Engine
 
     torch.set_num_threads(threads)
-    backend = load_backend(str(path), "cpu")
-    return backend, Engine(backend)
+    backend = load_backend(str(path), "cpu") if hf else None
+    return backend, Engine(load_backend(str(path), "cpu"), **engine_options)
 
 
 def ours(engine, prompts, duration, *, top_k=250, seed=1, progress=None) -> dict:

@@ -23,6 +23,7 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
     floor; the native kernel also runs on copies 8 bytes off a cache line, where safetensors leaves weights."""
     from troubadour import native
     from troubadour.matmul import onednn_linear_works
+    from troubadour.panels import pack_weight
 
     torch.set_num_threads(threads)
     dec = backend.decoder
@@ -39,7 +40,9 @@ def matmul_layouts(backend, threads: int, reps: int, table) -> dict:
                 "read the weights once (a sum each): the floor": lambda x, w: w.sum()}
     kernel = native.kernel()
     if kernel is not None:
-        variants["native kernel (engine: 1-8 rows)"] = lambda x, w: kernel(x, w, None)
+        panels = {id(w): pack_weight(w) for w in ws}
+        variants["native kernel, panels (engine: 1-8 rows)"] = lambda x, w: panels[id(w)].run(x, kernel)
+        variants["native kernel, row-major (before panels)"] = lambda x, w: kernel(x, w, None)
         off = {}
         for w in ws:
             off[id(w)] = torch.empty(w.numel() + 2)[2:].view(w.shape).copy_(w)   # 8 bytes off a line
@@ -114,18 +117,18 @@ def options(path, threads: int, duration: float, reps: int, table) -> dict:
     from troubadour.engine import Engine
 
     engines = {}
-    be, eng = load(path, threads)
+    be, eng = load(path, threads)   # be: the checkpoint as loaded (eng packed its own copy as panels)
     engines["fp32"] = (eng, threads)
     engines[f"fp32, {1 if threads != 1 else 2} thread(s)"] = (eng, 1 if threads != 1 else 2)
     engines["fp32, no native kernel (TROUBADOUR_NATIVE=0)"] = (Engine(be, native_kernel=False), threads)
     engines["--compile (torch.compile, no native kernel)"] = (Engine(be, compile_step=True), threads)
-    before = Engine(be)
+    before = Engine(be, native_kernel=False)
     before._skinny = False   # every matmul through F.linear, as before the layouts were picked by rows
     before._make_plans()     # (the plans hold the layout)
     engines["fp32, F.linear layout (before)"] = (before, threads)
     for precision in ("bf16", "int8"):
-        be, _ = load(path, threads)
-        engines[f"--precision {precision}"] = (Engine(be, precision=precision), threads)
+        engines[f"--precision {precision}"] = (load(path, threads, hf=False, precision=precision)[1],
+                                                    threads)
     gc.collect()
     runs = {k: [] for k in engines}
     for name, (eng, th) in engines.items():   # warm up

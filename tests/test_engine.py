@@ -227,12 +227,27 @@ def test_unknown_precision_is_refused(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def wide_backend(tmp_path_factory):
+def wide_path(tmp_path_factory):
     """Wide enough (256) for the engine's skinny-matmul paths; the tiny checkpoint takes F.linear."""
     from troubadour.testmodel import build_test_model
 
-    path = build_test_model(tmp_path_factory.mktemp("wide") / "m", layers=1, hidden=256, heads=4)
-    return load_backend(str(path), "cpu")
+    return build_test_model(tmp_path_factory.mktemp("wide") / "m", layers=1, hidden=256, heads=4)
+
+
+@pytest.fixture(scope="module")
+def wide_backend(wide_path):
+    return load_backend(str(wide_path), "cpu")
+
+
+WIDE_PROMPTS = ["calm piano", "an epic orchestral battle theme with drums", "rain"]
+
+
+@pytest.fixture(scope="module")
+def wide_reference(wide_path):
+    """transformers' greedy generate on the checkpoint as loaded (an Engine repacks its backend's weights)."""
+    be = load_backend(str(wide_path), "cpu")
+    inputs = be.tokenizer(WIDE_PROMPTS, padding=True, return_tensors="pt")
+    return be.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=25 + 3)
 
 
 def test_wide_checkpoint_takes_the_few_rows_layouts(wide_backend):
@@ -252,13 +267,11 @@ def test_wide_checkpoint_takes_the_few_rows_layouts(wide_backend):
 
 
 @pytest.mark.parametrize("native_kernel", [True, False])
-def test_wide_checkpoint_matches_transformers_alone_and_batched(wide_backend, native_kernel):
-    eng = Engine(wide_backend, native_kernel=native_kernel)
-    prompts = ["calm piano", "an epic orchestral battle theme with drums", "rain"]
-    inputs = wide_backend.tokenizer(prompts, padding=True, return_tensors="pt")
-    ref = wide_backend.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=25 + 3)
-    batched = eng.generate([job(p, top_k=1, duration=0.5) for p in prompts])          # 6 rows with CFG
-    alone = [eng.generate([job(p, top_k=1, duration=0.5)])[0] for p in prompts]      # 2 rows each
-    for i in range(len(prompts)):
-        np.testing.assert_allclose(batched[i].audio, ref[i].numpy()[:, :16000], atol=1e-4)
-        np.testing.assert_allclose(alone[i].audio, ref[i].numpy()[:, :16000], atol=1e-4)
+def test_wide_checkpoint_matches_transformers_alone_and_batched(wide_path, wide_reference, native_kernel):
+    be = load_backend(str(wide_path), "cpu")   # fresh: TROUBADOUR_NATIVE=0 never packs
+    eng = Engine(be, native_kernel=native_kernel)
+    batched = eng.generate([job(p, top_k=1, duration=0.5) for p in WIDE_PROMPTS])          # 6 rows with CFG
+    alone = [eng.generate([job(p, top_k=1, duration=0.5)])[0] for p in WIDE_PROMPTS]      # 2 rows each
+    for i in range(len(WIDE_PROMPTS)):
+        np.testing.assert_allclose(batched[i].audio, wide_reference[i].numpy()[:, :16000], atol=1e-4)
+        np.testing.assert_allclose(alone[i].audio, wide_reference[i].numpy()[:, :16000], atol=1e-4)

@@ -103,6 +103,32 @@ def test_attend_refuses_what_it_does_not_take(fresh):
         k.attend(q, kc, kc.clone(), 5, 1.0)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("width,panels", [(64, 1), (128, 3), (512, 8)])
+def test_panels_equal_f_linear(fresh, rows, width, panels):
+    """Weights stored as column panels (panels.py), a row slice of them (how q/k/v sit in the fused qkv) with
+    an output count that is not a whole number of output groups (4 or 2)."""
+    k = native.kernel()
+    torch.manual_seed(rows * width + panels)
+    n = width * panels
+    w = torch.randn(211, n) / n ** 0.5
+    b = torch.randn(201)
+    p = w.view(211, panels, width).transpose(0, 1).contiguous()[:, 7:208]
+    x = torch.randn(rows, n)
+    torch.testing.assert_close(k.panels(x, p, b), F.linear(x, w[7:208], b), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(k.panels(x, p, None), F.linear(x, w[7:208]), atol=1e-4, rtol=1e-5)
+
+
+def test_panels_refuse_what_they_do_not_take(fresh):
+    k = native.kernel()
+    with pytest.raises(ValueError):
+        k.panels(torch.randn(9, 128), torch.randn(2, 8, 64), None)        # 9 rows
+    with pytest.raises(ValueError):
+        k.panels(torch.randn(2, 64), torch.randn(2, 8, 32), None)         # 32 wide: not a multiple of 64
+    with pytest.raises(ValueError, match="contiguous"):
+        k.panels(torch.randn(2, 128), torch.randn(2, 64, 8).transpose(1, 2), None)
+
+
 def test_more_rows_are_refused_by_the_kernel_and_routed_elsewhere(fresh):
     k = native.kernel()
     x, w = torch.randn(9, 64), torch.randn(8, 64)

@@ -24,6 +24,7 @@ from .chroma import chroma_features
 from .chunking import Chunk, RowCodes
 from . import native
 from .matmul import align_parameters, few_rows_linear, fuse_projections, onednn_linear_works, set_precision
+from .panels import PanelLinear, pack_decoder
 from .sampling import Sampler
 
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
@@ -83,7 +84,10 @@ class Engine:
         if compile_step and precision == "int8":
             raise ValidationError("--compile does not combine with --precision int8 (torch.compile cannot trace "
                                   "dynamically quantized linears)", field="precision")
-        self._fused = fuse_projections(self._layers, self._heads)
+        # fused once per backend: a second Engine on it (tests, the bench) finds the model's q/k/v and heads
+        # already views of these, possibly packed as panels
+        self._fused = getattr(backend, "fused_projections", None) or fuse_projections(self._layers, self._heads)
+        backend.fused_projections = self._fused
         self.precision = set_precision([backend.decoder, self._fused], self._device, precision) or \
             ("fp32" if self._device.type == "cpu" else str(self.info.dtype))
         # (tiny test checkpoints: below ~256 wide the per-call overhead outweighs the layout)
@@ -98,6 +102,8 @@ class Engine:
             self.matmuls = "native kernel" if self._gemv else \
                 f"PyTorch ({native.why_not() if native_kernel else 'native kernel off'})"
             align_parameters(backend.decoder)
+            if self._gemv is not None:
+                pack_decoder(self._layers, self._heads, self._fused)
         self._make_plans()
         self._compiled = None
         if compile_step:
@@ -322,6 +328,8 @@ class Engine:
         self._plan_heads = self._lin_plan(self._fused["heads"])
 
     def _lin_plan(self, mod) -> tuple:
+        if isinstance(mod, PanelLinear):   # packed (by this engine or an earlier one on the same backend)
+            return (partial(mod.run, gemv=self._gemv), None, None)
         return (mod, mod.weight, mod.bias) if self._skinny else (mod, None, None)
 
     def _layer_plan(self, i: int, layer) -> SimpleNamespace:

@@ -8,6 +8,7 @@
  * Plain C with GCC/Clang vector types: no intrinsics, so one source builds for AVX2, AVX-512 and NEON. */
 #include <stddef.h>
 #include <string.h>
+#include <omp.h>
 
 typedef float v16 __attribute__((vector_size(64)));
 
@@ -16,9 +17,16 @@ static inline v16 load16(const float *p) { v16 v; memcpy(&v, p, sizeof v); retur
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 
-/* Halving adds: a loop over the 16 lanes compiled to 15 scalar adds, a fifth of the 8-row kernel's time. */
+/* Halving adds: a loop over the 16 lanes compiled to 15 scalar adds, a fifth of the 8-row kernel's time.
+ * Shuffles where the compiler has them: taking the address of an accumulator (memcpy) made GCC keep every
+ * accumulator of the loop on the stack. */
 static inline float hsum16(v16 v)
 {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+    v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 c = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+#else
     v8 a, b;
     memcpy(&a, &v, sizeof a);
     memcpy(&b, (char *)&v + sizeof a, sizeof b);
@@ -27,6 +35,7 @@ static inline float hsum16(v16 v)
     memcpy(&c, &a, sizeof c);
     memcpy(&d, (char *)&a + sizeof c, sizeof d);
     c += d;
+#endif
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
@@ -173,6 +182,130 @@ int troubadour_gemv(const float *w, const float *x, const float *bias, float *y,
             row1(wr, x, in, &s0);
             y[o] = s0 + b;
         }
+    }
+    return 0;
+}
+
+/* The same product on weights stored as column panels (panels.py): panel b holds columns [b*kb, (b+1)*kb) of
+ * every output row, (out, kb) row-major, panels block_stride floats apart. Measured on the machine above
+ * (bench/README.md): with row-major weights 4096 wide, two input rows (32 KiB) fill L1 and the weight stream
+ * evicts them: 0.5-0.7 of a plain read; banding the columns of row-major weights breaks the stream (0.47).
+ * Panels keep both: each thread reads one contiguous run per panel while the inputs of that panel (rows x
+ * kb floats, copied to an aligned scratch at a fixed stride) stay in L1. prefetcht1 4096 floats ahead keeps
+ * the stream fed when 4-8 rows make the loop compute-bound (0.4 -> 0.6-0.75 of a read for 8 rows). */
+#define PANEL_MAX 512
+#define PANEL_AHEAD 4096
+
+int troubadour_panel_max(void) { return PANEL_MAX; }
+
+/* One output, 1 or 2 rows: four accumulators per row (one FMA chain per row was latency-bound). */
+static inline __attribute__((always_inline)) void panel_row(const int R, const float *w, long kb, const float *xs,
+                                                           float *y, long out, long o, int rows)
+{
+    v16 a[2][4];
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < 4; u++)
+            a[r][u] = (v16){0};
+    for (long i = 0; i < kb; i += 64) {
+        __builtin_prefetch(w + i + PANEL_AHEAD, 0, 2);
+        for (int u = 0; u < 4; u++) {
+            v16 q = load16(w + i + 16 * u);
+            for (int r = 0; r < R; r++)
+                a[r][u] += q * load16(xs + r * PANEL_MAX + i + 16 * u);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        if (r < rows)
+            y[r * out + o] += hsum16((a[r][0] + a[r][1]) + (a[r][2] + a[r][3]));
+}
+
+/* NO outputs (1 to 4) x 4 rows, or NO (1 or 2) x 8 rows: 16 accumulators, each input load shared by NO
+ * outputs. Named variables: GCC spilled an array of them. */
+#define ROWS4(M) M(0) M(1) M(2) M(3)
+#define ROWS8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+static inline __attribute__((always_inline)) void panel_tile(const int R, const int NO, const float *w, long kb,
+                                                            const float *xs, float *y, long out, long o, int rows)
+{
+#define ACC(r) v16 a##r = {0}, b##r = {0}, c##r = {0}, d##r = {0};
+    ROWS8(ACC)
+#undef ACC
+    for (long i = 0; i < kb; i += 16) {
+        v16 q[4];
+        for (int n = 0; n < NO; n++) {
+            __builtin_prefetch(w + n * kb + i + PANEL_AHEAD, 0, 2);
+            q[n] = load16(w + n * kb + i);
+        }
+#define FMA(r) if (r < R) { v16 xv = load16(xs + r * PANEL_MAX + i); a##r += q[0] * xv; \
+        if (NO > 1) { b##r += q[1] * xv; } if (NO > 2) { c##r += q[2] * xv; } if (NO > 3) { d##r += q[3] * xv; } }
+        ROWS8(FMA)
+#undef FMA
+    }
+    float s[4][8];
+#define SUM(r) if (r < R) { s[0][r] = hsum16(a##r); if (NO > 1) { s[1][r] = hsum16(b##r); } \
+        if (NO > 2) { s[2][r] = hsum16(c##r); } if (NO > 3) { s[3][r] = hsum16(d##r); } }
+    ROWS8(SUM)
+#undef SUM
+    for (int n = 0; n < NO; n++)
+        for (int r = 0; r < R; r++)
+            if (r < rows)
+                y[r * out + o + n] += s[n][r];
+}
+
+/* One thread's outputs [o0, o1), panel by panel. R: rows rounded up to 1, 2, 4 or 8 (extra rows repeat row 0
+ * and are not stored). */
+static inline __attribute__((always_inline)) void panel_part(const int R, const float *p, long kb, long bstride,
+                                                            const float *x, const float *bias, float *y, long out,
+                                                            long in, int rows, long o0, long o1)
+{
+    float xs[8 * PANEL_MAX] __attribute__((aligned(64)));
+    for (long o = o0; o < o1; o++)
+        for (int r = 0; r < rows; r++)
+            y[r * out + o] = bias ? bias[o] : 0.0f;
+    for (long b = 0; b * kb < in; b++) {
+        for (int r = 0; r < R; r++)
+            memcpy(xs + r * PANEL_MAX, x + (r < rows ? r : 0) * in + b * kb, kb * sizeof(float));
+        const float *pb = p + b * bstride;
+        long o = o0;
+        if (R <= 2) {
+            for (; o < o1; o++)
+                panel_row(R, pb + o * kb, kb, xs, y, out, o, rows);
+        } else if (R == 4) {
+            for (; o + 4 <= o1; o += 4)
+                panel_tile(4, 4, pb + o * kb, kb, xs, y, out, o, rows);
+            for (; o < o1; o++)
+                panel_tile(4, 1, pb + o * kb, kb, xs, y, out, o, rows);
+        } else {
+            for (; o + 2 <= o1; o += 2)
+                panel_tile(8, 2, pb + o * kb, kb, xs, y, out, o, rows);
+            for (; o < o1; o++)
+                panel_tile(8, 1, pb + o * kb, kb, xs, y, out, o, rows);
+        }
+    }
+}
+
+#define PANEL_SPLIT \
+    int t = omp_get_thread_num(), nt = omp_get_num_threads(); \
+    long o0 = (out * t / nt) & ~3L, o1 = t == nt - 1 ? out : (out * (t + 1) / nt) & ~3L;
+
+/* y = x @ w^T (+ bias), w as panels of kb columns (a multiple of 64, at most PANEL_MAX, dividing in); x: (rows,
+ * in); y: (rows, out); rows 1 to 8. Returns 0, or -1 for a shape it does not take. */
+int troubadour_panels(const float *p, long kb, long bstride, const float *x, const float *bias, float *y,
+                      long out, long in, int rows, int threads)
+{
+    if (rows < 1 || rows > 8 || kb < 64 || kb > PANEL_MAX || kb % 64 || in % kb || bstride < out * kb)
+        return -1;
+    if (rows == 1) {
+        #pragma omp parallel num_threads(threads)
+        { PANEL_SPLIT panel_part(1, p, kb, bstride, x, bias, y, out, in, rows, o0, o1); }
+    } else if (rows == 2) {
+        #pragma omp parallel num_threads(threads)
+        { PANEL_SPLIT panel_part(2, p, kb, bstride, x, bias, y, out, in, rows, o0, o1); }
+    } else if (rows <= 4) {
+        #pragma omp parallel num_threads(threads)
+        { PANEL_SPLIT panel_part(4, p, kb, bstride, x, bias, y, out, in, rows, o0, o1); }
+    } else {
+        #pragma omp parallel num_threads(threads)
+        { PANEL_SPLIT panel_part(8, p, kb, bstride, x, bias, y, out, in, rows, o0, o1); }
     }
     return 0;
 }

@@ -94,6 +94,11 @@ class Gemv:
                         [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])
         att.restype = ctypes.c_int
         self._att = att
+        pan = lib.troubadour_panels
+        pan.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 3 +
+                        [ctypes.c_long] * 2 + [ctypes.c_int] * 2)
+        pan.restype = ctypes.c_int
+        self._pan = pan
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: (rows, in) contiguous, rows 1 to 8; weight: (out, in) contiguous; bias: (out,) or None."""
@@ -103,6 +108,20 @@ class Gemv:
                       out, weight.shape[1], rows, torch.get_num_threads())
         if rc:
             raise ValueError(f"native gemv takes 1 to 8 rows, got {rows}")
+        return y
+
+    def panels(self, x: torch.Tensor, p: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x @ W^T + bias with W as panels (panels.py): p (k, out, width), rows within a panel contiguous (a
+        row slice of wider panels is fine); x: (rows, k * width) contiguous, rows 1 to 8."""
+        rows, (k, out, width) = x.shape[0], p.shape
+        if p.stride(2) != 1 or p.stride(1) != width:
+            raise ValueError("panels: each panel's rows must be contiguous")
+        y = torch.empty(rows, out)
+        bstride = p.stride(0) if k > 1 else out * width   # (a size-1 dimension's stride is arbitrary)
+        rc = self._pan(p.data_ptr(), width, bstride, x.data_ptr(), None if bias is None else bias.data_ptr(),
+                       y.data_ptr(), out, k * width, rows, torch.get_num_threads())
+        if rc:
+            raise ValueError(f"native panels take 1 to 8 rows and widths of 64 to 512, got {rows} x {width}")
         return y
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int, scale: float) -> torch.Tensor:
@@ -127,6 +146,13 @@ class Gemv:
             x, w = torch.randn(rows, width, generator=g), torch.randn(41, width, generator=g)
             b = torch.randn(41, generator=g) if bias else None
             if not torch.allclose(self(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-4):
+                return False
+        for rows, width, k, out, bias in ((1, 64, 3, 41, True), (2, 512, 2, 37, False), (3, 128, 2, 9, True),
+                                          (5, 64, 1, 6, False), (8, 192, 2, 23, True)):
+            x, w = torch.randn(rows, k * width, generator=g), torch.randn(out + 3, k * width, generator=g)
+            b = torch.randn(out, generator=g) if bias else None
+            p = w.view(out + 3, k, width).transpose(0, 1).contiguous()[:, 2:out + 2]   # a row slice
+            if not torch.allclose(self.panels(x, p, b), F.linear(x, w[2:out + 2], b), atol=1e-4, rtol=1e-4):
                 return False
         for rows, heads, d, length in ((2, 4, 64, 7), (1, 2, 16, 1), (3, 3, 32, 40)):
             q = torch.randn(rows, 1, heads, d, generator=g)
