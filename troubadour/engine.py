@@ -327,10 +327,13 @@ class Engine:
         self._plan = [self._layer_plan(i, layer) for i, layer in enumerate(self._layers)]
         self._plan_heads = self._lin_plan(self._fused["heads"])
 
-    def _lin_plan(self, mod) -> tuple:
+    def _lin_plan(self, mod) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How a step applies one linear: the native kernel on panels, a few-rows layout, or the module."""
         if isinstance(mod, PanelLinear):   # packed (by this engine or an earlier one on the same backend)
-            return (partial(mod.run, gemv=self._gemv), None, None)
-        return (mod, mod.weight, mod.bias) if self._skinny else (mod, None, None)
+            return self._gemv.panels_call(mod) if self._gemv is not None else mod.forward
+        if self._skinny:
+            return partial(few_rows_linear, weight=mod.weight, bias=mod.bias, onednn=self._onednn, gemv=self._gemv)
+        return mod
 
     def _layer_plan(self, i: int, layer) -> SimpleNamespace:
         """What a step uses of one layer, looked up once: nn.Module attribute access was ~0.4 ms a step."""
@@ -346,13 +349,8 @@ class Engine:
             act=getattr(layer.activation_fn, "act", layer.activation_fn),
             fc1=self._lin_plan(layer.fc1), fc2=self._lin_plan(layer.fc2))
 
-    def _run(self, lin: tuple, x: torch.Tensor) -> torch.Tensor:
-        """A planned linear: `mod(x)`, or the few-rows layouts for fp32 CPU (`_skinny`)."""
-        mod, w, b = lin
-        return mod(x) if w is None else few_rows_linear(x, w, b, self._onednn, self._gemv)
-
     def _lin(self, mod, x: torch.Tensor) -> torch.Tensor:
-        return self._run(self._lin_plan(mod), x)
+        return self._lin_plan(mod)(x)
 
     def _dtype(self) -> torch.dtype:
         return self._dec.layer_norm.weight.dtype
@@ -404,7 +402,7 @@ class Engine:
         end = start + n
         for i, p in enumerate(self._plan):
             y = p.ln1(x)
-            q, kk, vv = self._run(p.qkv, y).view(rows, n, 3, h, d // h).unbind(2)
+            q, kk, vv = p.qkv(y).view(rows, n, 3, h, d // h).unbind(2)
             kc, vc = cache[i]
             if at is not None:
                 kc.index_copy_(2, at[0], kk.transpose(1, 2))
@@ -420,14 +418,14 @@ class Engine:
                     a = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
                                                        is_causal=n > 1, scale=p.scale)
                     a = a.transpose(1, 2).reshape(rows, n, d)
-            x = x + self._run(p.out, a)
+            x = x + p.out(a)
 
             if cross is not None:
-                q = self._run(p.cq, p.ln2(x)).view(rows, n, h, d // h).transpose(1, 2)
+                q = p.cq(p.ln2(x)).view(rows, n, h, d // h).transpose(1, 2)
                 ck, cv = cross_kv[i]
                 a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=p.cscale)
-                x = x + self._run(p.co, a.transpose(1, 2).reshape(rows, n, d))
+                x = x + p.co(a.transpose(1, 2).reshape(rows, n, d))
 
-            x = x + self._run(p.fc2, p.act(self._run(p.fc1, p.ln3(x))))
+            x = x + p.fc2(p.act(p.fc1(p.ln3(x))))
         x = self._dec.layer_norm(x[:, -1])
-        return self._run(self._plan_heads, x).view(rows, len(self._heads), -1).float()   # (rows, K, V)
+        return self._plan_heads(x).view(rows, len(self._heads), -1).float()   # (rows, K, V)

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -123,6 +124,32 @@ class Gemv:
         if rc:
             raise ValueError(f"native panels take 1 to 8 rows and widths of 64 to 512, got {rows} x {width}")
         return y
+
+    def panels_call(self, mod) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A decode step's call of a PanelLinear (panels.py): its pointers and shape bound once, so each call
+        costs the kernel and one ctypes call (the generic path spent ~4 us a call in Python, 169 calls a
+        small-shaped step). More than 8 rows or another dtype go to the module's own forward."""
+        p, bias, forward = mod.panels.detach(), mod.bias, mod.forward
+        k, out, width = p.shape
+        if p.dtype != torch.float32 or p.device.type != "cpu" or p.stride(2) != 1 or p.stride(1) != width \
+                or (bias is not None and not bias.is_contiguous()):
+            return forward
+        n_in = k * width
+        head = (p.data_ptr(), width, p.stride(0) if k > 1 else out * width)
+        bptr = None if bias is None else bias.data_ptr()
+        fn, empty, threads, f32 = self._pan, torch.empty, torch.get_num_threads, torch.float32
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            rows = x.numel() // n_in
+            if rows > 8 or x.dtype != f32:
+                return forward(x)
+            x2 = x.reshape(rows, n_in).contiguous()
+            y = empty(rows, out)
+            fn(*head, x2.data_ptr(), bptr, y.data_ptr(), out, n_in, rows, threads())
+            return y.view(*x.shape[:-1], out)
+
+        call.holds = (p, bias)   # the pointers above stay valid as long as this call lives
+        return call
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int, scale: float) -> torch.Tensor:
         """Self-attention of a decode step: q (rows, 1, heads, d), k and v the KV cache (rows, heads, >= length,
