@@ -59,7 +59,7 @@ def config(args):
         scaling_durations=[10.0, 30.0, 60.0], scaling_reps=2 if q else 3,
         cache_entries=(100, 10_000), cache_lookups=500 if q else 2000,
         small_duration=0.5 if q else 1.0, small_reps=2 if q else 3,
-        small_batch_duration=0.2 if q else 0.5, small_batch_reps=1 if q else 2,
+        small_batch_duration=0.5 if q else 1.0, small_batch_reps=2,   # medians of interleaved reps
         matmul_reps=5 if q else 15,
         profile_duration=0.1 if q else 0.3,
         small_ttfa=not q, small_positions=None if q else [50, 500, 1000, 1500],

@@ -275,3 +275,32 @@ def test_wide_checkpoint_matches_transformers_alone_and_batched(wide_path, wide_
     for i in range(len(WIDE_PROMPTS)):
         np.testing.assert_allclose(batched[i].audio, wide_reference[i].numpy()[:, :16000], atol=1e-4)
         np.testing.assert_allclose(alone[i].audio, wide_reference[i].numpy()[:, :16000], atol=1e-4)
+
+
+def test_codec_weight_norm_is_folded_once_with_the_same_audio(tiny_model, backend):
+    """load_backend computes EnCodec's normalised weights once: no parametrization left, and the same audio,
+    bit for bit, as the checkpoint loaded by transformers alone."""
+    from torch.nn.utils import parametrize
+    from transformers import MusicgenForConditionalGeneration
+
+    raw = MusicgenForConditionalGeneration.from_pretrained(str(tiny_model)).eval()
+    assert any(parametrize.is_parametrized(m) for m in raw.audio_encoder.modules())
+    assert not any(parametrize.is_parametrized(m) for m in backend.model.audio_encoder.modules())
+    codes = torch.randint(0, 64, (1, 1, 4, 30))
+    with torch.inference_mode():
+        ref = raw.audio_encoder.decode(codes, audio_scales=[None]).audio_values
+        got = backend.model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
+    assert torch.equal(ref, got)
+
+
+def test_null_condition_rows_get_the_projection_of_zeros(engine, backend):
+    hidden, mask = backend.encode_text(["calm piano", "battle drums"])
+    h = torch.cat([hidden, torch.zeros_like(hidden)])
+    m = torch.cat([mask, torch.zeros_like(mask)])
+    with torch.inference_mode():
+        kv, _ = engine._cross_kv(h, m)
+        for (kk, vv), layer in zip(kv, engine._layers):
+            att = layer.encoder_attn
+            for got, mod in ((kk, att.k_proj), (vv, att.v_proj)):
+                ref = mod(h).view(*h.shape[:2], got.shape[1], -1).transpose(1, 2)
+                torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)

@@ -383,11 +383,24 @@ class Engine:
         keep = mask.bool() | ~mask.bool().any(dim=1, keepdim=True)
         bias = torch.zeros(rows, 1, 1, t, dtype=hidden.dtype, device=hidden.device)
         bias.masked_fill_(~keep[:, None, None, :], torch.finfo(hidden.dtype).min)
+        # the null condition's rows (CFG) are zeros: their keys/values are the projections of a zero vector,
+        # computed once instead of for every row and token (half the work with CFG)
+        live = hidden.flatten(1).any(dim=1)
+        some = None if bool(live.all()) else torch.nonzero(live).flatten()
+
+        def proj(mod):
+            if some is None:
+                return mod(hidden)
+            y = mod(hidden.new_zeros(1, 1, hidden.shape[2])).expand(rows, t, -1).clone()
+            if len(some):
+                y[some] = mod(hidden[some])
+            return y
+
         out = []
         for layer in self._layers:
             att = layer.encoder_attn
-            kk = att.k_proj(hidden).view(rows, t, h, -1).transpose(1, 2)
-            vv = att.v_proj(hidden).view(rows, t, h, -1).transpose(1, 2)
+            kk = proj(att.k_proj).view(rows, t, h, -1).transpose(1, 2)
+            vv = proj(att.v_proj).view(rows, t, h, -1).transpose(1, 2)
             out.append((kk, vv))
         return out, bias
 
