@@ -32,6 +32,7 @@ class RowCodes:
         self.codes = torch.empty((codebooks, total), dtype=torch.long, device=device)
         self.filled = 0
         self.emitted = 0
+        self.codec = None   # a backend's stream decoder (codec_stream.py), when it has one
 
     def push(self, codes: torch.Tensor) -> tuple[int, int, int, bool] | None:
         """Appends new frames; returns the window (lo, hi, end, final) to decode when a chunk is due."""

@@ -197,6 +197,8 @@ class Engine:
         sampler = Sampler([j.params for j in jobs], self._device)
         decoders = [RowCodes(n, self.info.num_codebooks, self._device, self._hop, self.chunk_frames,
                              self.context_frames, self.lookahead_frames) for n in frames]
+        for row in decoders:   # the codec's state carried chunk to chunk, where the backend can
+            row.codec = self.backend.stream_decoder(self.lookahead_frames)
         state = {"done": 0}
 
         def tick() -> None:
@@ -235,7 +237,13 @@ class Engine:
         """The due chunks, one EnCodec call per row: a batched call rounds differently (~1e-7, measured), and
         a track's bytes must not depend on what it was batched with (cache, bake vs server)."""
         for r, w in windows:
-            chunk = decoders[r].chunk(self.backend.decode_audio(decoders[r].codes[None, :, w[0]:w[1]])[0], w)
+            row = decoders[r]
+            if row.codec is not None:
+                lo, hi, end, final = w
+                audio = row.codec.chunk(row.codes[:, :row.filled], row.emitted, end, final)
+                chunk = row.chunk(audio, (row.emitted, hi, end, final))
+            else:
+                chunk = row.chunk(self.backend.decode_audio(row.codes[None, :, w[0]:w[1]])[0], w)
             chunk.row = r
             yield chunk
 

@@ -1,8 +1,10 @@
 /* y = x @ w^T (+ bias) for one to eight rows of x: the decode step's shape.
  *
  * The step is bound by reading the weights once; MKL's sgemm for N=1-2 reaches ~70 % of the read bandwidth
- * on the CPUs we measured, this loop ~100 % (bench/README.md). Each thread streams a contiguous band of
- * weight rows front to back (one stream, so the hardware prefetcher keeps up), both input rows stay in L1.
+ * on the CPUs we measured, these loops ~100 % (bench/README.md). The engine's weights are stored as column
+ * panels (troubadour_panels, panels.py); troubadour_gemv takes row-major weights no panel width divides.
+ * Each thread streams a contiguous run of weights front to back (one stream, so the hardware prefetcher
+ * keeps up) while the input rows stay in L1.
  * OpenMP here binds to the libgomp PyTorch already loaded (same soname), so it shares PyTorch's threads.
  * troubadour_attend (at the end) is the decode step's self-attention over the KV cache, streamed the same way.
  * Plain C with GCC/Clang vector types: no intrinsics, so one source builds for AVX2, AVX-512 and NEON. */

@@ -2,7 +2,8 @@
 
 That shape is memory-bound, yet F.linear (x @ W^T through MKL) reaches about a third of the memory bandwidth
 on the CPU. Measured per step (bench/README.md, "Where a small-shaped step goes"): the native kernel
-(native.py, gemv.c) reads the weights at nearly full speed for 1-2 rows and beats oneDNN up to 8; without it
+(native.py, gemv.c) reads the weights at nearly full speed for 1-2 rows and beats oneDNN up to 8 (the engine
+runs it on weights packed as panels, panels.py; here on row-major weights no panel width divides); without it
 W @ x^T is the best PyTorch has for 1-2 rows, oneDNN's linear on the same dense weights for 3-32 (no packed
 copy, so no extra memory); past that the work is compute-bound and F.linear is fine.
 """

@@ -41,6 +41,11 @@ class Backend:
     def decode_audio(self, codes):
         raise NotImplementedError
 
+    def stream_decoder(self, lookahead_frames: int):
+        """A per-track decoder that carries the codec's state from chunk to chunk (codec_stream.py), or None:
+        the engine then decodes each chunk from its codes with left context."""
+        return None
+
 
 def pick_device(requested: str | None = "auto") -> str:
     import torch

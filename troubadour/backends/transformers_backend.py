@@ -84,6 +84,14 @@ class TransformersBackend(Backend):
             right = enc.decode(codes[None, :, 1::2], audio_scales=[None] * codes.shape[0]).audio_values
             return torch.cat([left, right], dim=1)
 
+    def stream_decoder(self, lookahead_frames: int):
+        from .. import codec_stream
+
+        enc = self.model.audio_encoder
+        if not codec_stream.supports(enc, lookahead_frames):
+            return None
+        return codec_stream.StreamDecoder(enc, self.info.channels)
+
 
 def model_identity(model_id: str, path: Path | None) -> str:
     """Stable id of the weights: config plus weight files' sizes and edge bytes (no full read of GBs)."""
