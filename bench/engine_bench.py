@@ -203,50 +203,84 @@ def floor(step_out: dict, backend, threads: int, reader: WeightRead, table, pair
     return out
 
 
-def codec_share(name, engine, duration, step_s: float, table, reps: int = 3) -> dict:
-    """EnCodec's part of streaming: every chunk of chunk_frames re-decodes its left context and lookahead
-    (context + chunk + lookahead frames). Times that decode directly against decoding only the kept frames,
-    and, with duration, the share of one whole generation spent in backend.decode_audio."""
+def codec_share(name, engine, duration, step_s: float, table, reps: int = 3, frames: int = 150) -> dict:
+    """EnCodec's part of streaming, per chunk of chunk_frames, same run: the engine's stream decoder (the
+    LSTM's state carried, codec_stream.py) against decoding each chunk's window from its codes again (context +
+    chunk + lookahead frames: the path before session 9 and the fallback) and against decoding only the kept
+    frames; with duration, the share of one whole generation spent in the codec."""
+    from troubadour import codec_stream
+    from troubadour.chunking import RowCodes
+
     be = engine.backend
     k = engine.info.num_codebooks
     full_n = engine.chunk_frames + engine.context_frames + engine.lookahead_frames
     vocab = be.decoder.config.vocab_size
-    g = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, vocab, (1, k, full_n), generator=g)
-    t_full, t_kept = [], []
-    be.decode_audio(codes)
-    for _ in range(reps):
-        t = now()
-        be.decode_audio(codes)
-        t_full.append(now() - t)
-        t = now()
-        be.decode_audio(codes[:, :, :engine.chunk_frames])
-        t_kept.append(now() - t)
-    d_full, d_kept = med(t_full), med(t_kept)
+    codes = torch.randint(0, vocab, (k, frames), generator=torch.Generator().manual_seed(0))
+
+    def stream(carried: bool) -> tuple[float, int]:
+        row = RowCodes(frames, k, "cpu", engine._hop, engine.chunk_frames, engine.context_frames,
+                       engine.lookahead_frames)
+        row.codec = be.stream_decoder(engine.lookahead_frames) if carried else None
+        spent, n = 0.0, 0
+        with torch.inference_mode():
+            for f in range(frames):
+                w = row.push(codes[:, f:f + 1])
+                if w is None:
+                    continue
+                t = now()
+                if row.codec is not None:
+                    row.chunk(row.codec.chunk(row.codes[:, :row.filled], row.emitted, w[2], w[3]),
+                              (row.emitted,) + w[1:])
+                else:
+                    row.chunk(be.decode_audio(row.codes[None, :, w[0]:w[1]])[0], w)
+                spent += now() - t
+                n += 1
+        return spent / n, n
+
+    t_stream, t_window, t_kept = [], [], []
+    with torch.inference_mode():
+        be.decode_audio(codes[None, :, :full_n])
+        for _ in range(reps):
+            if be.stream_decoder(engine.lookahead_frames) is not None:
+                t_stream.append(stream(True)[0])
+            t_window.append(stream(False)[0])
+            t = now()
+            be.decode_audio(codes[None, :, :engine.chunk_frames])
+            t_kept.append(now() - t)
+    d_stream = med(t_stream) if t_stream else None
+    d_window, d_kept = med(t_window), med(t_kept)
     per_chunk = engine.chunk_frames * step_s
-    out = {"chunk_decode_ms": r(d_full * 1e3, 1), "frames_per_chunk_decode": full_n,
+    d_engine = d_stream if d_stream is not None else d_window
+    out = {"stream_chunk_ms": r(d_stream * 1e3, 1) if d_stream is not None else None,
+           "window_chunk_ms": r(d_window * 1e3, 1), "frames_per_window": full_n,
            "kept_only_decode_ms": r(d_kept * 1e3, 1), "step_ms_p50": r(step_s * 1e3, 2),
-           "steady_decode_share": r(d_full / (d_full + per_chunk)),
-           "steady_share_if_kept_only": r(d_kept / (d_kept + per_chunk))}
+           "stream_vs_window": r(d_stream / d_window) if d_stream is not None else None,
+           "steady_decode_share": r(d_engine / (d_engine + per_chunk)),
+           "steady_share_windows": r(d_window / (d_window + per_chunk))}
     if duration:
         calls: list[float] = []
-        orig = be.decode_audio
 
-        def timed(c):
-            t = now()
-            o = orig(c)
-            calls.append(now() - t)
-            return o
+        def timed(orig):
+            def call(*a, **kw):
+                t = now()
+                o = orig(*a, **kw)
+                calls.append(now() - t)
+                return o
+            return call
 
-        be.decode_audio = timed
+        saved = codec_stream.StreamDecoder.chunk, be.decode_audio
+        codec_stream.StreamDecoder.chunk = timed(saved[0])
+        be.decode_audio = timed(saved[1])
         try:
             run = ours(engine, PROMPTS[:1], duration)
         finally:
+            codec_stream.StreamDecoder.chunk = saved[0]
             del be.decode_audio   # back to the class's method
         out.update(run_duration_s=duration, run_decode_calls=len(calls),
                    run_decode_share_of_wall=r(sum(calls) / run["seconds"]))
     table.row(f"{name}: codec share of streaming (steady state)", out["steady_decode_share"], "",
-              note=f"{full_n}-frame decode {out['chunk_decode_ms']} ms per {engine.chunk_frames} frames; "
+              note=f"per {engine.chunk_frames}-frame chunk: carried state {out['stream_chunk_ms']} ms, "
+                   f"{full_n}-frame window {out['window_chunk_ms']} ms (x{out['stream_vs_window']}); "
                    f"kept-only {out['kept_only_decode_ms']} ms; whole run {out.get('run_decode_share_of_wall')}")
     return out
 
