@@ -256,6 +256,10 @@ def test_wide_checkpoint_takes_the_few_rows_layouts(wide_backend):
     if native_kernel_expected():   # .ci/run's machines: Linux with gcc
         assert eng._gemv is not None and eng.matmuls == "native kernel"
         assert eng._attend   # decode steps' self-attention too (head size 64)
+        hidden, mask = wide_backend.encode_text(["calm piano", "an epic orchestral battle theme with drums"])
+        h, m = torch.cat([hidden, torch.zeros_like(hidden)]), torch.cat([mask, torch.zeros_like(mask)])
+        kv, _, lengths = eng._cross_kv(h, m)   # and the text cross-attention, a length per row
+        assert lengths.tolist() == mask.sum(1).tolist() + [h.shape[1]] * 2   # null rows: all (zero) keys
     else:                          # the fallback names its reason
         assert eng._gemv is None and eng.matmuls.startswith("PyTorch (")
     assert Engine(wide_backend, native_kernel=False)._gemv is None

@@ -83,6 +83,25 @@ def test_attend_equals_scaled_dot_product_attention(fresh, rows, heads, d, lengt
     torch.testing.assert_close(got, ref.transpose(1, 2).reshape(rows, 1, heads * d), atol=1e-5, rtol=1e-4)
 
 
+def test_attend_with_a_length_per_row_equals_masked_attention(fresh):
+    """The text cross-attention: each row attends to its own prompt's tokens (right-padded), one int64 each."""
+    k = native.kernel()
+    torch.manual_seed(3)
+    q = torch.randn(4, 1, 3, 32)
+    kk, vv = torch.randn(4, 3, 9, 32), torch.randn(4, 3, 9, 32)
+    lengths = torch.tensor([9, 2, 5, 1])
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    bias = torch.zeros(4, 1, 1, 9).masked_fill(~mask[:, None, None, :], float("-inf"))
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=bias, scale=0.2)
+    torch.testing.assert_close(k.attend(q, kk, vv, 9, 0.2, lengths), ref.transpose(1, 2).reshape(4, 1, -1),
+                               atol=1e-5, rtol=1e-4)
+    for bad in (torch.tensor([9, 2, 0, 1]), torch.tensor([9, 2, 10, 1])):
+        with pytest.raises(ValueError, match="row length"):
+            k.attend(q, kk, vv, 9, 0.2, bad)
+    with pytest.raises(ValueError, match="int64"):
+        k.attend(q, kk, vv, 9, 0.2, lengths.to(torch.int32))
+
+
 def test_attend_takes_any_cache_length(fresh):
     """Its scores live in a scratch tensor, not on an OpenMP thread's stack."""
     k = native.kernel()

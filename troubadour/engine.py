@@ -404,13 +404,17 @@ class Engine:
                 y[some] = mod(hidden[some])
             return y
 
+        # decode steps attend to the text in the native kernel when each row's kept keys are a prefix (text is
+        # padded on the right): lengths per row instead of a mask, keys/values laid out position by position
+        lengths = keep.sum(dim=1)
+        native = self._attend and bool((keep == (torch.arange(t, device=keep.device) < lengths[:, None])).all())
         out = []
         for layer in self._layers:
             att = layer.encoder_attn
             kk = proj(att.k_proj).view(rows, t, h, -1).transpose(1, 2)
             vv = proj(att.v_proj).view(rows, t, h, -1).transpose(1, 2)
-            out.append((kk, vv))
-        return out, bias
+            out.append((kk.contiguous(), vv.contiguous()) if native else (kk, vv))
+        return (out, bias, lengths.to(torch.int64).contiguous()) if native else (out, bias)
 
     def _forward(self, x: torch.Tensor, start: int, cache, cross, at=None) -> torch.Tensor:
         """Decoder layers over positions [start, start + n); returns logits of the last one (rows, K, V).
@@ -419,7 +423,8 @@ class Engine:
         the cache at a tensor position and attends over all of it, so no shape changes from step to step."""
         rows, n, d = x.shape
         h = self._num_heads
-        cross_kv, cross_bias = cross if cross is not None else (None, None)
+        cross_kv, cross_bias, *lengths = cross if cross is not None else (None, None)
+        text_lengths = lengths[0] if lengths and n == 1 else None   # the native kernel takes decode steps
         end = start + n
         for i, p in enumerate(self._plan):
             y = p.ln1(x)
@@ -444,8 +449,12 @@ class Engine:
             if cross is not None:
                 q = p.cq(p.ln2(x)).view(rows, n, h, d // h).transpose(1, 2)
                 ck, cv = cross_kv[i]
-                a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=p.cscale)
-                x = x + p.co(a.transpose(1, 2).reshape(rows, n, d))
+                if text_lengths is not None:   # (SDPA with a mask: ~2x the time for 2 rows, ~2.6x for 8)
+                    a = self._gemv.attend(q.transpose(1, 2), ck, cv, ck.shape[2], p.cscale, text_lengths)
+                else:
+                    a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_bias, scale=p.cscale)
+                    a = a.transpose(1, 2).reshape(rows, n, d)
+                x = x + p.co(a)
 
             x = x + p.fc2(p.act(p.fc1(p.ln3(x))))
         x = self._dec.layer_norm(x[:, -1])

@@ -312,25 +312,31 @@ int troubadour_panels(const float *p, long kb, long bstride, const float *x, con
     return 0;
 }
 
-/* A decode step's self-attention: one query per (row, head) against its T cached keys,
+/* A decode step's attention: one query per (row, head) against its T cached keys,
  *   out[r, h] = softmax(scale * q[r, h] . k[r, h, t] for t < T) @ v[r, h, :T].
  * PyTorch's flash kernel read the cache at ~21 GB/s inside a step (the cache comes back from DRAM after the
  * weight stream); here each (row, head) streams its keys, then its values, front to back. q and out are
  * (rows, heads, d) with the given row/head strides; k and v (rows, heads, >= T, d) share theirs, positions
- * contiguous; scores is scratch for rows * heads * T floats. d a multiple of 16 up to 256; returns -1 otherwise. */
+ * contiguous; scores is scratch for rows * heads * T floats. lengths: NULL, or each row's own T (1 to T: the
+ * text cross-attention, whose prompts differ in length). d a multiple of 16 up to 256; returns -1 otherwise. */
 int troubadour_attend(const float *q, long q_rs, long q_hs, const float *k, const float *v, long kv_rs,
                       long kv_hs, float *out, long o_rs, long o_hs, int rows, int heads, long T, int d,
-                      float scale, float *scores, int threads)
+                      float scale, float *scores, const long *lengths, int threads)
 {
     if (d % 16 || d > 256 || T < 1)
         return -1;
+    for (int r = 0; lengths && r < rows; r++)
+        if (lengths[r] < 1 || lengths[r] > T)
+            return -1;
     int nv = d / 16;
+    long span = T;   /* scratch per task */
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long task = 0; task < (long)rows * heads; task++) {
         long r = task / heads, h = task % heads;
+        long T = lengths ? lengths[r] : span;
         const float *qp = q + r * q_rs + h * q_hs;
         const float *kp = k + r * kv_rs + h * kv_hs, *vp = v + r * kv_rs + h * kv_hs;
-        float *s = scores + task * T;   /* the caller's scratch, rows * heads * T: no stack to outgrow */
+        float *s = scores + task * span;   /* the caller's scratch, rows * heads * T: no stack to outgrow */
         v16 qv[16], acc[16];
         for (int j = 0; j < nv; j++)
             qv[j] = load16(qp + 16 * j);

@@ -92,7 +92,8 @@ class Gemv:
         att = lib.troubadour_attend
         att.argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 2 +
                         [ctypes.c_long] * 2 + [ctypes.c_void_p] + [ctypes.c_long] * 2 + [ctypes.c_int] * 2 +
-                        [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])
+                        [ctypes.c_long, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_int])
         att.restype = ctypes.c_int
         self._att = att
         pan = lib.troubadour_panels
@@ -151,18 +152,25 @@ class Gemv:
         call.holds = (p, bias)   # the pointers above stay valid as long as this call lives
         return call
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int, scale: float) -> torch.Tensor:
-        """Self-attention of a decode step: q (rows, 1, heads, d), k and v the KV cache (rows, heads, >= length,
-        d) with the same strides; the first `length` positions are attended. Returns (rows, 1, heads * d)."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int, scale: float,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """A decode step's attention: q (rows, 1, heads, d), k and v (rows, heads, >= length, d) with the same
+        strides (the KV cache, or the text's keys and values); the first `length` positions are attended, or
+        each row's first lengths[r] (an int64 tensor). Returns (rows, 1, heads * d)."""
         rows, _, heads, d = q.shape
         if k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != d or q.stride(3) != 1:
             raise ValueError("attend: k and v need the same layout, positions and features contiguous")
+        if lengths is not None and (lengths.dtype != torch.int64 or lengths.shape != (rows,)
+                                    or not lengths.is_contiguous()):
+            raise ValueError("attend: lengths must be one int64 per row")
         out, scores = torch.empty(rows, 1, heads * d), torch.empty(rows * heads * length)
         rc = self._att(q.data_ptr(), q.stride(0), q.stride(2), k.data_ptr(), v.data_ptr(), k.stride(0),
                        k.stride(1), out.data_ptr(), heads * d, d, rows, heads, length, d, scale,
-                       scores.data_ptr(), torch.get_num_threads())
+                       scores.data_ptr(), None if lengths is None else lengths.data_ptr(),
+                       torch.get_num_threads())
         if rc:
-            raise ValueError(f"native attend does not take head size {d} over {length} positions")
+            raise ValueError(f"native attend does not take head size {d} over {length} positions "
+                             f"(or a row length outside 1..{length})")
         return out
 
     def agrees(self) -> bool:
@@ -188,6 +196,14 @@ class Gemv:
             if not torch.allclose(self.attend(q, k, v, length, 0.3), ref.transpose(1, 2).reshape(rows, 1, -1),
                                   atol=1e-5, rtol=1e-4):
                 return False
+            lengths = torch.arange(rows, dtype=torch.int64) % length + 1   # each row its own length
+            own = self.attend(q, k, v, length, 0.3, lengths)
+            for r in range(rows):
+                n = int(lengths[r])
+                ref = F.scaled_dot_product_attention(q[r:r + 1].transpose(1, 2), k[r:r + 1, :, :n], v[r:r + 1, :, :n],
+                                                     scale=0.3).transpose(1, 2).reshape(1, 1, -1)
+                if not torch.allclose(own[r:r + 1], ref, atol=1e-5, rtol=1e-4):
+                    return False
         return True
 
 
