@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import native_kernel_expected
 from troubadour import codec_stream
 from troubadour.backends import load_backend
 from troubadour.chunking import RowCodes
@@ -81,3 +82,38 @@ def test_the_engine_streams_without_decoding_windows_again(engine, backend, monk
     monkeypatch.undo()
     whole = Engine(backend, lookahead_frames=5).decode(r.codes)
     assert np.abs(r.audio - whole).max() < TOLERANCE
+
+
+@pytest.mark.skipif(not native_kernel_expected(), reason="not Linux with a C compiler")
+def test_the_lstm_in_the_native_kernel_equals_torchs(backend):
+    """PanelLSTM: the same outputs and state as torch.nn.LSTM, from zeros and from a carried state."""
+    from troubadour import native
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(128, 128, num_layers=2)
+    ours = codec_stream.PanelLSTM(lstm, native.kernel())
+    seq = torch.randn(9, 1, 128)
+    with torch.inference_mode():
+        ref, ref_state = lstm(seq)
+        got, state = ours(seq, None)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        more = torch.randn(4, 1, 128)
+        ref2, _ = lstm(more, ref_state)
+        got2, _ = ours(more, state)
+        torch.testing.assert_close(got2, ref2, atol=1e-5, rtol=1e-5)
+    # and a stream through it equals a whole decode
+    codes = torch.randint(0, 64, (backend.info.num_codebooks, 120))
+    row_codec = backend.stream_decoder(5, native.kernel())
+    assert isinstance(row_codec.tracks[0].lstm, codec_stream.PanelLSTM)
+    k, total = codes.shape
+    row = RowCodes(total, k, "cpu", 640, 25, 50, 5)
+    row.codec = row_codec
+    out = []
+    for f in range(total):
+        w = row.push(codes[:, f:f + 1])
+        if w is not None:
+            audio = row.codec.chunk(row.codes[:, :row.filled], row.emitted, w[2], w[3])
+            out.append(row.chunk(audio, (row.emitted,) + w[1:]).audio)
+    with torch.inference_mode():
+        whole = backend.decode_audio(codes[None])[0].numpy()
+    assert np.abs(np.concatenate(out, axis=1) - whole).max() < TOLERANCE

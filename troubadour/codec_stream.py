@@ -38,12 +38,59 @@ def supports(enc, lookahead_frames: int) -> bool:
             and lookahead_frames >= PRE_REACH + POST_REACH)
 
 
+class PanelLSTM:
+    """The codec's LSTM over a chunk's frames with its recurrent matmul in the native kernel. At batch 1 each
+    frame multiplies one row by both layers' (4 D, D) recurrent weights (2 x 16 MB for musicgen's codec):
+    PyTorch's LSTM read them at ~22 GB/s, 37 of a chunk's 97 ms (bench/README.md). Same gates, same order
+    (i, f, g, o) as torch.nn.LSTM; the input projections of all frames are one matmul per layer."""
+
+    def __init__(self, lstm: torch.nn.LSTM, gemv):
+        from .panels import pack_weight
+
+        self.layers = []
+        for n in range(lstm.num_layers):
+            w_ih = getattr(lstm, f"weight_ih_l{n}").detach()
+            w_hh = pack_weight(getattr(lstm, f"weight_hh_l{n}"))   # a packed copy: 16 MB a layer
+            bias = (getattr(lstm, f"bias_ih_l{n}") + getattr(lstm, f"bias_hh_l{n}")).detach()
+            self.layers.append((w_ih, gemv.panels_call(w_hh), bias, w_hh))
+        self.hidden = lstm.hidden_size
+
+    @staticmethod
+    def usable(lstm: torch.nn.LSTM, gemv) -> bool:
+        from .panels import width_for
+
+        w = lstm.weight_hh_l0
+        return (gemv is not None and w.dtype == torch.float32 and w.device.type == "cpu" and lstm.bias
+                and not lstm.batch_first and lstm.proj_size == 0 and width_for(lstm.hidden_size) is not None)
+
+    def __call__(self, seq: torch.Tensor, state):
+        """seq (n, 1, D) -> (out (n, 1, D), (h, c) each (layers, 1, D)), as torch.nn.LSTM."""
+        x = seq[:, 0]
+        h_all, c_all = state if state is not None else (None, None)
+        hs, cs = [], []
+        for n, (w_ih, hh, bias, _) in enumerate(self.layers):
+            pre = torch.addmm(bias, x, w_ih.t())                       # (frames, 4 D)
+            h = torch.zeros(1, self.hidden) if h_all is None else h_all[n]
+            c = torch.zeros(1, self.hidden) if c_all is None else c_all[n]
+            outs = []
+            for t in range(pre.shape[0]):
+                i, f, g, o = (pre[t:t + 1] + hh(h)).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            x = torch.cat(outs)
+            hs.append(h)
+            cs.append(c)
+        return x[:, None], (torch.stack(hs), torch.stack(cs))
+
+
 class TrackDecoder:
     """One mono code stream's decoder state (a stereo track has two)."""
 
-    def __init__(self, enc):
+    def __init__(self, enc, lstm=None):
         layers = enc.decoder.layers
-        self.quantizer, self.first, self.lstm, self.post = enc.quantizer, layers[0], layers[1].lstm, layers[2:]
+        self.quantizer, self.first, self.post = enc.quantizer, layers[0], layers[2:]
+        self.lstm = lstm or layers[1].lstm
         self.state = None          # the LSTM's (h, c) after `done` frames
         self.done = 0              # frames through the LSTM
         self.kept = None           # LSTM block outputs (1, D, n) for frames [kept_from, done)
@@ -79,10 +126,11 @@ class TrackDecoder:
 
 
 class StreamDecoder:
-    """A track's decoder: one TrackDecoder per channel (stereo codes interleave left and right codebooks)."""
+    """A track's decoder: one TrackDecoder per channel (stereo codes interleave left and right codebooks).
+    lstm: a shared PanelLSTM, or None for the codec's own."""
 
-    def __init__(self, enc, channels: int):
-        self.tracks = [TrackDecoder(enc) for _ in range(channels)]
+    def __init__(self, enc, channels: int, lstm=None):
+        self.tracks = [TrackDecoder(enc, lstm) for _ in range(channels)]
 
     def chunk(self, codes: torch.Tensor, emitted: int, end: int, final: bool) -> torch.Tensor:
         """(channels, samples) for frames [emitted, end) of codes (K, filled)."""

@@ -198,7 +198,7 @@ class Engine:
         decoders = [RowCodes(n, self.info.num_codebooks, self._device, self._hop, self.chunk_frames,
                              self.context_frames, self.lookahead_frames) for n in frames]
         for row in decoders:   # the codec's state carried chunk to chunk, where the backend can
-            row.codec = self.backend.stream_decoder(self.lookahead_frames)
+            row.codec = self.backend.stream_decoder(self.lookahead_frames, self._gemv)
         state = {"done": 0}
 
         def tick() -> None:

@@ -41,9 +41,10 @@ class Backend:
     def decode_audio(self, codes):
         raise NotImplementedError
 
-    def stream_decoder(self, lookahead_frames: int):
+    def stream_decoder(self, lookahead_frames: int, gemv=None):
         """A per-track decoder that carries the codec's state from chunk to chunk (codec_stream.py), or None:
-        the engine then decodes each chunk from its codes with left context."""
+        the engine then decodes each chunk from its codes with left context. gemv: the native kernel, if the
+        engine uses it (the codec's LSTM then runs its recurrent matmul there)."""
         return None
 
 

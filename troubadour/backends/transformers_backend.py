@@ -84,12 +84,17 @@ class TransformersBackend(Backend):
             right = enc.decode(codes[None, :, 1::2], audio_scales=[None] * codes.shape[0]).audio_values
             return torch.cat([left, right], dim=1)
 
-    def stream_decoder(self, lookahead_frames: int):
+    def stream_decoder(self, lookahead_frames: int, gemv=None):
         from .. import codec_stream
 
         enc = self.model.audio_encoder
         if not codec_stream.supports(enc, lookahead_frames):
             return None
+        lstm = enc.decoder.layers[1].lstm
+        if codec_stream.PanelLSTM.usable(lstm, gemv):
+            if getattr(self, "_panel_lstm", (None,))[0] is not gemv:   # packed once per backend and kernel
+                self._panel_lstm = (gemv, codec_stream.PanelLSTM(lstm, gemv))
+            return codec_stream.StreamDecoder(enc, self.info.channels, self._panel_lstm[1])
         return codec_stream.StreamDecoder(enc, self.info.channels)
 
 
