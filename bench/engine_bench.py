@@ -220,7 +220,7 @@ def codec_share(name, engine, duration, step_s: float, table, reps: int = 3, fra
     def stream(carried: bool) -> tuple[float, int]:
         row = RowCodes(frames, k, "cpu", engine._hop, engine.chunk_frames, engine.context_frames,
                        engine.lookahead_frames)
-        row.codec = be.stream_decoder(engine.lookahead_frames) if carried else None
+        row.codec = be.stream_decoder(engine.lookahead_frames, engine._gemv) if carried else None
         spent, n = 0.0, 0
         with torch.inference_mode():
             for f in range(frames):
@@ -241,7 +241,7 @@ def codec_share(name, engine, duration, step_s: float, table, reps: int = 3, fra
     with torch.inference_mode():
         be.decode_audio(codes[None, :, :full_n])
         for _ in range(reps):
-            if be.stream_decoder(engine.lookahead_frames) is not None:
+            if be.stream_decoder(engine.lookahead_frames, engine._gemv) is not None:
                 t_stream.append(stream(True)[0])
             t_window.append(stream(False)[0])
             t = now()
