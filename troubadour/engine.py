@@ -2,8 +2,8 @@
 
 Our own decode loop over the checkpoint's modules (transformers' `generate()` cannot stream MusicGen):
 preallocated KV cache, classifier-free guidance batched with the conditional rows, the codebook delay
-pattern, per-row sampling parameters and seeds, and incremental EnCodec decoding with overlap so audio
-chunks leave while the model is still generating.
+pattern, per-row sampling parameters and seeds, and incremental EnCodec decoding (the codec's state kept per
+track, codec_stream.py) so audio chunks leave while the model is still generating.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .errors import Cancelled, ValidationError
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
 from .chunking import Chunk, RowCodes
+from .conditioning import cross_keys_values
 from . import native
 from .matmul import align_parameters, few_rows_linear, fuse_projections, onednn_linear_works, set_precision
 from .panels import PanelLinear, pack_decoder
@@ -30,7 +31,7 @@ from .sampling import Sampler
 # Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
 # concatenated chunks match a whole-sequence decode to well under the asserted tolerance.
 CHUNK_FRAMES = 25      # audio leaves every 0.5 s of generated music
-CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM and convs settle before the kept part
+CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM settles (where its state cannot be kept)
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
 WINDOW_S = 30.0        # MusicGen was trained on 30 s; longer tracks continue window by window
 CONTINUATION_S = 10.0  # codes of the previous window a continuation is conditioned on
@@ -383,38 +384,9 @@ class Engine:
         return x
 
     def _cross_kv(self, hidden: torch.Tensor, mask: torch.Tensor):
-        """Keys/values of the text conditioning, computed once per batch instead of once per step."""
-        rows, t, _ = hidden.shape
-        h = self._num_heads
-        # Additive mask; a row with nothing to attend (the null condition) attends to all of its zero
-        # vectors instead, which gives the same zero output without a NaN from an all -inf softmax.
-        keep = mask.bool() | ~mask.bool().any(dim=1, keepdim=True)
-        bias = torch.zeros(rows, 1, 1, t, dtype=hidden.dtype, device=hidden.device)
-        bias.masked_fill_(~keep[:, None, None, :], torch.finfo(hidden.dtype).min)
-        # the null condition's rows (CFG) are zeros: their keys/values are the projections of a zero vector,
-        # computed once instead of for every row and token (half the work with CFG)
-        live = hidden.flatten(1).any(dim=1)
-        some = None if bool(live.all()) else torch.nonzero(live).flatten()
-
-        def proj(mod):
-            if some is None:
-                return mod(hidden)
-            y = mod(hidden.new_zeros(1, 1, hidden.shape[2])).expand(rows, t, -1).clone()
-            if len(some):
-                y[some] = mod(hidden[some])
-            return y
-
-        # decode steps attend to the text in the native kernel when each row's kept keys are a prefix (text is
-        # padded on the right): lengths per row instead of a mask, keys/values laid out position by position
-        lengths = keep.sum(dim=1)
-        native = self._attend and bool((keep == (torch.arange(t, device=keep.device) < lengths[:, None])).all())
-        out = []
-        for layer in self._layers:
-            att = layer.encoder_attn
-            kk = proj(att.k_proj).view(rows, t, h, -1).transpose(1, 2)
-            vv = proj(att.v_proj).view(rows, t, h, -1).transpose(1, 2)
-            out.append((kk.contiguous(), vv.contiguous()) if native else (kk, vv))
-        return (out, bias, lengths.to(torch.int64).contiguous()) if native else (out, bias)
+        """Keys/values of the text conditioning, computed once per batch instead of once per step (with each
+        row's length where decode steps attend in the native kernel)."""
+        return cross_keys_values(self._layers, self._num_heads, hidden, mask, native=self._attend)
 
     def _forward(self, x: torch.Tensor, start: int, cache, cross, at=None) -> torch.Tensor:
         """Decoder layers over positions [start, start + n); returns logits of the last one (rows, K, V).
