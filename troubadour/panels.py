@@ -51,7 +51,8 @@ class PanelLinear(torch.nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def run(self, x: torch.Tensor, gemv) -> torch.Tensor:
-        """The decode step's call: the native kernel for 1-8 fp32 rows on the CPU, else forward()."""
+        """The native kernel for 1-8 fp32 rows on the CPU, else forward(). (The engine binds its calls once per
+        weight instead: native.Gemv.panels_call.)"""
         rows = x.numel() // self.in_features
         if gemv is None or rows > KERNEL_ROWS or x.dtype != torch.float32 or self.panels.dtype != torch.float32 \
                 or x.device.type != "cpu":
@@ -137,9 +138,4 @@ def pack_decoder(layers, lm_heads: torch.nn.ModuleList, fused: torch.nn.ModuleDi
                 packed += 1
     fused_views("heads", None, [(lm_heads, str(c)) for c in range(len(lm_heads))])
     return packed
-
-
-def linear_weight(mod: torch.nn.Module) -> torch.Tensor:
-    """The (out, in) weight of a Linear or a PanelLinear (a copy for the latter)."""
-    return mod.dense() if isinstance(mod, PanelLinear) else mod.weight.detach()
 
