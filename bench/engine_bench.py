@@ -228,11 +228,7 @@ def codec_share(name, engine, duration, step_s: float, table, reps: int = 3, fra
                 if w is None:
                     continue
                 t = now()
-                if row.codec is not None:
-                    row.chunk(row.codec.chunk(row.codes[:, :row.filled], row.emitted, w[2], w[3]),
-                              (row.emitted,) + w[1:])
-                else:
-                    row.chunk(be.decode_audio(row.codes[None, :, w[0]:w[1]])[0], w)
+                row.decode(w, be.decode_audio)
                 spent += now() - t
                 n += 1
         return spent / n, n

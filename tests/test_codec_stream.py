@@ -15,18 +15,16 @@ from troubadour.params import GenParams
 TOLERANCE = 1e-4   # as test_engine's STREAM_TOLERANCE: measured ~1e-7
 
 
-def _stream(be, codes, chunk_frames, lookahead=5):
+def _stream(be, codes, chunk_frames, lookahead=5, gemv=None):
     k, total = codes.shape
     row = RowCodes(total, k, "cpu", be.info.sample_rate // be.info.frame_rate, chunk_frames, 50, lookahead)
-    row.codec = be.stream_decoder(lookahead)
+    row.codec = be.stream_decoder(lookahead, gemv)
     assert row.codec is not None
     out = []
     for f in range(total):
         w = row.push(codes[:, f:f + 1])
         if w is not None:
-            lo, hi, end, final = w
-            audio = row.codec.chunk(row.codes[:, :row.filled], row.emitted, end, final)
-            out.append(row.chunk(audio, (row.emitted, hi, end, final)))
+            out.append(row.decode(w, None))   # never the windowed decode
     return out
 
 
@@ -102,18 +100,9 @@ def test_the_lstm_in_the_native_kernel_equals_torchs(backend):
         got2, _ = ours(more, state)
         torch.testing.assert_close(got2, ref2, atol=1e-5, rtol=1e-5)
     # and a stream through it equals a whole decode
+    assert isinstance(backend.stream_decoder(5, native.kernel()).tracks[0].lstm, codec_stream.PanelLSTM)
     codes = torch.randint(0, 64, (backend.info.num_codebooks, 120))
-    row_codec = backend.stream_decoder(5, native.kernel())
-    assert isinstance(row_codec.tracks[0].lstm, codec_stream.PanelLSTM)
-    k, total = codes.shape
-    row = RowCodes(total, k, "cpu", 640, 25, 50, 5)
-    row.codec = row_codec
-    out = []
-    for f in range(total):
-        w = row.push(codes[:, f:f + 1])
-        if w is not None:
-            audio = row.codec.chunk(row.codes[:, :row.filled], row.emitted, w[2], w[3])
-            out.append(row.chunk(audio, (row.emitted,) + w[1:]).audio)
+    got = np.concatenate([c.audio for c in _stream(backend, codes, 25, gemv=native.kernel())], axis=1)
     with torch.inference_mode():
         whole = backend.decode_audio(codes[None])[0].numpy()
-    assert np.abs(np.concatenate(out, axis=1) - whole).max() < TOLERANCE
+    assert np.abs(got - whole).max() < TOLERANCE

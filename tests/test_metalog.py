@@ -40,17 +40,22 @@ def _check_records(records, writers, n):
     assert len(records) == writers * n
 
 
+def _race(workers, start) -> None:
+    """Starts every writer, then lets them all go at once, and waits for them."""
+    for w in workers:
+        w.start()
+    start.set()
+    for w in workers:
+        w.join(60)
+
+
 def test_log_concurrent_processes(tmp_path):
     path = tmp_path / "meta.jsonl"
     ctx = mp.get_context("fork")
     start = ctx.Event()
     procs = [ctx.Process(target=_writer, args=(path, w, 200, start)) for w in range(4)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    _race(procs, start)
+    assert all(p.exitcode == 0 for p in procs)
     log = metalog.MetadataLog(path)
     records = log.read()
     assert log.skipped == 0
@@ -62,11 +67,7 @@ def test_log_concurrent_threads(tmp_path):
     path = tmp_path / "meta.jsonl"
     start = threading.Event()
     threads = [threading.Thread(target=_writer, args=(path, w, 50, start)) for w in range(4)]
-    for t in threads:
-        t.start()
-    start.set()
-    for t in threads:
-        t.join()
+    _race(threads, start)
     _check_records(metalog.read_log(path), 4, 50)
 
 

@@ -46,6 +46,15 @@ class RowCodes:
             return lo, min(self.filled, end + self.lookahead_frames), end, final
         return None
 
+    def decode(self, window, decode_audio) -> Chunk:
+        """The due chunk: from the codec's carried state where the row has one, else by decoding the window's
+        codes again with `decode_audio` (codes (1, K, n) -> (1, channels, samples))."""
+        lo, hi, end, final = window
+        if self.codec is not None:
+            audio = self.codec.chunk(self.codes[:, :self.filled], self.emitted, end, final)
+            return self.chunk(audio, (self.emitted, hi, end, final))
+        return self.chunk(decode_audio(self.codes[None, :, lo:hi])[0], window)
+
     def chunk(self, audio: torch.Tensor, window) -> Chunk:
         """The chunk from the decoded window: its frames emitted..end, without the context on either side."""
         lo, _, end, final = window

@@ -52,7 +52,7 @@ class PanelLSTM:
             w_ih = getattr(lstm, f"weight_ih_l{n}").detach()
             w_hh = pack_weight(getattr(lstm, f"weight_hh_l{n}"))   # a packed copy: 16 MB a layer
             bias = (getattr(lstm, f"bias_ih_l{n}") + getattr(lstm, f"bias_hh_l{n}")).detach()
-            self.layers.append((w_ih, gemv.panels_call(w_hh), bias, w_hh))
+            self.layers.append((w_ih, gemv.panels_call(w_hh), bias))   # (the call holds the packed copy)
         self.hidden = lstm.hidden_size
 
     @staticmethod
@@ -68,7 +68,7 @@ class PanelLSTM:
         x = seq[:, 0]
         h_all, c_all = state if state is not None else (None, None)
         hs, cs = [], []
-        for n, (w_ih, hh, bias, _) in enumerate(self.layers):
+        for n, (w_ih, hh, bias) in enumerate(self.layers):
             pre = torch.addmm(bias, x, w_ih.t())                       # (frames, 4 D)
             h = torch.zeros(1, self.hidden) if h_all is None else h_all[n]
             c = torch.zeros(1, self.hidden) if c_all is None else c_all[n]

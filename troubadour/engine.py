@@ -238,13 +238,7 @@ class Engine:
         """The due chunks, one EnCodec call per row: a batched call rounds differently (~1e-7, measured), and
         a track's bytes must not depend on what it was batched with (cache, bake vs server)."""
         for r, w in windows:
-            row = decoders[r]
-            if row.codec is not None:
-                lo, hi, end, final = w
-                audio = row.codec.chunk(row.codes[:, :row.filled], row.emitted, end, final)
-                chunk = row.chunk(audio, (row.emitted, hi, end, final))
-            else:
-                chunk = row.chunk(self.backend.decode_audio(row.codes[None, :, w[0]:w[1]])[0], w)
+            chunk = decoders[r].decode(w, self.backend.decode_audio)
             chunk.row = r
             yield chunk
 

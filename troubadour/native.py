@@ -116,11 +116,10 @@ class Gemv:
         """x @ W^T + bias with W as panels (panels.py): p (k, out, width), rows within a panel contiguous (a
         row slice of wider panels is fine); x: (rows, k * width) contiguous, rows 1 to 8."""
         rows, (k, out, width) = x.shape[0], p.shape
-        if p.stride(2) != 1 or p.stride(1) != width:
+        if not _panel_rows_contiguous(p):
             raise ValueError("panels: each panel's rows must be contiguous")
         y = torch.empty(rows, out)
-        bstride = p.stride(0) if k > 1 else out * width   # (a size-1 dimension's stride is arbitrary)
-        rc = self._pan(p.data_ptr(), width, bstride, x.data_ptr(), None if bias is None else bias.data_ptr(),
+        rc = self._pan(*_panel_head(p), x.data_ptr(), None if bias is None else bias.data_ptr(),
                        y.data_ptr(), out, k * width, rows, torch.get_num_threads())
         if rc:
             raise ValueError(f"native panels take 1 to 8 rows and widths of 64 to 512, got {rows} x {width}")
@@ -132,11 +131,11 @@ class Gemv:
         small-shaped step). More than 8 rows or another dtype go to the module's own forward."""
         p, bias, forward = mod.panels.detach(), mod.bias, mod.forward
         k, out, width = p.shape
-        if p.dtype != torch.float32 or p.device.type != "cpu" or p.stride(2) != 1 or p.stride(1) != width \
+        if p.dtype != torch.float32 or p.device.type != "cpu" or not _panel_rows_contiguous(p) \
                 or (bias is not None and not bias.is_contiguous()):
             return forward
         n_in = k * width
-        head = (p.data_ptr(), width, p.stride(0) if k > 1 else out * width)
+        head = _panel_head(p)
         bptr = None if bias is None else bias.data_ptr()
         fn, empty, threads, f32 = self._pan, torch.empty, torch.get_num_threads, torch.float32
 
@@ -205,6 +204,16 @@ class Gemv:
                 if not torch.allclose(own[r:r + 1], ref, atol=1e-5, rtol=1e-4):
                     return False
         return True
+
+
+def _panel_rows_contiguous(p: torch.Tensor) -> bool:
+    return p.stride(2) == 1 and p.stride(1) == p.shape[2]
+
+
+def _panel_head(p: torch.Tensor) -> tuple[int, int, int]:
+    """The kernel's first arguments for panels p (k, out, width): pointer, width, floats between panels."""
+    k, out, width = p.shape
+    return p.data_ptr(), width, p.stride(0) if k > 1 else out * width   # (a size-1 dim's stride is arbitrary)
 
 
 def _load() -> Gemv:

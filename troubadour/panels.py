@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 MAX_WIDTH = 512   # gemv.c PANEL_MAX: 8 input rows x 512 floats = 16 KiB of L1
-KERNEL_ROWS = 8
 
 
 def width_for(in_features: int) -> int | None:
@@ -51,14 +50,9 @@ class PanelLinear(torch.nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def run(self, x: torch.Tensor, gemv) -> torch.Tensor:
-        """The native kernel for 1-8 fp32 rows on the CPU, else forward(). (The engine binds its calls once per
-        weight instead: native.Gemv.panels_call.)"""
-        rows = x.numel() // self.in_features
-        if gemv is None or rows > KERNEL_ROWS or x.dtype != torch.float32 or self.panels.dtype != torch.float32 \
-                or x.device.type != "cpu":
-            return self.forward(x)
-        y = gemv.panels(x.reshape(rows, self.in_features).contiguous(), self.panels, self.bias)
-        return y.view(*x.shape[:-1], self.out_features)
+        """The native kernel for 1-8 fp32 rows on the CPU, else forward(): one unbound call (tests; the engine
+        and the bench bind theirs once per weight, native.Gemv.panels_call)."""
+        return (self.forward if gemv is None else gemv.panels_call(self))(x)
 
     def dense(self) -> torch.Tensor:
         """The (out, in) weight, as a new tensor (benchmarks, tests)."""

@@ -27,6 +27,7 @@ class TransformersBackend(Backend):
         audio_cfg = cfg.audio_encoder
         channels = int(getattr(cfg.decoder, "audio_channels", 1))
         self.torch_device = torch.device(device)
+        self._panel_lstm = None   # (kernel, codec_stream.PanelLSTM): the codec LSTM packed once per kernel
         self.dtype = next(model.parameters()).dtype
         self.info = ModelInfo(
             model_id=model_id, identity=identity, device=device, dtype=str(self.dtype).replace("torch.", ""),
@@ -92,7 +93,7 @@ class TransformersBackend(Backend):
             return None
         lstm = enc.decoder.layers[1].lstm
         if codec_stream.PanelLSTM.usable(lstm, gemv):
-            if getattr(self, "_panel_lstm", (None,))[0] is not gemv:   # packed once per backend and kernel
+            if self._panel_lstm is None or self._panel_lstm[0] is not gemv:
                 self._panel_lstm = (gemv, codec_stream.PanelLSTM(lstm, gemv))
             return codec_stream.StreamDecoder(enc, self.info.channels, self._panel_lstm[1])
         return codec_stream.StreamDecoder(enc, self.info.channels)
