@@ -225,6 +225,7 @@ def headline(results) -> dict:
     return {
         "cache_hit_throughput_ratio": g("cache_hits", "throughput_ratio"),
         "cache_hit_first_chunk_p99_ms": g("cache_hits", "first_chunk_ms", "p99"),
+        "cache_hit_server_only_ratio": g("cache_hits", "server_only_ratio"),
         "step_ratio_tiny": g("step_tiny", "step_ratio"),
         "step_ratio_small": g("step_small", "step_ratio"),
         "floor_ratio_small": g("floor_small", "floor_ratio"),

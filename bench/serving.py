@@ -4,6 +4,7 @@ bare pyzmq ROUTER/DEALER pair (bench/rawzmq.py) that sends the same message size
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import shutil
 import subprocess
@@ -79,29 +80,65 @@ class RawClient:
         self.sock.close(0)
 
 
-def pair_order(i: int) -> tuple[str, str]:
-    """Interleaved so load changes hit both sides alike, in ABBA order: whichever fetch comes second in a pair
-    ran measurably faster here (ratio 0.73-0.76 with ours always first, 0.85-0.87 with raw always first, same
-    code and process), so each side goes first in half the pairs."""
-    return ("ours", "raw") if i % 2 == 0 else ("raw", "ours")
+class BareClient:
+    """Our server fetched by the least a client can do: the request encoded, each reply received and left
+    unread (no decoding, no hash, no bookkeeping). Its ratio to the raw pair is the
+    server's own cost; the gap between it and the Python client is the client's (bench/README.md)."""
+
+    def __init__(self, address: str, request: dict):
+        from troubadour import protocol as P
+
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(address)
+        self.ids = itertools.count(10 ** 9)
+        self.encode = lambda rid: [b"", *P.encode(P.GET_TRACK, {**request, "stream": True, "id": rid})]
+
+    def fetch(self) -> dict:
+        from troubadour.wire import send_message
+
+        t0 = now()
+        send_message(self.sock, self.encode(next(self.ids)))
+        arrivals, sizes = [], []
+        while True:
+            zmq.select([self.sock], [], [])
+            got = recv_message(self.sock)
+            kind = got[2].bytes
+            if kind == b"chunk":
+                sizes.append(len(got[4].buffer))
+                arrivals.append(now())
+            elif kind in (b"end", b"error"):
+                break
+        return _record(t0, now(), arrivals, sum(sizes), sizes)
+
+    def close(self):
+        self.sock.close(0)
 
 
-def fetch_pairs(client, rawc, request: dict, n: int, faults: dict) -> tuple[list, list]:
+def pair_order(i: int, sides=("ours", "raw")) -> tuple:
+    """Interleaved so load changes hit every side alike, each side first as often as the others: whichever
+    fetch comes second in a pair ran measurably faster here (ratio 0.73-0.76 with ours always first, 0.85-0.87
+    with raw always first, same code and process). Two sides go ABBA; three cycle through all six orders."""
+    orders = list(itertools.permutations(sides))
+    return orders[i % len(orders)]
+
+
+def fetch_pairs(client, rawc, request: dict, n: int, faults: dict, bare=None) -> tuple:
     """n interleaved pairs (warmed up first): our fetches and the raw pair's, adding each side's page faults
-    to `faults`."""
+    to `faults`; with `bare` (a BareClient on our server) triples, and its fetches come back third."""
+    fetch = {"ours": lambda: fetch_server(client, request), "raw": rawc.fetch}
+    if bare is not None:
+        fetch["bare"] = bare.fetch
     for _ in range(3):
-        fetch_server(client, request)
-        rawc.fetch()
-    ours, raw = [], []
+        for f in fetch.values():
+            f()
+    out: dict = {side: [] for side in fetch}
     for i in range(n):
-        for side in pair_order(i):
+        for side in pair_order(i, tuple(fetch)):
             f0 = _minor_faults()
-            if side == "ours":
-                ours.append(fetch_server(client, request))
-            else:
-                raw.append(rawc.fetch())
-            faults[side] += _minor_faults() - f0
-    return ours, raw
+            out[side].append(fetch[side]())
+            faults[side] = faults.get(side, 0) + _minor_faults() - f0
+    return tuple(out.values())
 
 
 def _minor_faults() -> int:
@@ -233,8 +270,8 @@ def run(cfg, table, results: dict) -> None:
         res["track_bytes"] = sum(sizes)
         res["chunks"] = len(sizes)
         res["chunk_bytes"] = sorted(set(sizes))[-3:]
-        srv_recs, raw_recs, rounds = [], [], []
-        faults = {"ours": 0, "raw": 0}
+        srv_recs, raw_recs, rounds, bare_rounds = [], [], [], []
+        faults = {"ours": 0, "raw": 0, "bare": 0}
         per_round = -(-cfg.cache_requests // cfg.cache_rounds)
         for k in range(cfg.cache_rounds):
             # Rounds: the ratio of one pair of server processes stayed put over a thousand fetches yet moved
@@ -248,12 +285,15 @@ def run(cfg, table, results: dict) -> None:
                 client = Client(srv.address, timeout=120)
                 raw = RawServer(work / "track.raw")
             rawc = RawClient(raw.address, sizes)   # (the warm-up's first hit after a restart reads the disk)
-            ours_k, raw_k = fetch_pairs(client, rawc, request, per_round, faults)
+            bare = BareClient(srv.address, request)
+            ours_k, raw_k, bare_k = fetch_pairs(client, rawc, request, per_round, faults, bare)
             rawc.close()
+            bare.close()
             srv_recs += ours_k
             raw_recs += raw_k
-            rounds.append(med([x["bytes"] / x["seconds"] for x in ours_k]) /
-                          med([x["bytes"] / x["seconds"] for x in raw_k]))
+            tp = lambda recs: med([x["bytes"] / x["seconds"] for x in recs])   # noqa: E731
+            rounds.append(tp(ours_k) / tp(raw_k))
+            bare_rounds.append(tp(bare_k) / tp(raw_k))
         srv_tp = [x["bytes"] / x["seconds"] / 1e6 for x in srv_recs]
         raw_tp = [x["bytes"] / x["seconds"] / 1e6 for x in raw_recs]
         ratio = med(rounds)
@@ -261,6 +301,7 @@ def run(cfg, table, results: dict) -> None:
         res.update(requests=len(srv_recs), not_cached=sum(1 for x in srv_recs if not x["cached"]),
                    server_mb_s=dist(srv_tp, digits=1), raw_mb_s=dist(raw_tp, digits=1),
                    throughput_ratio=r(ratio), round_ratios=[r(x) for x in rounds],
+                   server_only_ratio=r(med(bare_rounds)), server_only_round_ratios=[r(x) for x in bare_rounds],
                    throughput_ratio_pooled=r(med(srv_tp) / med(raw_tp)),
                    throughput_ratio_best=r(max(srv_tp) / max(raw_tp)),
                    first_chunk_ms=dist(fc, digits=2), raw_first_chunk_ms=dist([x["first_chunk"] * 1e3
@@ -274,6 +315,8 @@ def run(cfg, table, results: dict) -> None:
         table.row("cache_hit_throughput_ratio", r(ratio), "", ">= 0.8", ratio >= 0.8,
                   f"median of {len(rounds)} rounds {res['round_ratios']}; pooled {res['throughput_ratio_pooled']}; "
                   f"page faults per fetch {res['page_faults_per_fetch']}")
+        table.row("server only: a bare client on our server ÷ raw", res["server_only_ratio"], "",
+                  note=f"median of rounds {res['server_only_round_ratios']}; no decoding, hash or bookkeeping")
         table.row("first chunk p50", r(pct(fc, 50), 2), "ms")
         table.row("cache_hit_first_chunk_p99_ms", r(pct(fc, 99), 2), "ms", "<= 5", pct(fc, 99) <= 5,
                   f"over {len(fc)} requests")

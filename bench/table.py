@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 ROWS = [  # (headline key, what it is)
     ("cache_hit_throughput_ratio", "cache hit MB/s, server+client ÷ raw pyzmq (30 s 48 kHz stereo s16)"),
     ("cache_hit_first_chunk_p99_ms", "cache hit: time to first chunk, p99 (ms)"),
+    ("cache_hit_server_only_ratio", "same fetch by a bare client (no decode, hash or bookkeeping) ÷ raw pyzmq"),
     ("step_ratio_tiny", "per-step time, ours ÷ transformers generate(), tiny"),
     ("step_ratio_small", "per-step time, ours ÷ transformers generate(), small-shaped"),
     ("floor_ratio_small", "small-shaped step ÷ time to read its weights once"),
