@@ -277,6 +277,8 @@ def test_track_past_the_model_window_streams_by_continuation(conn):
     (["--max-queue", "0"], "max-queue"),
     (["--max-batch", "0"], "max-batch"),
     (["--cache-size", "-1"], "cache-size"),
+    (["--threads", "0"], "threads"),
+    (["--device", "tpu"], "device"),
 ])
 def test_bad_serve_options_exit_2_before_loading_the_model(server, tiny_model, tmp_path, cli_env, args, field):
     import subprocess
@@ -291,6 +293,7 @@ def test_bad_serve_options_exit_2_before_loading_the_model(server, tiny_model, t
                        stdin=subprocess.DEVNULL, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and field in r.stderr and "loading model" not in r.stderr, r.stderr
+    assert "listening" not in r.stderr   # refused before the socket is bound
 
 
 def test_cache_stats_count_the_servers_hits_and_misses(tiny_model, tmp_path):

@@ -12,6 +12,7 @@ from .errors import ENGINE_DEAD, UNKNOWN_CONTEXT, Cancelled, TroubadourError, Va
 from .jobs import TrackSpec
 from .loops import bar_aligned_duration
 from .params import MAX_VARIANTS, GenParams
+from .parse import RequestParser
 from .profiles import check_model_support, load_profiles
 from .shaping import Shaper, shape_of
 from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, replay, replay_memo,
@@ -19,6 +20,7 @@ from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream
 
 BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
 IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
+NEEDS_MODEL = {P.GET_TRACK, P.PREFETCH, P.RELOAD_PROFILES}   # held while the model loads
 
 
 class Handlers:
@@ -39,8 +41,14 @@ class Handlers:
         reply = Reply(envelope, rid, kind)
         reply.key = key
         self.replies[key] = reply
+        if self.engine is None and kind in NEEDS_MODEL:
+            self.held.append((reply, req))   # answered when the model is ready (on_event "ready")
+            return
+        self._handle(reply, req)
+
+    def _handle(self, reply, req) -> None:
         try:
-            getattr(self, "on_" + kind)(reply, req)
+            getattr(self, "on_" + req["type"])(reply, req)
         except TroubadourError as e:
             reply.fail(e)
 
@@ -51,21 +59,23 @@ class Handlers:
         reply.send(P.PONG, final=True, time=time.time())
 
     def on_info(self, reply, req):
-        info = self.engine.info
-        rates = sorted(set(P.SAMPLE_RATES) | {info.sample_rate})
+        if self.engine is None:   # loading: what is known without the weights (clients ask on connecting)
+            model = self.model_described
+        else:
+            info = self.engine.info
+            model = {"id": info.model_id, "identity": info.identity, "sample_rate": info.sample_rate,
+                     "channels": info.channels, "device": info.device}
+        rates = sorted(set(P.SAMPLE_RATES) | ({model["sample_rate"]} if "sample_rate" in model else set()))
         reply.send(P.INFO, final=True, server_version=__version__, protocol_version=P.VERSION,
-                   protocol_minor=P.MINOR,
-                   model={"id": info.model_id, "identity": info.identity, "sample_rate": info.sample_rate,
-                          "channels": info.channels, "device": info.device},
-                   sample_rates=rates, formats=list(P.FORMATS),
-                   limits={"max_message_bytes": P.MAX_REQUEST_BYTES, "max_duration": self.engine.max_duration,
+                   protocol_minor=P.MINOR, model=model, sample_rates=rates, formats=list(P.FORMATS),
+                   limits={"max_message_bytes": P.MAX_REQUEST_BYTES, "max_duration": self.parse.max_duration,
                            "max_variants": MAX_VARIANTS, "max_chunk_bytes": P.MAX_CHUNK_BYTES,
                            "max_track_bytes": P.MAX_TRACK_BYTES, "max_inflight_per_client": self.max_inflight,
                            "queue_length": self.scheduler.max_queue},
                    profiles=self.profiles.names(), heartbeat_ms=P.HEARTBEAT_MS)
 
     def on_health(self, reply, req):
-        status = "degraded" if (self.dead or self.worker.failures) else "ok"
+        status = "degraded" if (self.dead or self.worker.failures) else "loading" if self.engine is None else "ok"
         reply.send(P.HEALTH, final=True, status=status, queue=self.scheduler.queued(),
                    generating=len(self.scheduler.running()), generated=self.worker.generated, uptime_s=round(time.time() - self.started, 3))
 
@@ -349,7 +359,10 @@ class Handlers:
     # ------------------------------------------------------------------ engine events
     def on_event(self, event) -> None:
         kind = event[0]
-        if kind == "profiles_file":
+        if kind == "profiles_file" and self.engine is None:
+            if (None, None) not in self.held:   # reloaded once the model is ready: checked against it
+                self.held.append((None, None))
+        elif kind == "profiles_file":
             # said in the server's terminal too: a developer editing the file may have no subscriber open
             try:
                 _, changed = self.reload_profiles()
@@ -408,6 +421,36 @@ class Handlers:
             err = event[1]
             self.dead = TroubadourError(f"the engine stopped: {err.message}", code=ENGINE_DEAD)
             self.fail_all(self.dead)
+        elif kind == "ready":
+            self._model_ready(event[1])
+        elif kind == "load_failed":
+            self._model_failed(event[1])
+
+    # ------------------------------------------------------------------ the model loaded (or not)
+    def _model_ready(self, engine) -> None:
+        try:
+            check_model_support(self.profiles, engine.info)
+        except TroubadourError as e:   # e.g. a melody theme for a text-only checkpoint: as at startup
+            return self._model_failed(e)
+        self.engine = engine
+        self.parse = RequestParser(engine.max_duration)
+        if self._ready:
+            self._ready(self)
+        held, self.held = self.held, []
+        for reply, req in held:
+            if reply is None:
+                self.on_event(("profiles_file",))
+            elif not reply.closed and self.replies.get(reply.key) is reply:   # not cancelled or gone meanwhile
+                self._handle(reply, req)
+
+    def _model_failed(self, exc: Exception) -> None:
+        """Held requests get engine_dead; the loop exits once they are sent and serve_forever raises `exc`."""
+        self.log(f"the model did not load: {exc}")
+        self.fatal = exc
+        message = exc.message if isinstance(exc, TroubadourError) else f"{type(exc).__name__}: {exc}"
+        self.dead = TroubadourError(f"the model did not load: {message}", code=ENGINE_DEAD)
+        self.held = []
+        self.fail_all(self.dead)
 
     # ------------------------------------------------------------------ clients going away
     def _detach(self, reply) -> None:

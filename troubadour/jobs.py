@@ -175,10 +175,12 @@ class Scheduler:
 class Worker(threading.Thread):
     """The engine thread: the only thread that touches the model."""
 
-    def __init__(self, engine: Engine, scheduler: Scheduler, emit: Callable, cache=None,
-                 progress_every: int = 10):
+    def __init__(self, engine: Engine | None, scheduler: Scheduler, emit: Callable, cache=None,
+                 progress_every: int = 10, loader: Callable[[], Engine] | None = None):
+        """Without an `engine`, `loader()` makes it on this thread first (the model loads while the server
+        already answers); then ("ready", engine), or ("load_failed", exception) and the thread ends."""
         super().__init__(name="troubadour-engine", daemon=True)
-        self.engine = engine
+        self.engine, self.loader = engine, loader
         self.scheduler = scheduler
         self.emit = emit
         self.cache = cache
@@ -193,6 +195,13 @@ class Worker(threading.Thread):
         self.scheduler.close()
 
     def run(self) -> None:
+        if self.engine is None:
+            try:
+                self.engine = self.loader()
+            except Exception as exc:   # reported to the I/O thread, which exits with it
+                self.emit(("load_failed", exc))
+                return
+            self.emit(("ready", self.engine))
         while not self._stop_event.is_set():
             batch = self.scheduler.next_batch(timeout=0.5)
             if not batch:

@@ -22,6 +22,7 @@ from .cache import TrackCache
 from .errors import TroubadourError
 from .handlers import Handlers
 from .jobs import Scheduler, Worker
+from .params import MAX_DURATION
 from .parse import RequestParser
 from .profiles import check_model_support, load_profiles
 from .streams import MAX_OUTBOX, Memo, Reply
@@ -39,14 +40,24 @@ def log(msg: str) -> None:
 
 
 class Server(Handlers):
-    def __init__(self, engine, *, cache_dir: str, bind: str = "tcp://127.0.0.1:5555", profiles_path=None,
-                 max_queue: int = 64, max_batch: int = 4, watch: bool = True, context: zmq.Context | None = None,
+    """Serves `engine`, or with `loader` (a callable returning the engine, run on the engine thread) answers
+    at once and serves what needs the model when it is loaded: until then `health` says `loading` and
+    track requests wait (PROTOCOL.md, health); `info` says `model` (backends.describe_model) meanwhile."""
+
+    def __init__(self, engine=None, *, loader=None, model: dict | None = None, cache_dir: str,
+                 bind: str = "tcp://127.0.0.1:5555", profiles_path=None, max_queue: int = 64, max_batch: int = 4, watch: bool = True, context: zmq.Context | None = None,
                  cache_size: int | None = None, curve_secret=None, allow_dir=None):
+        if (engine is None) == (loader is None):
+            raise ValueError("give an engine or a loader")
         self.engine = engine
         self.bind_address = bind
         self.profiles_path = profiles_path
         self.profiles = load_profiles(profiles_path)
-        check_model_support(self.profiles, engine.info)
+        if engine is not None:
+            check_model_support(self.profiles, engine.info)
+        self.held: list = []             # (reply, request) that need the model, while it loads
+        self.model_described = model or {}   # info.model until the engine's own
+        self.fatal: Exception | None = None   # the model did not load: serve_forever raises it
         self.cache = TrackCache(cache_dir, **({"size_limit_bytes": cache_size} if cache_size else {}))
         self.scheduler = Scheduler(max_queue=max_queue, max_batch=max_batch)
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -61,7 +72,8 @@ class Server(Handlers):
         self.counts = [0, 0]             # get_track hits from the memo, misses: not yet in the cache's counters
         self._counted_at = time.monotonic()
         self._specs: dict = {}           # resolved tracks by their inputs (handlers._spec)
-        self.parse = RequestParser(engine.max_duration)   # frames -> request, repeated bodies remembered
+        # frames -> request, repeated bodies remembered (the model's own limit replaces the default once loaded)
+        self.parse = RequestParser(engine.max_duration if engine else MAX_DURATION)
         self._prompt_specs: dict = {}    # (prompt, overrides) -> TrackSpec (handlers.resolve)
         self._ctx_specs = (None, {})     # (profiles, {(context, variant): TrackSpec}) (handlers.context_spec)
         self._error_ids = itertools.count()
@@ -70,7 +82,8 @@ class Server(Handlers):
         self.dead: TroubadourError | None = None
         self._stop = threading.Event()
         self._wake_lock = threading.Lock()
-        self.worker = Worker(engine, self.scheduler, self._emit, self.cache)
+        self.worker = Worker(engine, self.scheduler, self._emit, self.cache, loader=loader)
+        self._ready = None
         self.curve = (curve_secret, allow_dir) if curve_secret else None
         self.authenticator = None
         self.watcher = None
@@ -80,6 +93,8 @@ class Server(Handlers):
 
     # ------------------------------------------------------------------ lifecycle
     def serve_forever(self, ready=None) -> int:
+        """Runs until stop(); `ready(server)` is called once bound with the model loaded. Raises the loader's
+        exception if the model did not load."""
         self.socket = self.ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a full or vanished peer is reported, not dropped
         self.socket.setsockopt(zmq.MAXMSGSIZE, P.MAX_REQUEST_BYTES)
@@ -100,15 +115,20 @@ class Server(Handlers):
         self._wake_tx = self.ctx.socket(zmq.PUSH)
         self._wake_tx.setsockopt(zmq.SNDHWM, 1)   # one pending wake-up is enough
         self._wake_tx.connect(wake_addr)
+        if self.engine is None:
+            self._ready = ready
+            log(f"listening on {self.bound} while the model loads (health says loading; track requests wait)")
         self.worker.start()
         if self.watcher:
             self.watcher.start()
-        if ready:
+        if self.engine is not None and ready:
             ready(self)
         try:
             self._loop()
         finally:
             self._shutdown()
+        if self.fatal is not None:
+            raise self.fatal
         return EXIT_ENGINE_DEAD if self.dead else 0
 
     def stop(self) -> None:
@@ -187,7 +207,8 @@ class Server(Handlers):
             if time.monotonic() - self._counted_at > 1.0:
                 self.write_counts()
             if self.dead is not None and not self._has_output():
-                log(f"engine is dead ({self.dead.message}); exiting for a supervisor to restart")
+                if self.fatal is None:
+                    log(f"engine is dead ({self.dead.message}); exiting for a supervisor to restart")
                 return
 
     def _drain_events(self) -> None:
@@ -304,6 +325,7 @@ class Server(Handlers):
 def cmd_serve(args) -> int:
     import signal
 
+    from .backends import describe_model
     from .cli import make_engine
     from .engine import Job
 
@@ -312,7 +334,9 @@ def cmd_serve(args) -> int:
     if not _is_loopback(args.bind) and not args.curve_secret:
         log(f"WARNING: binding {args.bind} exposes the server beyond this machine WITHOUT authentication: anyone "
             "who can reach it can use it. Use --curve-secret/--allow (see `troubadour keys`).")
+    threads = args.threads if args.threads is not None else 1
     for name, value, ok, bound in (("max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),
+                                   ("threads", args.threads, threads >= 1, ">= 1"),
                                    ("max_batch", args.max_batch, args.max_batch >= 1, ">= 1"),
                                    ("cache_size", args.cache_size, args.cache_size > 0, "> 0")):
         if not ok:
@@ -320,24 +344,31 @@ def cmd_serve(args) -> int:
                                   field=name)
     load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
     _check_bind(args.bind)         # and so does a port already in use
+    model = describe_model(args.model, args.device)   # and a model name that cannot load, or a bad --device
     if args.curve_secret:
         from .auth import check_server_keys
         check_server_keys(args.curve_secret, args.allow)
-    log(f"loading model {args.model} ...")
-    engine = make_engine(args, same_thread=False)   # warmed up here, run on the engine thread
-    t0 = time.perf_counter()
-    if engine.compiled and args.max_batch > 1:   # the largest batch first: its KV cache is the one all share;
-        engine.generate([Job("warm up", engine_params_for_warmup())] * args.max_batch)   # compiled now, not later
-    engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
-    log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}; decode matmuls: {engine.matmuls}")
-    server = Server(engine, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
+
+    def load():
+        """On the engine thread, while the server already answers."""
+        log(f"loading model {args.model} ...")
+        engine = make_engine(args, same_thread=False)
+        t0 = time.perf_counter()
+        if engine.compiled and args.max_batch > 1:   # the largest batch first: its KV cache is the one all share;
+            engine.generate([Job("warm up", engine_params_for_warmup())] * args.max_batch)   # compiled now
+        engine.generate([Job("warm up", engine_params_for_warmup())])   # first-call allocations happen now
+        log(f"model warm ({time.perf_counter() - t0:.1f}s) on {engine.info.device}; decode matmuls: "
+            f"{engine.matmuls}")
+        return engine
+
+    server = Server(loader=load, model=model, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
                     max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
                     cache_size=int(args.cache_size * 1e9), curve_secret=args.curve_secret, allow_dir=args.allow)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
 
     def ready(s):
-        log(f"ready on {s.bound} (model {engine.info.model_id}, {len(s.profiles.names())} contexts, "
+        log(f"ready on {s.bound} (model {s.engine.info.model_id}, {len(s.profiles.names())} contexts, "
             f"cache {args.cache})")
 
     return server.serve_forever(ready)

@@ -124,13 +124,7 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
     import torch
 
     device = pick_device(device)
-    local = Path(model_id).expanduser()
-    is_dir = local.is_dir()
-    if not is_dir and not _hub_like(model_id):
-        raise ModelLoadError(f"model {model_id!r}: no such directory. {_HELP}", field="model")
-    if is_dir and not (local / "config.json").is_file():
-        raise ModelLoadError(f"model {model_id!r}: the directory has no config.json, so it is not a MusicGen "
-                             f"checkpoint. {_HELP}", field="model")
+    local, is_dir = _source(model_id)
     source = str(local) if is_dir else model_id
     try:
         config = _quiet(lambda: json.loads((local / "config.json").read_text()) if is_dir else None)
@@ -168,6 +162,39 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
     model.to(device).eval()
     _fold_weight_norm(model.audio_encoder)
     return TransformersBackend(model, tokenizer, model_id, device, model_identity(model_id, local if is_dir else None))
+
+
+def _source(model_id: str) -> tuple[Path, bool]:
+    """(path, is a directory); a name that is neither a checkpoint directory nor a hub id is refused."""
+    local = Path(model_id).expanduser()
+    is_dir = local.is_dir()
+    if not is_dir and not _hub_like(model_id):
+        raise ModelLoadError(f"model {model_id!r}: no such directory. {_HELP}", field="model")
+    if is_dir and not (local / "config.json").is_file():
+        raise ModelLoadError(f"model {model_id!r}: the directory has no config.json, so it is not a MusicGen "
+                             f"checkpoint. {_HELP}", field="model")
+    return local, is_dir
+
+
+def describe_model(model_id: str, device: str | None = "auto") -> dict:
+    """`info.model` before the weights load (the server answers meanwhile): id, identity and device as
+    load_backend will have them, plus the native rate and channels when the checkpoint's config.json is on
+    disk (a directory, or the Hugging Face cache). Refuses what load_backend would refuse up front."""
+    local, is_dir = _source(model_id)
+    out = {"id": model_id, "identity": model_identity(model_id, local if is_dir else None),
+           "device": pick_device(device)}
+    try:
+        if is_dir:
+            path = local / "config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+            path = Path(try_to_load_from_cache(model_id, "config.json"))   # TypeError when not cached
+        cfg = json.loads(path.read_text())
+        out["sample_rate"] = int(cfg["audio_encoder"]["sampling_rate"])
+        out["channels"] = int(cfg["decoder"].get("audio_channels", 1))
+    except (OSError, TypeError, KeyError, ValueError, AttributeError):
+        pass
+    return out
 
 
 def _fold_weight_norm(module) -> None:

@@ -1,0 +1,141 @@
+"""The server while its model loads (PROTOCOL.md, health `loading`): it answers at once, holds what needs
+the model and serves it when the model is ready; a model that fails to load fails what was held and ends the
+server with the loader's error."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from servers import PROFILES, Conn, free_port
+from troubadour import protocol as P
+from troubadour.backends import describe_model
+from troubadour.errors import ModelLoadError, TroubadourError
+from troubadour.server import Server
+
+
+@pytest.fixture
+def loading(engine, tiny_model, tmp_path):
+    """An in-process server whose loader waits for `gate` and then returns `outcome[0]` (an engine) or raises
+    it (an exception)."""
+    gate, outcome, result = threading.Event(), [engine], {}
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(PROFILES)
+
+    def loader():
+        assert gate.wait(60)
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+    server = Server(loader=loader, model=describe_model(str(tiny_model), "cpu"), cache_dir=str(tmp_path / "cache"),
+                    bind=f"tcp://127.0.0.1:{free_port()}", profiles_path=profiles, watch=True)
+    ready = threading.Event()
+
+    def serve():
+        try:
+            result["rc"] = server.serve_forever(lambda s: ready.set())
+        except Exception as e:
+            result["raised"] = e
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not hasattr(server, "bound") and time.time() < deadline:
+        time.sleep(0.01)
+    yield server, gate, outcome, ready, result, thread
+    gate.set()
+    server.stop()
+    thread.join(10)
+
+
+def track(conn, prompt):
+    return conn.send(P.GET_TRACK, prompt=prompt, stream=True, params={"duration": 0.5, "seed": 3})
+
+
+def test_answers_while_loading_and_serves_held_requests_once_ready(loading, engine, tiny_model):
+    server, gate, _, ready, _, _ = loading
+    c = Conn(server.bound)
+    health = c.call(P.HEALTH)[0].body
+    assert health["status"] == "loading" and health["generated"] == 0
+    info = c.call(P.INFO)[0].body
+    # what the server says of the model before loading it is what the loaded model says
+    assert info["model"] == {"id": str(tiny_model), "identity": engine.info.identity, "device": "cpu",
+                             "sample_rate": engine.info.sample_rate, "channels": engine.info.channels}
+    assert {row["name"] for row in c.call(P.LIST_PROFILES)[0].body["contexts"]} >= {"battle", "menu"}
+    wanted, dropped = track(c, "calm piano while loading"), track(c, "a track cancelled while loading")
+    cancel = c.call(P.CANCEL, target=dropped)
+    assert cancel[-1].body["found"] is True
+    assert c.until_final(dropped)[-1].body["code"] == "cancelled"
+    with pytest.raises(TimeoutError):   # held: nothing for it until the model is ready
+        c.recv(timeout=0.5)
+    assert not ready.is_set()
+
+    gate.set()
+    msgs = c.until_final(wanted)
+    assert [m.type for m in msgs][0] == P.TRACK and msgs[-1].type == P.END
+    assert msgs[0].body["cached"] is False and sum(len(m.payload) for m in msgs if m.type == P.CHUNK) > 0
+    assert ready.is_set()
+    health = c.call(P.HEALTH)[0].body
+    assert health["status"] == "ok" and health["generated"] == 1   # the cancelled request was never generated
+    c.close()
+
+
+def test_a_model_that_does_not_load_fails_held_requests_and_ends_the_server(loading):
+    server, gate, outcome, ready, result, thread = loading
+    outcome[0] = ModelLoadError("model 'x' could not be loaded (weights truncated)", field="model")
+    c = Conn(server.bound)
+    held = track(c, "calm piano")
+    assert c.call(P.PING)[0].type == P.PONG   # answered while the track waits
+    gate.set()
+    error = c.until_final(held)[-1]
+    assert error.type == P.ERROR and error.body["code"] == "engine_dead"
+    assert "did not load" in error.body["message"] and "weights truncated" in error.body["message"]
+    thread.join(15)
+    assert not thread.is_alive() and isinstance(result.get("raised"), ModelLoadError) and not ready.is_set()
+    c.close()
+
+
+def test_profiles_edited_while_loading_are_loaded_once_ready(loading):
+    server, gate, _, ready, _, _ = loading
+    c = Conn(server.bound)
+    sub = c.call(P.SUBSCRIBE, events=["profiles_changed"])
+    assert sub[-1].type == P.SUBSCRIBED
+    server.profiles_path.write_text(PROFILES + '\n[contexts.credits]\nprompt = "gentle end credits with harp"\n')
+    deadline = time.time() + 10
+    while (None, None) not in server.held and time.time() < deadline:   # the watcher saw it: kept for later
+        time.sleep(0.05)
+    assert (None, None) in server.held
+    names = lambda: {row["name"] for row in c.call(P.LIST_PROFILES)[0].body["contexts"]}  # noqa: E731
+    assert "credits" not in names()
+    gate.set()
+    events = c.events(5)
+    assert any(e.body["event"] == "profiles_changed" and "credits" in e.body["contexts"] for e in events), events
+    assert "credits" in names()
+    c.close()
+
+
+def test_serve_listens_before_the_model_is_ready_and_refuses_a_bad_model_up_front(tiny_model, tmp_path, cli_env):
+    bad = subprocess.run([sys.executable, "-m", "troubadour.cli", "serve", "--model", str(tmp_path / "missing"),
+                          "--cache", str(tmp_path / "c"), "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True, env=cli_env, timeout=120)
+    assert bad.returncode == 3 and "no such directory" in bad.stderr and "listening" not in bad.stderr
+    from servers import ServerProcess
+    (tmp_path / "w").mkdir()
+    srv = ServerProcess(tiny_model, tmp_path / "w", args=["--no-watch", "--device", "cpu"]).start()
+    try:
+        lines = "".join(srv.lines)
+        assert lines.index("listening on") < lines.index("loading model") < lines.index(" ready on ")
+    finally:
+        srv.stop()
+
+
+def test_describe_model_refuses_what_loading_would(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        describe_model(str(tmp_path / "empty"), "cpu")
+    with pytest.raises(TroubadourError) as bad_device:
+        describe_model(str(tiny_model), "no-such-device")
+    assert bad_device.value.field == "device" and not isinstance(bad_device.value, ModelLoadError)
