@@ -121,7 +121,7 @@ def test_serve_listens_before_the_model_is_ready_and_refuses_a_bad_model_up_fron
     bad = subprocess.run([sys.executable, "-m", "troubadour.cli", "serve", "--model", str(tmp_path / "missing"),
                           "--cache", str(tmp_path / "c"), "--bind", f"tcp://127.0.0.1:{free_port()}"],
                          capture_output=True, text=True, env=cli_env, timeout=120)
-    assert bad.returncode == 3 and "no such directory" in bad.stderr and "listening" not in bad.stderr
+    assert bad.returncode == 3 and "no such directory" in bad.stderr and "listening on" not in bad.stderr
     from servers import ServerProcess
     (tmp_path / "w").mkdir()
     srv = ServerProcess(tiny_model, tmp_path / "w", args=["--no-watch", "--device", "cpu"]).start()

@@ -293,7 +293,7 @@ def test_bad_serve_options_exit_2_before_loading_the_model(server, tiny_model, t
                        stdin=subprocess.DEVNULL, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and field in r.stderr and "loading model" not in r.stderr, r.stderr
-    assert "listening" not in r.stderr   # refused before the socket is bound
+    assert "listening on" not in r.stderr   # refused before the socket is bound
 
 
 def test_cache_stats_count_the_servers_hits_and_misses(tiny_model, tmp_path):

@@ -1,4 +1,5 @@
-"""Request handlers and engine-event handling of the server (mixed into server.Server; I/O thread only)."""
+"""Request handlers of the server (mixed into server.Server; I/O thread only). Events from its other threads
+are in events.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from . import __version__
 from . import protocol as P
 from .cache import track_key
 from .delivery import Delivery
-from .errors import ENGINE_DEAD, UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
+from .errors import UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
 from .jobs import TrackSpec
 from .loops import bar_aligned_duration
 from .params import MAX_VARIANTS, GenParams
-from .parse import RequestParser
 from .profiles import check_model_support, load_profiles
 from .shaping import Shaper, shape_of
 from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, replay, replay_memo,
@@ -355,102 +355,6 @@ class Handlers:
             return
         for s in self.subscribers.values():
             s.push("track_ready", context=spec.context, variant=spec.variant, track_id=spec.key, reason=reason)
-
-    # ------------------------------------------------------------------ engine events
-    def on_event(self, event) -> None:
-        kind = event[0]
-        if kind == "profiles_file" and self.engine is None:
-            if (None, None) not in self.held:   # reloaded once the model is ready: checked against it
-                self.held.append((None, None))
-        elif kind == "profiles_file":
-            # said in the server's terminal too: a developer editing the file may have no subscriber open
-            try:
-                _, changed = self.reload_profiles()
-                self.log(f"profiles reloaded: {', '.join(changed) if changed else 'no context sounds different'}"
-                         + (" (regenerating)" if changed else ""))
-            except TroubadourError as e:   # subscribers got profiles_error; the old profiles stay
-                self.log(f"profiles file not loaded, the previous profiles stay: {e.message}")
-        elif kind == "cached":
-            _, reply, req, spec, track = event
-            try:
-                if not reply.closed and self.replies.get(reply.key) is reply:
-                    job = self.scheduler.find(spec.key) if track is None else None
-                    self._deliver(reply, req, spec, job, track)
-            except TroubadourError as e:
-                reply.fail(e)
-            finally:
-                self.cache.unpin(spec.key)
-        elif kind == "progress":
-            _, job, done, total = event
-            fields = {"track_id": job.key, "done_steps": done, "total_steps": total}
-            if job.spec.context is not None:
-                fields.update(context=job.spec.context, variant=job.spec.variant)
-            for state in self.prefetches.get(job.key, []):
-                state.reply.send(P.PROGRESS, **fields)
-            for s in self.subscribers.values():
-                s.push("progress", **fields)
-        elif kind == "chunk":
-            _, job, _start, audio, final = event
-            live = self.live.get(job.key)
-            if live is not None and live.job is job:
-                live.add(audio, final)
-        elif kind == "done":
-            _, job, _audio, _meta = event
-            self.memo.drop(job.key)   # a regenerated track replaces what was delivered before
-            if self.live.get(job.key) is not None and self.live[job.key].job is job:
-                del self.live[job.key]
-            self._track_ready(job.spec, job.reason)
-            for state in self.prefetches.pop(job.key, []):
-                state.pending.pop(job.key, None)
-                state.generated += 1
-                state.finish_if_done()
-        elif kind == "failed":
-            _, job, err = event
-            live = self.live.get(job.key)
-            if live is not None and live.job is job:   # not a newer job's (this one may have been cancelled)
-                del self.live[job.key]
-                for ts in live.streams:
-                    ts.reply.fail(err)
-            if self.scheduler.find(job.key) is not None:
-                return   # a newer generation of the track goes on: prefetches wait for it
-            for state in self.prefetches.pop(job.key, []):
-                ctx, variant = state.pending.pop(job.key, (None, None))
-                state.failed.append({"context": ctx, "variant": variant, "error": err.to_dict()})
-                state.finish_if_done()
-        elif kind == "dead":
-            err = event[1]
-            self.dead = TroubadourError(f"the engine stopped: {err.message}", code=ENGINE_DEAD)
-            self.fail_all(self.dead)
-        elif kind == "ready":
-            self._model_ready(event[1])
-        elif kind == "load_failed":
-            self._model_failed(event[1])
-
-    # ------------------------------------------------------------------ the model loaded (or not)
-    def _model_ready(self, engine) -> None:
-        try:
-            check_model_support(self.profiles, engine.info)
-        except TroubadourError as e:   # e.g. a melody theme for a text-only checkpoint: as at startup
-            return self._model_failed(e)
-        self.engine = engine
-        self.parse = RequestParser(engine.max_duration)
-        if self._ready:
-            self._ready(self)
-        held, self.held = self.held, []
-        for reply, req in held:
-            if reply is None:
-                self.on_event(("profiles_file",))
-            elif not reply.closed and self.replies.get(reply.key) is reply:   # not cancelled or gone meanwhile
-                self._handle(reply, req)
-
-    def _model_failed(self, exc: Exception) -> None:
-        """Held requests get engine_dead; the loop exits once they are sent and serve_forever raises `exc`."""
-        self.log(f"the model did not load: {exc}")
-        self.fatal = exc
-        message = exc.message if isinstance(exc, TroubadourError) else f"{type(exc).__name__}: {exc}"
-        self.dead = TroubadourError(f"the model did not load: {message}", code=ENGINE_DEAD)
-        self.held = []
-        self.fail_all(self.dead)
 
     # ------------------------------------------------------------------ clients going away
     def _detach(self, reply) -> None:

@@ -2,7 +2,7 @@
 
 The I/O thread (this module) parses requests, answers from the cache, fans live audio out to listeners and
 never waits on the model; the engine thread (jobs.Worker) generates and reports back through a queue plus an
-inproc wake-up socket. Request handling lives in handlers.py.
+inproc wake-up socket. Request handling lives in handlers.py, those reports in events.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import zmq
 from . import protocol as P
 from .cache import TrackCache
 from .errors import TroubadourError
+from .events import Events
 from .handlers import Handlers
 from .jobs import Scheduler, Worker
 from .params import MAX_DURATION
@@ -39,7 +40,7 @@ def log(msg: str) -> None:
     print(f"troubadour: {msg}", file=sys.stderr, flush=True)
 
 
-class Server(Handlers):
+class Server(Handlers, Events):
     """Serves `engine`, or with `loader` (a callable returning the engine, run on the engine thread) answers
     at once and serves what needs the model when it is loaded: until then `health` says `loading` and
     track requests wait (PROTOCOL.md, health); `info` says `model` (backends.describe_model) meanwhile."""
