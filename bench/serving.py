@@ -374,8 +374,9 @@ def breakdown(cache_dir, table, reps: int = 5) -> dict:
     import xxhash
 
     from troubadour import protocol as P
-    from troubadour.cache import BLOB_PREFIX, TrackCache, decode_track
+    from troubadour.cache import BLOB_PREFIX, TrackCache
     from troubadour.delivery import Delivery, split_native
+    from troubadour.trackblob import decode_track
 
     out = {}
     with TrackCache(cache_dir) as cache:

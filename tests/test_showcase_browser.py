@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from troubadour.bake import EngineSource, bake
-from troubadour.profiles import presets
+from troubadour.prompts import presets
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")

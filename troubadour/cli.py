@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> dict:
     """Subcommands that live with their feature (server, client, cache) register themselves here."""
     found = {}
-    for mod in ("serve_cli", "client", "auth", "bake"):
+    for mod in ("serve_cli", "client_cli", "auth", "bake_cli"):
         try:
             module = __import__(f"troubadour.{mod}", fromlist=["add_cli"])
         except ImportError:
@@ -151,7 +151,8 @@ def plan_from_args(args):
     """Turn generate's arguments into a Plan, validating everything before the model loads."""
     from .generate import Plan
     from .params import GenParams, validate_prompt
-    from .profiles import apply_presets, compose_prompt, load_profiles
+    from .profiles import load_profiles
+    from .prompts import apply_presets, compose_prompt
 
     overrides = {k: getattr(args, k) for k in GenParams.names() if getattr(args, k, None) is not None}
     if args.loudness is not None and not -40 <= args.loudness <= -5:   # the range profiles and bake accept

@@ -16,7 +16,6 @@ import struct
 import time
 from collections import OrderedDict, deque
 
-import msgpack
 import xxhash
 import zmq
 
@@ -28,6 +27,7 @@ from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, Cance
                            InternalError, InvalidParamError, ModelError, NotFoundError, ProfileFileError,
                            ProtocolVersionError, ServerError, Timeout, TooLargeError, Track, TrackHeader,
                            TrackStream, UnknownContextError, UnknownTypeError, _check_totals, server_error)
+from .client_types import OpenRequest, message_size, peek_id
 from .protocol import ProtocolError
 from .wire import readable, recv_message, send_message
 
@@ -39,22 +39,6 @@ MAX_BUFFERED_MESSAGES = 1024      # per open request not being read
 MAX_BUFFERED_BYTES = 64 << 20
 MAX_EVENTS = 1000                 # oldest events are dropped beyond this
 BACKOFF_START, BACKOFF_MAX = 0.25, 8.0
-
-
-class _Request:
-    def __init__(self, rid, msg_type: str, body: dict, resend: bool, internal: bool):
-        self.id, self.type, self.body = rid, msg_type, body
-        self.resend, self.internal = resend, internal   # internal: replies are not kept (pings, cancels)
-        self.open, self.error, self.tries = True, None, 1
-        self.seq, self.nbytes = 0, 0
-        self.queue: deque = deque()
-
-    def frames(self) -> list:
-        return P.encode(self.type, {**self.body, "id": self.id})
-
-    def restart(self) -> None:
-        self.seq, self.nbytes = 0, 0
-        self.queue.clear()
 
 
 class Client:
@@ -133,11 +117,11 @@ class Client:
         self.close()
 
     # -- sending and receiving
-    def _start(self, msg_type: str, body: dict, *, resend: bool | None = None, internal: bool = False) -> _Request:
+    def _start(self, msg_type: str, body: dict, *, resend: bool | None = None, internal: bool = False) -> OpenRequest:
         if self._sock is None:
             raise TroubadourError("client is closed", code="closed")
         body = {k: v for k, v in body.items() if v is not None}
-        req = _Request(next(self._ids), msg_type, body, msg_type in RESENDABLE if resend is None else resend,
+        req = OpenRequest(next(self._ids), msg_type, body, msg_type in RESENDABLE if resend is None else resend,
                        internal)
         frames = req.frames()
         if sum(len(f) for f in frames) > P.MAX_REQUEST_BYTES:
@@ -159,7 +143,7 @@ class Client:
     def _busy(self) -> bool:
         return self._subscription is not None or any(not r.internal for r in self._open.values())
 
-    def _next(self, req: _Request) -> P.Message:
+    def _next(self, req: OpenRequest) -> P.Message:
         """The next message for `req`; an `error` is raised as its ServerError."""
         while not req.queue:
             if req.error is not None:
@@ -168,7 +152,7 @@ class Client:
                 raise TroubadourError(f"request {req.id} has no more messages", code="closed")
             self._wait()
         msg = req.queue.popleft()
-        req.nbytes -= _size(msg)
+        req.nbytes -= message_size(msg)
         if msg.type == P.ERROR:
             raise server_error(msg.body, req.type)
         return msg
@@ -225,7 +209,7 @@ class Client:
         try:
             msg = P.decode(frames[1:], reply=True)
         except ProtocolError as e:
-            req = self._open.get(_peek_id(frames))
+            req = self._open.get(peek_id(frames))
             return self._fail(req, e) if req else self._violation(f"undecodable message: {e}")
         body = msg.body
         rid, seq = body["id"], body["seq"]   # decode checked both
@@ -256,25 +240,25 @@ class Client:
         if req.internal:
             return
         req.queue.append(msg)
-        req.nbytes += _size(msg)
+        req.nbytes += message_size(msg)
         if len(req.queue) > MAX_BUFFERED_MESSAGES or req.nbytes > MAX_BUFFERED_BYTES:
             self._abandon(req, ProtocolError(f"request {rid}: too many unread messages", code="overflow"))
 
-    def _finish(self, req: _Request, abandoned: bool = False) -> None:
+    def _finish(self, req: OpenRequest, abandoned: bool = False) -> None:
         req.open = False
         self._open.pop(req.id, None)
         self._closed[req.id] = abandoned
         while len(self._closed) > 256:
             self._closed.popitem(last=False)
 
-    def _fail(self, req: _Request, exc: Exception) -> None:
+    def _fail(self, req: OpenRequest, exc: Exception) -> None:
         req.error = exc
         req.queue.clear()
         req.nbytes = 0
         if req.open:
             self._finish(req, abandoned=True)
 
-    def _abandon(self, req: _Request, exc: Exception) -> None:
+    def _abandon(self, req: OpenRequest, exc: Exception) -> None:
         """Fail `req` here and tell the server to stop it (fire and forget)."""
         was_open = req.open
         self._fail(req, exc)
@@ -418,20 +402,3 @@ class Client:
         """Yield event bodies until none arrives for `timeout` seconds."""
         while (ev := self.next_event(timeout)) is not None:
             yield ev
-
-
-def _size(msg: P.Message) -> int:
-    return len(msg.payload) if msg.payload is not None else 0
-
-
-def _peek_id(frames):
-    """The id of an undecodable message, if its body can be read at all."""
-    try:
-        return P.request_id(msgpack.unpackb(frames[3], raw=False))
-    except Exception:
-        return None
-
-
-def add_cli(sub) -> None:
-    from .client_cli import add_cli as add
-    add(sub)

@@ -1,20 +1,24 @@
-"""What the Python client hands back: typed server errors, track headers, tracks and live track streams."""
+"""What the Python client hands back (typed server errors, track headers, tracks, live track streams) and its
+book of open requests."""
 
 from __future__ import annotations
 
 import io
-import xxhash
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from typing import TYPE_CHECKING
+
+import msgpack
+import xxhash
 
 from . import protocol as P
 from .errors import TroubadourError
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from .client import Client, _Request
+    from .client import Client
 
 PCM = {"pcm_s16le": ("s16le", 2), "pcm_f32le": ("f32le", 4)}
 
@@ -132,13 +136,43 @@ class Track:
 
 
 # ---------------------------------------------------------------- requests
+class OpenRequest:
+    """A request sent and not finished: its replies queue here until read."""
+
+    def __init__(self, rid, msg_type: str, body: dict, resend: bool, internal: bool):
+        self.id, self.type, self.body = rid, msg_type, body
+        self.resend, self.internal = resend, internal   # internal: replies are not kept (pings, cancels)
+        self.open, self.error, self.tries = True, None, 1
+        self.seq, self.nbytes = 0, 0
+        self.queue: deque = deque()
+
+    def frames(self) -> list:
+        return P.encode(self.type, {**self.body, "id": self.id})
+
+    def restart(self) -> None:
+        self.seq, self.nbytes = 0, 0
+        self.queue.clear()
+
+
+def message_size(msg: P.Message) -> int:
+    return len(msg.payload) if msg.payload is not None else 0
+
+
+def peek_id(frames):
+    """The id of an undecodable message, if its body can be read at all."""
+    try:
+        return P.request_id(msgpack.unpackb(frames[3], raw=False))
+    except Exception:
+        return None
+
+
 class TrackStream:
     """A streamed get_track: iterate for a TrackHeader, then Chunks; the `end` message is verified.
 
     After a reconnect the server restarts the track from the beginning; the bytes already yielded are
     checked against the new stream and skipped, so iteration just continues."""
 
-    def __init__(self, client: Client, req: _Request):
+    def __init__(self, client: Client, req: OpenRequest):
         self._client, self._req = client, req
         self.id = req.id
         self.header: TrackHeader | None = None

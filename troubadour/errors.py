@@ -6,6 +6,8 @@ field is at fault, that `field`; the server sends `to_dict()` on the wire unchan
 
 from __future__ import annotations
 
+import difflib
+
 # Stable codes; the wire contract (protocol/PROTOCOL.md) lists the same ones.
 INVALID_PARAM = "invalid_param"
 EMPTY_PROMPT = "empty_prompt"
@@ -57,3 +59,9 @@ class Cancelled(TroubadourError):
 
     def __init__(self, message: str = "generation cancelled"):
         super().__init__(message)
+
+
+def did_you_mean(name, options) -> str:
+    """The " (did you mean 'x'?)" hint for the option closest to a mistyped `name`, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

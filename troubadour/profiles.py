@@ -1,16 +1,14 @@
 """Game music profiles: a TOML file mapping game contexts (battle, menu, ...) to prompts.
 
 A context is described either by a raw `prompt` or by prompt-anatomy fields (genre, mood,
-instruments, ...) that `compose_prompt` turns into a MusicGen text prompt, expanding the
-mood/genre presets of data/presets.toml. See data/profiles.toml for the schema.
+instruments, ...) that `prompts.compose_prompt` turns into a MusicGen text prompt, expanding
+the mood/genre presets of data/presets.toml. See data/profiles.toml for the schema.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,16 +20,12 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from .errors import UNKNOWN_CONTEXT, ProfileError, TroubadourError, ValidationError
+from .errors import UNKNOWN_CONTEXT, ProfileError, TroubadourError, ValidationError, did_you_mean
 from .params import MAX_DURATION, MAX_SEED, MAX_VARIANTS, GenParams, validate_prompt
+from .prompts import apply_presets, article, compose_prompt, find_preset, presets
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 METER_RE = re.compile(r"^[1-9][0-9]?/(1|2|4|8|16|32)$")
-PRESET_KINDS = ("moods", "genres", "fixes")
-PRESET_PARAMS = ("temperature", "top_k", "top_p", "cfg_coef")
-# Bounds that keep preset results valid GenParams (temperature must stay > 0).
-_CLAMP = {"temperature": (0.05, math.inf), "top_k": (0, math.inf), "top_p": (0.0, 1.0),
-          "cfg_coef": (1.0, math.inf)}
 
 PARAM_KEYS = tuple(GenParams.names())
 COMPOSE_KEYS = ("genre", "mood", "instruments", "tempo", "key", "structure", "extra")
@@ -41,117 +35,6 @@ DEFAULTS_KEYS = (*PARAM_KEYS, "cfg", "variants", "loop", "meter", "loudness")
 GAME_KEYS = ("title", "genre", "description")
 TOP_KEYS = ("game", "defaults", "contexts")
 COMMON_DEFAULTS = {"variants": 1, "loop": True, "meter": "4/4", "loudness": -16.0}
-TEMPO_NOUNS = {"tempo", "pace", "beat", "rhythm", "groove", "bpm"}
-
-
-# ---------------------------------------------------------------- presets
-@functools.lru_cache(maxsize=1)
-def presets() -> dict:
-    """The bundled presets: {"moods": {...}, "genres": {...}, "fixes": {...}}. Do not mutate."""
-    text = resources.files("troubadour").joinpath("data/presets.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    # Checked here so a bad edit of the shipped file fails loudly, not as odd audio.
-    for kind in PRESET_KINDS:
-        for name, p in data.get(kind, {}).items():
-            allowed = {"words", "params", "delta"} | ({"instruments", "bpm"} if kind == "genres" else set())
-            bad = (set(p) - allowed) | ({k for t in ("params", "delta") for k in p.get(t, {})}
-                                        - set(PRESET_PARAMS))
-            if bad:
-                raise ProfileError(f"presets.toml: {kind}.{name}: unknown keys {sorted(bad)}")
-    return {kind: data.get(kind, {}) for kind in PRESET_KINDS}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def find_preset(kind: str, name: str | None) -> dict | None:
-    """The preset of `kind` called `name` (case, spaces, '-' and '_' ignored), or None."""
-    found = [v for k, v in presets()[kind].items() if name and _norm(k) == _norm(name)]
-    return found[0] if found else None
-
-
-def apply_presets(params: dict, *, genre=None, mood=None, fix=None) -> dict:
-    """A copy of `params` with genre, then mood, then fix presets applied and clamped.
-
-    Free-text genre/mood change nothing; an unknown fix is a ValidationError (field "fix").
-    """
-    out = dict(params)
-    base = GenParams().to_dict()
-    fix_preset = find_preset("fixes", fix)
-    if fix and fix_preset is None:
-        raise ValidationError(f"unknown fix preset {fix!r}{_suggest(fix, presets()['fixes'])}", field="fix")
-    for preset in (find_preset("genres", genre), find_preset("moods", mood), fix_preset):
-        if not preset:
-            continue
-        for key, value in preset.get("params", {}).items():
-            out[key] = value
-        for key, value in preset.get("delta", {}).items():
-            out[key] = out.get(key, base[key]) + value
-        for key in set(preset.get("params", {})) | set(preset.get("delta", {})):
-            lo, hi = _CLAMP[key]
-            v = min(hi, max(lo, out[key]))
-            # Rounding keeps 0.8 + 0.2 == 1.0 so cache keys stay stable.
-            out[key] = int(round(v)) if key == "top_k" else round(float(v), 4)
-    return out
-
-
-# ---------------------------------------------------------------- prompt composition
-def _article(words: str) -> str:
-    # Good enough for genre/scene words; "8-bit" reads "an eight-bit".
-    return "An" if words and words[0].lower() in "aeiou8" else "A"
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    text = text[:1].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def compose_prompt(*, genre=None, mood=None, instruments=None, tempo=None, bpm=None,
-                   key=None, structure=None, extra=None, fix=None) -> str:
-    """"A [genre] piece in [key] with [instruments] featuring [mood] and [tempo]. The music has
-    [structure]. [fix words]. [extra]." without the parts not given. Preset genre/mood names
-    expand to their words (a genre also gives default instruments); other text is kept as is."""
-    g = find_preset("genres", genre)
-    m = find_preset("moods", mood)
-    genre_words = g["words"] if g else (genre or "").strip()
-    mood_words = m["words"] if m else (mood or "").strip()
-    if instruments is None and g:
-        instruments = g.get("instruments")
-    if isinstance(instruments, (list, tuple)):
-        instruments = _join([i.strip() for i in instruments]) if instruments else None
-    tempo_words = (tempo or "").strip()
-    # "fast" reads better as "fast tempo"; "driving beat" is already complete.
-    if tempo_words and not TEMPO_NOUNS & set(tempo_words.lower().split()):
-        tempo_words += " tempo"
-    if bpm is not None:
-        tempo_words = f"{tempo_words} at {bpm:g} BPM" if tempo_words else f"a tempo of {bpm:g} BPM"
-
-    sentences = []
-    if genre_words or key or instruments or mood_words or tempo_words:
-        head = f"{_article(genre_words)} {genre_words} piece" if genre_words else "A piece"
-        if key:
-            key = key.strip()
-            head += f" {key}" if key.lower().startswith("in ") else f" in {key}"
-        if instruments:
-            head += f" with {instruments.strip()}"
-        featuring = [w for w in (mood_words, tempo_words) if w]
-        if featuring:
-            head += " featuring " + " and ".join(featuring)
-        sentences.append(_sentence(head))
-    if structure:
-        sentences.append(_sentence(f"The music has {structure.strip().rstrip('.')}"))
-    f = find_preset("fixes", fix)
-    if f and f.get("words"):
-        sentences.append(_sentence(f["words"]))
-    if extra and extra.strip():
-        sentences.append(_sentence(extra))
-    return " ".join(sentences)
 
 
 # ---------------------------------------------------------------- contexts
@@ -205,7 +88,7 @@ class Profiles:
         if name in self.contexts:
             return self.contexts[name]
         if strict:
-            raise TroubadourError(f"unknown context {name!r}{_suggest(name, self.contexts)}",
+            raise TroubadourError(f"unknown context {name!r}{did_you_mean(name, self.contexts)}",
                                   code=UNKNOWN_CONTEXT, field="context")
         return self._fallback(name)
 
@@ -215,8 +98,8 @@ class Profiles:
         g = find_preset("genres", genre)
         genre_words = g["words"] if g else genre
         scene = name.replace("_", " ").replace("-", " ").strip() or name
-        where = f"for {_article(scene).lower()} {scene} scene in a video game."
-        prompt = f"{_article(genre_words)} {genre_words} piece {where}" if genre_words else f"Music {where}"
+        where = f"for {article(scene).lower()} {scene} scene in a video game."
+        prompt = f"{article(genre_words)} {genre_words} piece {where}" if genre_words else f"Music {where}"
         d = self.defaults
         params = GenParams(**apply_presets({k: d[k] for k in PARAM_KEYS if k in d}, genre=genre))
         return Context(name=name, prompt=prompt, params=params.validate(), variants=1, loop=True,
@@ -258,11 +141,6 @@ def load_profiles(path=None) -> Profiles:
     return parse_profiles(text, str(path), path=path)
 
 
-def _suggest(name, options) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class _Where:
     """Where in the file a value lives, for messages like "f.toml: context 'x': field 'y': ..."."""
 
@@ -277,7 +155,7 @@ class _Where:
     def check_keys(self, table: dict, allowed) -> None:
         for key in table:
             if key not in allowed:
-                self.fail(key, f"unknown field{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+                self.fail(key, f"unknown field{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
 def _text(where: _Where, table: dict, key: str) -> str | None:
@@ -378,7 +256,7 @@ def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None =
         if ctx.theme is not None and (ctx.theme not in contexts or ctx.theme == ctx.name):
             why = "cannot name the context itself" if ctx.theme == ctx.name else "names no context here"
             _Where(source, f"context {ctx.name!r}", f"contexts.{ctx.name}").fail(
-                "theme", f"{ctx.theme!r} {why}{_suggest(ctx.theme, contexts)}")
+                "theme", f"{ctx.theme!r} {why}{did_you_mean(ctx.theme, contexts)}")
     return Profiles(game=game, contexts=contexts, defaults=defaults, path=path)
 
 
@@ -395,7 +273,7 @@ def _build_context(where: _Where, name: str, table: dict, game: dict, defaults: 
     bpm = _number(where, table, "bpm", 20, 300)
     fix = words["fix"]
     if fix and find_preset("fixes", fix) is None:
-        where.fail("fix", f"unknown fix preset {fix!r}{_suggest(fix, presets()['fixes'])}; "
+        where.fail("fix", f"unknown fix preset {fix!r}{did_you_mean(fix, presets()['fixes'])}; "
                           f"known: {', '.join(presets()['fixes'])}")
     raw_prompt = words["prompt"]
     if raw_prompt is not None:

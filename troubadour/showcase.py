@@ -173,9 +173,9 @@ def _context(out_dir: Path, name: str, c: dict, rate: int, moods: dict) -> str:
 
 
 def _preset_name(mood: str, moods: dict) -> str | None:
-    from .profiles import _norm
+    from .prompts import norm_name
 
-    return next((k for k in moods if _norm(k) == _norm(mood)), None)
+    return next((k for k in moods if norm_name(k) == norm_name(mood)), None)
 
 
 def _moods(manifest: dict, moods: dict) -> str:
@@ -199,7 +199,7 @@ def _moods(manifest: dict, moods: dict) -> str:
 
 
 def render_page(out_dir: str | Path, manifest: dict) -> str:
-    from .profiles import presets
+    from .prompts import presets
 
     out_dir = Path(out_dir)
     moods = presets()["moods"]
