@@ -65,6 +65,10 @@ def test_answers_while_loading_and_serves_held_requests_once_ready(loading, engi
     assert info["model"] == {"id": str(tiny_model), "identity": engine.info.identity, "device": "cpu",
                              "sample_rate": engine.info.sample_rate, "channels": engine.info.channels}
     assert {row["name"] for row in c.call(P.LIST_PROFILES)[0].body["contexts"]} >= {"battle", "menu"}
+    status = subprocess.run([sys.executable, "-m", "troubadour.cli", "status", "--server", server.bound],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "status    loading (loading the model" in status.stdout, status
+    assert f"{engine.info.sample_rate} Hz, mono" in status.stdout, status.stdout
     wanted, dropped = track(c, "calm piano while loading"), track(c, "a track cancelled while loading")
     cancel = c.call(P.CANCEL, target=dropped)
     assert cancel[-1].body["found"] is True

@@ -164,9 +164,10 @@ def cmd_status(args) -> int:
     m, lim = info.get("model", {}), info.get("limits", {})
     print(f"server    troubadour {info.get('server_version')} at {args.server} "
           f"(protocol {info.get('protocol_version')}.{info.get('protocol_minor')})")
-    print(f"model     {m.get('id')} on {m.get('device')}, {m.get('sample_rate')} Hz, "
-          f"{'stereo' if m.get('channels') == 2 else 'mono'}")
-    print(f"status    {health.get('status')}, up {health.get('uptime_s', 0):.0f} s")
+    layout = {1: "mono", 2: "stereo"}.get(m.get("channels"), "channels not known yet")
+    print(f"model     {m.get('id')} on {m.get('device')}, {m.get('sample_rate') or '?'} Hz, {layout}")
+    waiting = " (loading the model: track requests wait for it)" if health.get("status") == "loading" else ""
+    print(f"status    {health.get('status')}{waiting}, up {health.get('uptime_s', 0):.0f} s")
     print(f"queue     {health.get('queue')} waiting, {health.get('generating')} generating "
           f"(max {lim.get('queue_length')})")
     names = info.get("profiles", [])
