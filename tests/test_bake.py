@@ -287,7 +287,7 @@ def test_cli_server_that_does_not_answer_exits_4(tmp_path, capsys, monkeypatch):
     from servers import free_port
     from troubadour.cli import main
 
-    monkeypatch.setattr(B.ServerSource.__init__, "__defaults__", (0.2,))   # seconds per try, not 10
+    monkeypatch.setattr(B.ServerSource.__init__, "__defaults__", (0.2, None))   # seconds per try, not 10
     code = main(["bake", "--out", str(tmp_path / "out"), "--server", f"tcp://127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err
     assert code == 4 and "no answer" in err.strip().splitlines()[-1], err

@@ -143,3 +143,19 @@ def test_describe_model_refuses_what_loading_would(tmp_path, tiny_model):
     with pytest.raises(TroubadourError) as bad_device:
         describe_model(str(tiny_model), "no-such-device")
     assert bad_device.value.field == "device" and not isinstance(bad_device.value, ModelLoadError)
+
+
+def test_bake_from_a_server_waits_for_its_model(loading, engine):
+    from troubadour.bake import ServerSource
+
+    server, gate, _, _, _, _ = loading
+    said, made = [], []
+    thread = threading.Thread(target=lambda: made.append(ServerSource(server.bound, log=said.append)), daemon=True)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and said == ["waiting for the server to load its model"]
+    gate.set()
+    thread.join(30)
+    source = made[0]
+    assert source.sample_rate == engine.info.sample_rate and source.identity == engine.info.identity
+    source.close()

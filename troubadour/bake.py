@@ -127,10 +127,19 @@ class EngineSource:
 class ServerSource:
     """A running troubadour server, asked for raw native-rate float PCM."""
 
-    def __init__(self, address: str, timeout: float = 10.0):
+    def __init__(self, address: str, timeout: float = 10.0, log=None):
+        import time
+
         from .client import Client
 
         self.client = Client(address, timeout=timeout)
+        # a server started just before the bake may still be loading its model (and not know its rate yet)
+        said = False
+        while self.client.health()["status"] == "loading":
+            if log and not said:
+                log("waiting for the server to load its model")
+                said = True
+            time.sleep(0.25)
         info = self.client.info()
         self.model_id, self.identity = info["model"]["id"], info["model"]["identity"]
         self.sample_rate = int(info["model"]["sample_rate"])

@@ -48,7 +48,7 @@ def cmd_bake(args) -> int:
         raise TroubadourError("--max-duration must be > 0", code="invalid_param", field="max_duration")
     load_profiles(args.profiles)   # a bad file fails before a model loads or a server is asked
     if args.server:
-        source = ServerSource(args.server)
+        source = ServerSource(args.server, log=lambda msg: print(f"bake: {msg}", file=sys.stderr))
         print(f"bake: server {args.server}, model {source.model_id}", file=sys.stderr)
     else:
         from .backends.base import DEFAULT_MODEL
