@@ -86,7 +86,7 @@ class Events:
         try:
             check_model_support(self.profiles, engine.info)
         except TroubadourError as e:   # e.g. a melody theme for a text-only checkpoint: as at startup
-            return self._model_failed(e)
+            return self._model_failed(e, "the model cannot play these profiles")
         self.engine = engine
         self.parse = RequestParser(engine.max_duration)
         if self._ready:
@@ -98,12 +98,12 @@ class Events:
             elif not reply.closed and self.replies.get(reply.key) is reply:   # not cancelled or gone meanwhile
                 self._handle(reply, req)
 
-    def _model_failed(self, exc: Exception) -> None:
+    def _model_failed(self, exc: Exception, what: str = "the model did not load") -> None:
         """Held requests get engine_dead; the loop exits once they are sent and serve_forever raises `exc`."""
-        self.log(f"the model did not load: {exc}")
-        self.fatal = exc
         message = exc.message if isinstance(exc, TroubadourError) else f"{type(exc).__name__}: {exc}"
-        self.dead = TroubadourError(f"the model did not load: {message}", code=ENGINE_DEAD)
+        self.log(f"{what}: {message}")
+        self.fatal = exc
+        self.dead = TroubadourError(f"{what}: {message}", code=ENGINE_DEAD)
         self.held = []
         self.fail_all(self.dead)
 
