@@ -94,6 +94,52 @@ class ServerProcess:
         return "".join(self.lines)
 
 
+class LoadingServer:
+    """An in-process server whose model "loads" until `release()`: its loader waits, then returns `engine`
+    (or raises `outcome[0]` when that is an exception). `result` gets serve_forever's return ("rc") or what it
+    raised ("raised")."""
+
+    def __init__(self, engine, model_dir, workdir, profiles: str = None, watch: bool = False):
+        from troubadour.backends import describe_model
+        from troubadour.server import Server
+
+        self.gate, self.outcome, self.result, self.ready = threading.Event(), [engine], {}, threading.Event()
+        path = None
+        if profiles is not None:
+            path = Path(workdir) / "profiles.toml"
+            path.write_text(profiles)
+
+        def loader():
+            assert self.gate.wait(120)
+            if isinstance(self.outcome[0], Exception):
+                raise self.outcome[0]
+            return self.outcome[0]
+
+        self.port = free_port()
+        self.server = Server(loader=loader, model=describe_model(str(model_dir), "cpu"),
+                             cache_dir=str(Path(workdir) / "cache"), bind=f"tcp://127.0.0.1:{self.port}",
+                             profiles_path=path, watch=watch)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not hasattr(self.server, "bound") and time.time() < deadline:
+            time.sleep(0.01)
+
+    def _serve(self):
+        try:
+            self.result["rc"] = self.server.serve_forever(lambda s: self.ready.set())
+        except Exception as e:
+            self.result["raised"] = e
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def stop(self) -> None:
+        self.gate.set()
+        self.server.stop()
+        self.thread.join(10)
+
+
 class Conn:
     """A DEALER speaking the protocol directly, so tests see exactly what is on the wire."""
 

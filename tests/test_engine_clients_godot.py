@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import PROFILES, Conn, ServerProcess, audio_of
+from servers import PROFILES, Conn, LoadingServer, ServerProcess, audio_of
 from troubadour import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,3 +356,26 @@ def test_engine_clients_godot_vectors_without_server(tmp_path):
     assert any(l.startswith("OK pcm_decode") for l in run.lines), run.output
     assert any(l.startswith("OK error_codes") for l in run.lines), run.output
     assert not [l for l in run.lines if l.startswith("FAIL ")], run.output
+
+
+@needs_godot
+def test_engine_clients_godot_waits_for_a_loading_server(engine, tiny_model, tmp_path):
+    """A game started before the server finished loading its model: the GDScript client connects (info is
+    answered), sees health `loading`, and its track request waits through the load (7 s, more than 3 heartbeats
+    of 2 s) without a disconnect, then gets the track."""
+    work = tmp_path / "server"
+    work.mkdir()
+    srv = LoadingServer(engine, tiny_model, work, PROFILES)
+    project = assemble_project(tmp_path / "project", srv.port)
+    with open(project / "work" / "config.txt", "a") as f:
+        f.write("mode=loading\n")
+    run = GodotRun(project, {"release": lambda: threading.Timer(7.0, srv.release).start()})
+    try:
+        rc = run.run(90)
+    finally:
+        srv.stop()
+    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
+                                                           r"Invalid get index|Stack Trace", l)]
+    assert not script_errors and not run.errors and rc == 0 and "DONE" in run.lines, run.output
+    assert any(l.startswith("OK loading") for l in run.lines), run.output
+    assert run.handled == ["release"], run.output

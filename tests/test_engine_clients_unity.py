@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import PROFILES, Conn, ServerProcess, audio_of  # 1 s tracks; ServerTests.cs relies on them
+from servers import PROFILES, Conn, LoadingServer, ServerProcess, audio_of  # 1 s tracks; ServerTests.cs relies on them
 from troubadour import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,3 +211,34 @@ def test_engine_clients_unity_against_server(test_exe, tiny_model, tmp_path):
     assert msgs[-1].type == P.END and msgs[0].body["cached"] is True
     assert msgs[0].body["track_id"] == track_id
     assert own_sha == end_sha == msgs[-1].body["sha256"] == hashlib.sha256(audio_of(msgs)).hexdigest()
+
+
+@needs_mono
+def test_engine_clients_unity_waits_for_a_loading_server(test_exe, engine, tiny_model, tmp_path):
+    """A game started before the server finished loading its model: the client connects (info is answered),
+    sees health `loading`, and its track request waits through the load on heartbeats alone (7 s, more than
+    3 heartbeats of 2 s) without reconnecting, then gets the track."""
+    srv = LoadingServer(engine, tiny_model, tmp_path, PROFILES)
+    proc = subprocess.Popen([MONO, str(test_exe), "loading", "127.0.0.1", str(srv.port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    out, err_lines = [], []
+    try:
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+        threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True).start()
+        while (line := lines.get(timeout=120)) is not None:
+            out.append(line)
+            if line == "CMD release":
+                time.sleep(7)
+                assert not srv.ready.is_set()
+                srv.release()
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        srv.stop()
+    log = "\n".join(out) + "\n--- client stderr ---\n" + "".join(err_lines[-40:])
+    ok, fails = parse("\n".join(out))
+    assert not fails and rc == 0, log
+    assert {"loading_connected", "loading_health", "loading_track_waited", "loading_no_reconnect",
+            "loaded_health"} <= ok, log

@@ -9,46 +9,18 @@ import time
 
 import pytest
 
-from servers import PROFILES, Conn, free_port
+from servers import PROFILES, Conn, LoadingServer, free_port
 from troubadour import protocol as P
 from troubadour.backends import describe_model
 from troubadour.errors import ModelLoadError, TroubadourError
-from troubadour.server import Server
 
 
 @pytest.fixture
 def loading(engine, tiny_model, tmp_path):
-    """An in-process server whose loader waits for `gate` and then returns `outcome[0]` (an engine) or raises
-    it (an exception)."""
-    gate, outcome, result = threading.Event(), [engine], {}
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text(PROFILES)
-
-    def loader():
-        assert gate.wait(60)
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
-
-    server = Server(loader=loader, model=describe_model(str(tiny_model), "cpu"), cache_dir=str(tmp_path / "cache"),
-                    bind=f"tcp://127.0.0.1:{free_port()}", profiles_path=profiles, watch=True)
-    ready = threading.Event()
-
-    def serve():
-        try:
-            result["rc"] = server.serve_forever(lambda s: ready.set())
-        except Exception as e:
-            result["raised"] = e
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not hasattr(server, "bound") and time.time() < deadline:
-        time.sleep(0.01)
-    yield server, gate, outcome, ready, result, thread
-    gate.set()
-    server.stop()
-    thread.join(10)
+    """(server, gate, outcome, ready, result, thread) of a LoadingServer (tests/servers.py)."""
+    srv = LoadingServer(engine, tiny_model, tmp_path, PROFILES, watch=True)
+    yield srv.server, srv.gate, srv.outcome, srv.ready, srv.result, srv.thread
+    srv.stop()
 
 
 def track(conn, prompt):

@@ -5,7 +5,8 @@
 # PROJECT is assembled by tests/test_engine_clients_godot.py: project.godot, addons/troubadour (a copy),
 # tests/run_tests.gd (this file) and work/ with
 #   vectors.txt   protocol/vectors/vectors.json pre-converted to tab-separated lines (see the driver)
-#   config.txt    key=value lines: port=N (a running `troubadour serve`; absent: vectors only)
+#   config.txt    key=value lines: port=N (a running `troubadour serve`; absent: vectors only);
+#                 mode=loading (a server still loading its model: only t_loading runs)
 # Coordination with the driver: this script prints "@@ACTION name" and waits for work/ack_name.
 # Output: "OK name[: detail]" / "FAIL name: reason" lines, "SHA name hex" lines, then "DONE".
 #
@@ -59,7 +60,13 @@ func _run_all():
 	_test("msgpack_roundtrip", "t_msgpack_roundtrip")
 	_test("pcm_decode", "t_pcm_decode")
 	_test("error_codes", "t_error_codes")
-	if config.has("port"):
+	if config.has("port") and config.get("mode", "") == "loading":
+		conn = Connection.new(compat)
+		conn.log_enabled = true
+		conn.connect_to_server("127.0.0.1", int(config["port"]))
+		_test("loading", "t_loading")
+		conn.close()
+	elif config.has("port"):
 		conn = Connection.new(compat)
 		conn.log_enabled = true
 		conn.backoff_max_ms = 1000     # the test restarts the server: keep the retries frequent
@@ -570,6 +577,34 @@ func t_heartbeat():
 	if _last(h)[0] != "reply":
 		return "ping after reconnect: " + _describe(h)
 	detail = "lost: " + lost[1]
+	return ""
+
+
+# A server still loading its model; the driver lets it finish 7 s after acking "release". info is answered at
+# once (connected), health says loading, and a track request waits through the load on heartbeats alone.
+func t_loading():
+	var ev = wait_event("connected", null, 20000)
+	if ev == null:
+		return "no connected event (info not answered?); log: " + _describe(evlog)
+	var hev = collect(conn.health(), "health", 10000)
+	if _last(hev)[0] != "reply" or _last(hev)[3]["status"] != "loading":
+		return "health while loading: " + _describe(hev)
+	var t0 = compat.ticks_msec()
+	if not _action("release", 10000):
+		return "the driver did not take the release action"
+	var r = fetch("menu", -1, {"format": "pcm_s16le"})
+	var waited = compat.ticks_msec() - t0
+	if r["error"] != "":
+		return r["error"]
+	if waited < 6500:
+		return "the track came after %d ms, before the model was released" % waited
+	for e in evlog:
+		if e[0] == "disconnected":
+			return "dropped while the model loaded: " + str(e)
+	hev = collect(conn.health(), "health", 10000)
+	if _last(hev)[0] != "reply" or _last(hev)[3]["status"] != "ok":
+		return "health after loading: " + _describe(hev)
+	detail = "track after %d ms, %d pings" % [waited, conn.pings_sent]
 	return ""
 
 

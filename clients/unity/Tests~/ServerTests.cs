@@ -140,6 +140,38 @@ namespace Troubadour.Tests
             return failures;
         }
 
+        // Against a server still loading its model: the driver lets it finish 7 s after "CMD release" (no ACK;
+        // this thread goes on polling, which is what sends the heartbeats). info and health are answered at once
+        // and a track request waits through the load, longer than 3 heartbeats, without a reconnect.
+        public int RunLoading(string host, int port)
+        {
+            c = new TroubadourClient(new ClientOptions { Log = m => Console.Error.WriteLine("client: " + m) });
+            ServerInfo connected = null;
+            c.Connected += si => connected = si;
+            c.Connect(host, port);
+            Check("loading_connected", WaitFor(() => connected != null, 20) && connected.ModelIdentity != null,
+                  connected == null ? "no connection (info not answered)" : "no model identity");
+            HealthInfo health = null;
+            c.Health(h => health = h);
+            WaitFor(() => health != null, 10);
+            Check("loading_health", health != null && health.Status == "loading", health == null ? "no reply" : health.Status);
+            var waited = Stopwatch.StartNew();
+            var f = new Fetch();
+            f.Request = c.GetTrack(new TrackOptions { Context = "menu" }, f.Callbacks());
+            Console.WriteLine("CMD release");
+            WaitFor(() => f.Done, 120);
+            double seconds = waited.Elapsed.TotalSeconds;
+            Check("loading_track_waited", f.End != null && f.Chunks > 0 && seconds >= 6.5 && f.Sha256() == f.End.Sha256,
+                  Why(f) + " after " + seconds.ToString("0.0") + " s");
+            Check("loading_no_reconnect", c.ReconnectCount == 0, c.ReconnectCount + " reconnects");
+            health = null;
+            c.Health(h => health = h);
+            WaitFor(() => health != null, 10);
+            Check("loaded_health", health != null && health.Status == "ok", health == null ? "no reply" : health.Status);
+            c.Dispose();
+            return failures;
+        }
+
         void Tracks()
         {
             var opts = new TrackOptions { Context = "battle", SampleRate = 44100 };
