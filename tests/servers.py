@@ -97,9 +97,10 @@ class ServerProcess:
 class LoadingServer:
     """An in-process server whose model "loads" until `release()`: its loader waits, then returns `engine`
     (or raises `outcome[0]` when that is an exception). `result` gets serve_forever's return ("rc") or what it
-    raised ("raised")."""
+    raised ("raised"). `config=False`: the server knows only the model's name meanwhile (a hub model not in
+    the local cache), as if its config were not on disk."""
 
-    def __init__(self, engine, model_dir, workdir, profiles: str = None, watch: bool = False):
+    def __init__(self, engine, model_dir, workdir, profiles: str = None, watch: bool = False, config: bool = True):
         from troubadour.backends import describe_model
         from troubadour.server import Server
 
@@ -116,7 +117,10 @@ class LoadingServer:
             return self.outcome[0]
 
         self.port = free_port()
-        self.server = Server(loader=loader, model=describe_model(str(model_dir), "cpu"),
+        summary, info = describe_model(str(model_dir), "cpu")
+        if not config:
+            summary, info = {k: summary[k] for k in ("id", "identity", "device")}, None
+        self.server = Server(loader=loader, described=(summary, info),
                              cache_dir=str(Path(workdir) / "cache"), bind=f"tcp://127.0.0.1:{self.port}",
                              profiles_path=path, watch=watch)
         self.thread = threading.Thread(target=self._serve, daemon=True)

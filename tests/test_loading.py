@@ -1,6 +1,6 @@
-"""The server while its model loads (PROTOCOL.md, health `loading`): it answers at once, holds what needs
-the model and serves it when the model is ready; a model that fails to load fails what was held and ends the
-server with the loader's error."""
+"""The server while its model loads (PROTOCOL.md, health `loading`): it answers at once; with the model's
+config at hand it serves cached tracks and queues generations for the engine, without it track requests wait
+for the model; a model that fails to load fails what waits and ends the server with the loader's error."""
 
 import subprocess
 import sys
@@ -23,24 +23,85 @@ def loading(engine, tiny_model, tmp_path):
     srv.stop()
 
 
+@pytest.fixture
+def loading_unknown(engine, tiny_model, tmp_path):
+    """The same with only the model's name known while it loads (a hub model not in the local cache)."""
+    srv = LoadingServer(engine, tiny_model, tmp_path, PROFILES, watch=True, config=False)
+    yield srv.server, srv.gate, srv.outcome, srv.ready, srv.result, srv.thread
+    srv.stop()
+
+
 def track(conn, prompt):
     return conn.send(P.GET_TRACK, prompt=prompt, stream=True, params={"duration": 0.5, "seed": 3})
 
 
-def test_answers_while_loading_and_serves_held_requests_once_ready(loading, engine, tiny_model):
-    server, gate, _, ready, _, _ = loading
+def quiet_for(conn, req_id, seconds: float) -> list:
+    """Messages for req_id within `seconds` (others kept for later)."""
+    got, deadline = [], time.time() + seconds
+    while time.time() < deadline:
+        try:
+            m = conn.recv(max(0.05, deadline - time.time()))
+        except TimeoutError:
+            break
+        (got if m.id == req_id else conn.pending).append(m)
+    return got
+
+
+def test_while_loading_cached_tracks_play_and_new_ones_queue_for_the_model(engine, tiny_model, tmp_path):
+    first = LoadingServer(engine, tiny_model, tmp_path, PROFILES)
+    first.release()
+    c = Conn(first.server.bound)
+    made = c.call(P.GET_TRACK, context="menu", variant=0, stream=True)   # generated and cached
+    assert made[0].body["cached"] is False and made[-1].type == P.END
+    c.close()
+    first.stop()
+
+    srv = LoadingServer(engine, tiny_model, tmp_path, PROFILES)   # a restart, same cache; the model loads
+    try:
+        c = Conn(srv.server.bound)
+        health = c.call(P.HEALTH)[0].body
+        assert health["status"] == "loading" and health["generated"] == 0
+        info = c.call(P.INFO)[0].body
+        # what the server says of the model before loading it is what the loaded model says
+        assert info["model"] == {"id": str(tiny_model), "identity": engine.info.identity, "device": "cpu",
+                                 "sample_rate": engine.info.sample_rate, "channels": engine.info.channels}
+        status = subprocess.run([sys.executable, "-m", "troubadour.cli", "status", "--server", srv.server.bound],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "status    loading (loading the model" in status.stdout, status
+        assert f"{engine.info.sample_rate} Hz, mono" in status.stdout, status.stdout
+
+        again = c.call(P.GET_TRACK, context="menu", variant=0, stream=True)   # cached: served while loading
+        assert again[0].body["cached"] is True and again[-1].type == P.END
+        assert again[-1].body["sha256"] == made[-1].body["sha256"]
+        assert again[0].body["track_id"] == made[0].body["track_id"]
+        assert not srv.ready.is_set()
+
+        wanted, dropped = track(c, "calm piano while loading"), track(c, "a track cancelled while loading")
+        cancel = c.call(P.CANCEL, target=dropped)
+        assert cancel[-1].body["found"] is True
+        assert c.until_final(dropped)[-1].body["code"] == "cancelled"
+        early = quiet_for(c, wanted, 0.7)   # queued for the engine: no audio before it exists
+        assert [m.type for m in early] in ([], [P.TRACK]) and (not early or early[0].body["cached"] is False)
+        assert c.call(P.HEALTH)[0].body["queue"] == 1
+
+        srv.release()
+        msgs = early + c.until_final(wanted)
+        assert msgs[0].type == P.TRACK and msgs[-1].type == P.END
+        assert sum(len(m.payload) for m in msgs if m.type == P.CHUNK) > 0
+        assert srv.ready.wait(10)
+        health = c.call(P.HEALTH)[0].body
+        assert health["status"] == "ok" and health["generated"] == 1   # the cancelled request was never generated
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_without_the_config_track_requests_wait_for_the_model(loading_unknown, tiny_model):
+    server, gate, _, ready, _, _ = loading_unknown
     c = Conn(server.bound)
-    health = c.call(P.HEALTH)[0].body
-    assert health["status"] == "loading" and health["generated"] == 0
-    info = c.call(P.INFO)[0].body
-    # what the server says of the model before loading it is what the loaded model says
-    assert info["model"] == {"id": str(tiny_model), "identity": engine.info.identity, "device": "cpu",
-                             "sample_rate": engine.info.sample_rate, "channels": engine.info.channels}
+    assert c.call(P.HEALTH)[0].body["status"] == "loading"
+    assert set(c.call(P.INFO)[0].body["model"]) == {"id", "identity", "device"}   # no rate known yet
     assert {row["name"] for row in c.call(P.LIST_PROFILES)[0].body["contexts"]} >= {"battle", "menu"}
-    status = subprocess.run([sys.executable, "-m", "troubadour.cli", "status", "--server", server.bound],
-                            capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0 and "status    loading (loading the model" in status.stdout, status
-    assert f"{engine.info.sample_rate} Hz, mono" in status.stdout, status.stdout
     wanted, dropped = track(c, "calm piano while loading"), track(c, "a track cancelled while loading")
     cancel = c.call(P.CANCEL, target=dropped)
     assert cancel[-1].body["found"] is True
@@ -56,6 +117,7 @@ def test_answers_while_loading_and_serves_held_requests_once_ready(loading, engi
     assert ready.is_set()
     health = c.call(P.HEALTH)[0].body
     assert health["status"] == "ok" and health["generated"] == 1   # the cancelled request was never generated
+    assert c.call(P.INFO)[0].body["model"]["sample_rate"] > 0
     c.close()
 
 
@@ -74,8 +136,8 @@ def test_a_model_that_does_not_load_fails_held_requests_and_ends_the_server(load
     c.close()
 
 
-def test_profiles_edited_while_loading_are_loaded_once_ready(loading):
-    server, gate, _, ready, _, _ = loading
+def test_profiles_edited_while_loading_without_the_config_are_loaded_once_ready(loading_unknown):
+    server, gate, _, ready, _, _ = loading_unknown
     c = Conn(server.bound)
     sub = c.call(P.SUBSCRIBE, events=["profiles_changed"])
     assert sub[-1].type == P.SUBSCRIBED
@@ -106,6 +168,21 @@ def test_serve_listens_before_the_model_is_ready_and_refuses_a_bad_model_up_fron
         assert lines.index("listening on") < lines.index("loading model") < lines.index(" ready on ")
     finally:
         srv.stop()
+
+
+def test_describe_model_gives_the_info_loading_gives(backend, tiny_model, tmp_path):
+    from troubadour.backends import load_backend
+    from troubadour.testmodel import build_test_model
+
+    assert describe_model(str(tiny_model), "cpu")[1] == backend.info
+    for kind in ({"stereo": True}, {"melody": True}):
+        path = tmp_path / next(iter(kind))
+        build_test_model(path, **kind)
+        summary, info = describe_model(str(path), "cpu")
+        loaded = load_backend(str(path), "cpu").info
+        assert info == loaded and (loaded.channels, loaded.melody) != (1, False)
+        assert summary == {"id": str(path), "identity": loaded.identity, "device": "cpu",
+                           "sample_rate": loaded.sample_rate, "channels": loaded.channels}
 
 
 def test_describe_model_refuses_what_loading_would(tmp_path, tiny_model):

@@ -56,21 +56,47 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-class Engine:
+class Geometry:
+    """What naming and shaping a track needs of a model (rates, frames, chunk size), known from its config
+    before the weights load: the server serves cached tracks meanwhile. The Engine is one."""
+
+    def __init__(self, info, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES):
+        self.info, self.max_duration, self.chunk_frames = info, max_duration, chunk_frames
+        self._hop = info.sample_rate // info.frame_rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.info.channels
+
+    def frames_for(self, duration: float) -> int:
+        return max(1, int(round(duration * self.info.frame_rate)))
+
+    def samples_for(self, duration: float) -> int:
+        return self.frames_for(duration) * self._hop
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.chunk_frames * self._hop
+
+
+class Engine(Geometry):
     def __init__(self, backend, *, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES,
                  context_frames: int = CONTEXT_FRAMES, lookahead_frames: int = LOOKAHEAD_FRAMES,
                  window_s: float = WINDOW_S, continuation_s: float = CONTINUATION_S, precision: str = "auto",
                  native_kernel: bool = True, compile_step: bool = False, same_thread: bool = False):
         # same_thread: every call comes from the thread that builds the engine (the CLIs, not the server), which
         # lets --compile record CUDA graphs on a torch without graph_capture_lock (compiled.mode_for)
+        super().__init__(backend.info, max_duration, chunk_frames)
         self.backend = backend
-        self.info = backend.info
         fr = self.info.frame_rate
         positions = self.info.max_frames - self.info.num_codebooks - 1   # the decoder's positional window
         self.window_frames = min(int(window_s * fr), positions)
         self.continuation_frames = min(int(continuation_s * fr), self.window_frames // 2)
-        self.max_duration = max_duration
-        self.chunk_frames, self.context_frames, self.lookahead_frames = chunk_frames, context_frames, lookahead_frames
+        self.context_frames, self.lookahead_frames = context_frames, lookahead_frames
         dec = backend.decoder.model.decoder
         self._dec = dec
         self._heads = backend.decoder.lm_heads
@@ -80,7 +106,6 @@ class Engine:
         k = self.info.num_codebooks
         stereo = self.info.channels == 2
         self._delays = [c // 2 if stereo else c for c in range(k)]
-        self._hop = self.info.sample_rate // self.info.frame_rate
         self._device = backend.torch_device
         if compile_step and precision == "int8":
             raise ValidationError("--compile does not combine with --precision int8 (torch.compile cannot trace "
@@ -117,27 +142,9 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
     @property
-    def sample_rate(self) -> int:
-        return self.info.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return self.info.channels
-
-    @property
     def compiled(self) -> bool:
         """Whether the decode step runs through torch.compile (`--compile`)."""
         return self._compiled is not None
-
-    def frames_for(self, duration: float) -> int:
-        return max(1, int(round(duration * self.info.frame_rate)))
-
-    def samples_for(self, duration: float) -> int:
-        return self.frames_for(duration) * self._hop
-
-    @property
-    def chunk_samples(self) -> int:
-        return self.chunk_frames * self._hop
 
     def steps_for(self, duration: float) -> int:
         """Decoder forward passes for one track (a prefill counts as one): frames plus the codebook delay,

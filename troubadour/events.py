@@ -10,11 +10,15 @@ from .parse import RequestParser
 from .profiles import check_model_support
 
 
+# what cached tracks were named and shaped by while the model loaded
+SAME_WHEN_LOADED = ("identity", "sample_rate", "frame_rate", "channels", "num_codebooks", "melody")
+
+
 class Events:
     # ------------------------------------------------------------------ engine events
     def on_event(self, event) -> None:
         kind = event[0]
-        if kind == "profiles_file" and self.engine is None:
+        if kind == "profiles_file" and self.geometry is None:
             if (None, None) not in self.held:   # reloaded once the model is ready: checked against it
                 self.held.append((None, None))
         elif kind == "profiles_file":
@@ -83,11 +87,17 @@ class Events:
 
     # ------------------------------------------------------------------ the model loaded (or not)
     def _model_ready(self, engine) -> None:
-        try:
-            check_model_support(self.profiles, engine.info)
-        except TroubadourError as e:   # e.g. a melody theme for a text-only checkpoint: as at startup
-            return self._model_failed(e, "the model cannot play these profiles")
-        self.engine = engine
+        if self.geometry is not None:   # what was served meanwhile was named and shaped by the config
+            was, now = self.geometry.info, engine.info
+            if any(getattr(was, f) != getattr(now, f) for f in SAME_WHEN_LOADED):
+                return self._model_failed(TroubadourError(f"{now.model_id} changed while it loaded"),
+                                          "the model is not the one described")
+        else:
+            try:
+                check_model_support(self.profiles, engine.info)
+            except TroubadourError as e:   # e.g. a melody theme for a text-only checkpoint: as at startup
+                return self._model_failed(e, "the model cannot play these profiles")
+        self.engine = self.geometry = engine
         self.parse = RequestParser(engine.max_duration)
         if self._ready:
             self._ready(self)

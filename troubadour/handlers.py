@@ -20,7 +20,7 @@ from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream
 
 BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
 IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
-NEEDS_MODEL = {P.GET_TRACK, P.PREFETCH, P.RELOAD_PROFILES}   # held while the model loads
+NEEDS_MODEL = {P.GET_TRACK, P.PREFETCH, P.RELOAD_PROFILES}   # held while the geometry is not known
 
 
 class Handlers:
@@ -41,8 +41,8 @@ class Handlers:
         reply = Reply(envelope, rid, kind)
         reply.key = key
         self.replies[key] = reply
-        if self.engine is None and kind in NEEDS_MODEL:
-            self.held.append((reply, req))   # answered when the model is ready (on_event "ready")
+        if self.geometry is None and kind in NEEDS_MODEL:
+            self.held.append((reply, req))   # answered when the model is ready (events._model_ready)
             return
         self._handle(reply, req)
 
@@ -125,7 +125,7 @@ class Handlers:
             memo_key = (req["prompt"], repr(overrides))
             spec = self._prompt_specs.get(memo_key)
             if spec is None:
-                params = GenParams.from_dict({**GenParams().to_dict(), **overrides}, self.engine.max_duration)
+                params = GenParams.from_dict({**GenParams().to_dict(), **overrides}, self.geometry.max_duration)
                 spec = self._spec(req["prompt"], params, None, None, {})
                 if len(self._prompt_specs) >= 1024:
                     self._prompt_specs.clear()
@@ -143,11 +143,11 @@ class Handlers:
         merged = {**ctx.params_for(variant).to_dict(), **overrides}
         if "duration" in overrides and ctx.bpm:
             merged["duration"] = bar_aligned_duration(overrides["duration"], ctx.bpm, ctx.meter,
-                                                      self.engine.max_duration)
+                                                      self.geometry.max_duration)
         if "seed" in overrides:
             merged["seed"] = overrides["seed"] + variant
         try:
-            params = GenParams.from_dict(merged, self.engine.max_duration)
+            params = GenParams.from_dict(merged, self.geometry.max_duration)
         except ValidationError as e:
             raise ValidationError(e.message, field=f"params.{e.field}") from None
         return self.context_spec(ctx, variant, params)
@@ -183,7 +183,7 @@ class Handlers:
                 extra["theme"] = theme.key
             if shape_of(info):
                 extra["shape"] = shape_of(info)
-            key = track_key(self.engine.info.identity, prompt, params, extra or None)
+            key = track_key(self.geometry.info.identity, prompt, params, extra or None)
             spec = TrackSpec(key, prompt, params, context, variant, info, theme)
             if len(self._specs) >= 4096:
                 self._specs.clear()
@@ -191,8 +191,8 @@ class Handlers:
         return spec
 
     def _shaper(self, spec: TrackSpec) -> Shaper:
-        return Shaper(shape_of(spec.info), self.engine.samples_for(spec.params.duration), self.engine.sample_rate,
-                      self.engine.info.frame_rate)
+        return Shaper(shape_of(spec.info), self.geometry.samples_for(spec.params.duration), self.geometry.sample_rate,
+                      self.geometry.info.frame_rate)
 
     def _pick_variant(self, client: bytes, ctx) -> int:
         """Rotate through a context's variants per client, preferring ones already cached."""
@@ -212,7 +212,7 @@ class Handlers:
     def on_get_track(self, reply, req):
         spec = self.resolve(reply.client, req)
         job = self.scheduler.find(spec.key)
-        memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
+        memo_key = (spec.key, req["format"], req["sample_rate"] or self.geometry.sample_rate)
         # cached_only takes the cached audio even while the track is being generated again
         from_cache = (job is None or req["cached_only"]) and not req["regenerate"]
         memo = self.memo.get(memo_key) if from_cache else None
@@ -236,12 +236,12 @@ class Handlers:
         self._emit(("cached", reply, req, spec, track))
 
     def _deliver(self, reply, req, spec, job, track) -> None:
-        memo_key = (spec.key, req["format"], req["sample_rate"] or self.engine.sample_rate)
+        memo_key = (spec.key, req["format"], req["sample_rate"] or self.geometry.sample_rate)
         if track is None and req["cached_only"]:   # a generation in flight is not ready: no waiting for it
             raise TroubadourError("track not in the cache yet", code=P.NOT_FOUND)
         shaper = self._shaper(spec)
         native_frames = track.audio.shape[1] if track else shaper.frames
-        delivery = Delivery(self.engine.sample_rate, self.engine.channels, native_frames, req["format"],
+        delivery = Delivery(self.geometry.sample_rate, self.geometry.channels, native_frames, req["format"],
                             req["sample_rate"])
         if not req["stream"] and delivery.max_bytes() > P.MAX_TRACK_BYTES:
             raise TroubadourError(f"the track would be over {P.MAX_TRACK_BYTES} bytes in one message; "
@@ -252,7 +252,7 @@ class Handlers:
         reply.stream = ts
         if track is not None:
             self.cache.pin(spec.key)
-            reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.engine.chunk_samples,
+            reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.geometry.chunk_samples,
                                                                 self.memo, memo_key))
             return
         reason = "hot_swap" if req["regenerate"] else "generated"
@@ -267,7 +267,7 @@ class Handlers:
         header = track_header(spec, cached, delivery)
         shaper = self._shaper(spec)
         if shaper.loop:
-            scale = delivery.rate / self.engine.sample_rate
+            scale = delivery.rate / self.geometry.sample_rate
             header["loop_start"], header["loop_end"] = (round(x * scale) for x in shaper.loop)
         if spec.info.get("fallback") is not None:
             header["fallback"] = spec.info["fallback"]
@@ -276,11 +276,11 @@ class Handlers:
     def _send_memo(self, reply, req, spec, entry) -> None:
         """A remembered track; its streamed header is prebuilt once per (context, variant, profile info)."""
         self.counts[0] += 1
-        rate = req["sample_rate"] or self.engine.sample_rate
+        rate = req["sample_rate"] or self.geometry.sample_rate
 
         def header() -> dict:
-            delivery = Delivery(self.engine.sample_rate, self.engine.channels,
-                                round(entry.frames * self.engine.sample_rate / rate), req["format"], rate)
+            delivery = Delivery(self.geometry.sample_rate, self.geometry.channels,
+                                round(entry.frames * self.geometry.sample_rate / rate), req["format"], rate)
             return {**self._header(spec, True, delivery), "frames": entry.frames}
 
         if not req["stream"]:
@@ -327,7 +327,7 @@ class Handlers:
     def reload_profiles(self):
         try:
             new = load_profiles(self.profiles_path)
-            check_model_support(new, self.engine.info)
+            check_model_support(new, self.geometry.info)
         except TroubadourError as e:
             for s in self.subscribers.values():
                 s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))

@@ -47,7 +47,7 @@ def _serve(args) -> int:
                                   field=name)
     load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
     _check_bind(args.bind)         # and so does a port already in use
-    model = describe_model(args.model, args.device)   # and a model name that cannot load, or a bad --device
+    described = describe_model(args.model, args.device)   # and a model that cannot load, or a bad --device
     if args.curve_secret:
         from .auth import check_server_keys
         check_server_keys(args.curve_secret, args.allow)
@@ -64,7 +64,8 @@ def _serve(args) -> int:
             f"{engine.matmuls}")
         return engine
 
-    server = Server(loader=load, model=model, cache_dir=args.cache, bind=args.bind, profiles_path=args.profiles,
+    server = Server(loader=load, described=described, cache_dir=args.cache, bind=args.bind,
+                    profiles_path=args.profiles,
                     max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
                     cache_size=int(args.cache_size * 1e9), curve_secret=args.curve_secret, allow_dir=args.allow)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())

@@ -22,6 +22,7 @@ from .cache import TrackCache
 from .errors import TroubadourError
 from .events import Events
 from .handlers import Handlers
+from .engine import Geometry
 from .jobs import Scheduler, Worker
 from .params import MAX_DURATION
 from .parse import RequestParser
@@ -41,11 +42,12 @@ def log(msg: str) -> None:
 
 
 class Server(Handlers, Events):
-    """Serves `engine`, or with `loader` (a callable returning the engine, run on the engine thread) answers
-    at once and serves what needs the model when it is loaded: until then `health` says `loading` and
-    track requests wait (PROTOCOL.md, health); `info` says `model` (backends.describe_model) meanwhile."""
+    """Serves `engine`, or with `loader` (a callable returning the engine, run on the engine thread) serves
+    while the model loads: `health` says `loading`, `info` says `described[0]`; with the model's config at
+    hand (`described[1]`, a ModelInfo: backends.describe_model) cached tracks are served and generations
+    queue for the engine, otherwise track requests wait for it (PROTOCOL.md, health)."""
 
-    def __init__(self, engine=None, *, loader=None, model: dict | None = None, cache_dir: str,
+    def __init__(self, engine=None, *, loader=None, described: tuple | None = None, cache_dir: str,
                  bind: str = "tcp://127.0.0.1:5555", profiles_path=None, max_queue: int = 64, max_batch: int = 4, watch: bool = True, context: zmq.Context | None = None,
                  cache_size: int | None = None, curve_secret=None, allow_dir=None):
         if (engine is None) == (loader is None):
@@ -54,10 +56,13 @@ class Server(Handlers, Events):
         self.bind_address = bind
         self.profiles_path = profiles_path
         self.profiles = load_profiles(profiles_path)
-        if engine is not None:
-            check_model_support(self.profiles, engine.info)
-        self.held: list = []             # (reply, request) that need the model, while it loads
-        self.model_described = model or {}   # info.model until the engine's own
+        summary, info = described or ({}, None)
+        self.model_described = summary  # info.model until the engine's own
+        # rates, frames, identity: the engine's, or its config's while it loads (None: not known yet)
+        self.geometry = engine if engine is not None else Geometry(info) if info is not None else None
+        if self.geometry is not None:
+            check_model_support(self.profiles, self.geometry.info)
+        self.held: list = []             # (reply, request) that need the geometry, while it is not known
         self.fatal: Exception | None = None   # the model did not load: serve_forever raises it
         self.cache = TrackCache(cache_dir, **({"size_limit_bytes": cache_size} if cache_size else {}))
         self.scheduler = Scheduler(max_queue=max_queue, max_batch=max_batch)
@@ -74,7 +79,7 @@ class Server(Handlers, Events):
         self._counted_at = time.monotonic()
         self._specs: dict = {}           # resolved tracks by their inputs (handlers._spec)
         # frames -> request, repeated bodies remembered (the model's own limit replaces the default once loaded)
-        self.parse = RequestParser(engine.max_duration if engine else MAX_DURATION)
+        self.parse = RequestParser(self.geometry.max_duration if self.geometry else MAX_DURATION)
         self._prompt_specs: dict = {}    # (prompt, overrides) -> TrackSpec (handlers.resolve)
         self._ctx_specs = (None, {})     # (profiles, {(context, variant): TrackSpec}) (handlers.context_spec)
         self._error_ids = itertools.count()
@@ -118,7 +123,8 @@ class Server(Handlers, Events):
         self._wake_tx.connect(wake_addr)
         if self.engine is None:
             self._ready = ready
-            log(f"listening on {self.bound} while the model loads (health says loading; track requests wait)")
+            meanwhile = "cached tracks are served, generations queue" if self.geometry else "track requests wait"
+            log(f"listening on {self.bound} while the model loads (health says loading; {meanwhile})")
         self.worker.start()
         if self.watcher:
             self.watcher.start()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import ModelLoadError
 from .base import Backend, ModelInfo, pick_device
@@ -176,13 +179,14 @@ def _source(model_id: str) -> tuple[Path, bool]:
     return local, is_dir
 
 
-def describe_model(model_id: str, device: str | None = "auto") -> dict:
-    """`info.model` before the weights load (the server answers meanwhile): id, identity and device as
-    load_backend will have them, plus the native rate and channels when the checkpoint's config.json is on
-    disk (a directory, or the Hugging Face cache). Refuses what load_backend would refuse up front."""
+def describe_model(model_id: str, device: str | None = "auto") -> tuple[dict, ModelInfo | None]:
+    """What the server says and needs of a model before its weights load: `info.model` (id, identity and
+    device, plus the native rate and channels when known) and the ModelInfo load_backend will give, from the
+    checkpoint's config when it is on disk (a directory, or the Hugging Face cache), else None. Refuses up
+    front what load_backend would refuse."""
     local, is_dir = _source(model_id)
-    out = {"id": model_id, "identity": model_identity(model_id, local if is_dir else None),
-           "device": pick_device(device)}
+    device = pick_device(device)
+    summary = {"id": model_id, "identity": model_identity(model_id, local if is_dir else None), "device": device}
     try:
         if is_dir:
             path = local / "config.json"
@@ -190,11 +194,17 @@ def describe_model(model_id: str, device: str | None = "auto") -> dict:
             from huggingface_hub import try_to_load_from_cache
             path = Path(try_to_load_from_cache(model_id, "config.json"))   # TypeError when not cached
         cfg = json.loads(path.read_text())
-        out["sample_rate"] = int(cfg["audio_encoder"]["sampling_rate"])
-        out["channels"] = int(cfg["decoder"].get("audio_channels", 1))
+        enc, dec = cfg["audio_encoder"], cfg["decoder"]
+        rate, hop = int(enc["sampling_rate"]), int(np.prod(enc["upsampling_ratios"]))
+        kind = cfg.get("model_type", "melody" if "melody" in model_id else "musicgen")
+        info = ModelInfo(model_id=model_id, identity=summary["identity"], device=device,
+                         dtype="float16" if device.startswith(("cuda", "mps")) else "float32", sample_rate=rate,
+                         frame_rate=math.ceil(rate / hop), channels=int(dec.get("audio_channels", 1)),
+                         num_codebooks=int(dec["num_codebooks"]), max_frames=int(dec["max_position_embeddings"]),
+                         melody="melody" in kind)
     except (OSError, TypeError, KeyError, ValueError, AttributeError):
-        pass
-    return out
+        return summary, None
+    return {**summary, "sample_rate": info.sample_rate, "channels": info.channels}, info
 
 
 def _fold_weight_norm(module) -> None:
