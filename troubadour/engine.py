@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled, ValidationError
+from .geometry import CHUNK_FRAMES, Geometry
 from .params import MAX_DURATION, GenParams, validate_prompt
 from .chroma import chroma_features
 from .chunking import Chunk, RowCodes
@@ -28,9 +29,9 @@ from .matmul import align_parameters, few_rows_linear, fuse_projections, onednn_
 from .panels import PanelLinear, pack_decoder
 from .sampling import Sampler
 
-# Streaming decode geometry (in codec frames, 50 per second). Measured in tests/test_engine.py: with these,
-# concatenated chunks match a whole-sequence decode to well under the asserted tolerance.
-CHUNK_FRAMES = 25      # audio leaves every 0.5 s of generated music
+# Streaming decode geometry (in codec frames, 50 per second; the chunk size is in geometry.py). Measured in
+# tests/test_engine.py: with these, concatenated chunks match a whole-sequence decode to well under the
+# asserted tolerance.
 CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM settles (where its state cannot be kept)
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
 WINDOW_S = 30.0        # MusicGen was trained on 30 s; longer tracks continue window by window
@@ -54,33 +55,6 @@ class Result:
     codes: np.ndarray
     seconds: float           # wall time of the whole batch
     extra: dict = field(default_factory=dict)
-
-
-class Geometry:
-    """What naming and shaping a track needs of a model (rates, frames, chunk size), known from its config
-    before the weights load: the server serves cached tracks meanwhile. The Engine is one."""
-
-    def __init__(self, info, max_duration: float = MAX_DURATION, chunk_frames: int = CHUNK_FRAMES):
-        self.info, self.max_duration, self.chunk_frames = info, max_duration, chunk_frames
-        self._hop = info.sample_rate // info.frame_rate
-
-    @property
-    def sample_rate(self) -> int:
-        return self.info.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return self.info.channels
-
-    def frames_for(self, duration: float) -> int:
-        return max(1, int(round(duration * self.info.frame_rate)))
-
-    def samples_for(self, duration: float) -> int:
-        return self.frames_for(duration) * self._hop
-
-    @property
-    def chunk_samples(self) -> int:
-        return self.chunk_frames * self._hop
 
 
 class Engine(Geometry):

@@ -21,8 +21,8 @@ from . import protocol as P
 from .cache import TrackCache
 from .errors import TroubadourError
 from .events import Events
+from .geometry import Geometry
 from .handlers import Handlers
-from .engine import Geometry
 from .jobs import Scheduler, Worker
 from .params import MAX_DURATION
 from .parse import RequestParser
