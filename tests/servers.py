@@ -196,16 +196,23 @@ class Conn:
 
     def events(self, timeout: float) -> list:
         """Event messages arriving within `timeout` seconds."""
-        out, deadline = [], time.time() + timeout
-        while time.time() < deadline:
-            try:
-                m = self.recv(max(0.05, deadline - time.time()))
-            except TimeoutError:
-                break
-            if m.type == P.EVENT:
-                out.append(m)
-            else:
-                self.pending.append(m)
+        return self.arriving(timeout, lambda m: m.type == P.EVENT)
+
+    def arriving(self, timeout: float, wanted) -> list:
+        """Messages already kept or arriving within `timeout` seconds for which wanted(message) holds; the
+        others are kept for later recv()."""
+        out = [m for m in self.pending if wanted(m)]
+        pending, kept, deadline = [m for m in self.pending if not wanted(m)], [], time.time() + timeout
+        self.pending = []
+        try:
+            while time.time() < deadline:
+                try:
+                    m = self.recv(max(0.05, deadline - time.time()))
+                except TimeoutError:
+                    break
+                (out if wanted(m) else kept).append(m)
+        finally:
+            self.pending = pending + kept
         return out
 
     def wait_event(self, pred, timeout: float = 60):

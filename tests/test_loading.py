@@ -35,18 +35,6 @@ def track(conn, prompt):
     return conn.send(P.GET_TRACK, prompt=prompt, stream=True, params={"duration": 0.5, "seed": 3})
 
 
-def quiet_for(conn, req_id, seconds: float) -> list:
-    """Messages for req_id within `seconds` (others kept for later)."""
-    got, deadline = [], time.time() + seconds
-    while time.time() < deadline:
-        try:
-            m = conn.recv(max(0.05, deadline - time.time()))
-        except TimeoutError:
-            break
-        (got if m.id == req_id else conn.pending).append(m)
-    return got
-
-
 def test_while_loading_cached_tracks_play_and_new_ones_queue_for_the_model(engine, tiny_model, tmp_path):
     first = LoadingServer(engine, tiny_model, tmp_path, PROFILES)
     first.release()
@@ -80,7 +68,7 @@ def test_while_loading_cached_tracks_play_and_new_ones_queue_for_the_model(engin
         cancel = c.call(P.CANCEL, target=dropped)
         assert cancel[-1].body["found"] is True
         assert c.until_final(dropped)[-1].body["code"] == "cancelled"
-        early = quiet_for(c, wanted, 0.7)   # queued for the engine: no audio before it exists
+        early = c.arriving(0.7, lambda m: m.id == wanted)   # queued for the engine: no audio before it exists
         assert [m.type for m in early] in ([], [P.TRACK]) and (not early or early[0].body["cached"] is False)
         assert c.call(P.HEALTH)[0].body["queue"] == 1
 
