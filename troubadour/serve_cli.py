@@ -37,9 +37,8 @@ def _serve(args) -> int:
     if not _is_loopback(args.bind) and not args.curve_secret:
         log(f"WARNING: binding {args.bind} exposes the server beyond this machine WITHOUT authentication: anyone "
             "who can reach it can use it. Use --curve-secret/--allow (see `troubadour keys`).")
-    threads = args.threads if args.threads is not None else 1
     for name, value, ok, bound in (("max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),
-                                   ("threads", args.threads, threads >= 1, ">= 1"),
+                                   ("threads", args.threads, args.threads is None or args.threads >= 1, ">= 1"),
                                    ("max_batch", args.max_batch, args.max_batch >= 1, ">= 1"),
                                    ("cache_size", args.cache_size, args.cache_size > 0, "> 0")):
         if not ok:
@@ -65,9 +64,9 @@ def _serve(args) -> int:
         return engine
 
     server = Server(loader=load, described=described, cache_dir=args.cache, bind=args.bind,
-                    profiles_path=args.profiles,
-                    max_queue=args.max_queue, max_batch=args.max_batch, watch=not args.no_watch,
-                    cache_size=int(args.cache_size * 1e9), curve_secret=args.curve_secret, allow_dir=args.allow)
+                    profiles_path=args.profiles, max_queue=args.max_queue, max_batch=args.max_batch,
+                    watch=not args.no_watch, cache_size=int(args.cache_size * 1e9), curve_secret=args.curve_secret,
+                    allow_dir=args.allow)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
 
