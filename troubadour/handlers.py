@@ -77,7 +77,8 @@ class Handlers:
     def on_health(self, reply, req):
         status = "degraded" if (self.dead or self.worker.failures) else "loading" if self.engine is None else "ok"
         reply.send(P.HEALTH, final=True, status=status, queue=self.scheduler.queued(),
-                   generating=len(self.scheduler.running()), generated=self.worker.generated, uptime_s=round(time.time() - self.started, 3))
+                   generating=len(self.scheduler.running()), generated=self.worker.generated,
+                   uptime_s=round(time.time() - self.started, 3))
 
     def on_list_profiles(self, reply, req):
         rows = []

@@ -48,8 +48,9 @@ class Server(Handlers, Events):
     queue for the engine, otherwise track requests wait for it (PROTOCOL.md, health)."""
 
     def __init__(self, engine=None, *, loader=None, described: tuple | None = None, cache_dir: str,
-                 bind: str = "tcp://127.0.0.1:5555", profiles_path=None, max_queue: int = 64, max_batch: int = 4, watch: bool = True, context: zmq.Context | None = None,
-                 cache_size: int | None = None, curve_secret=None, allow_dir=None):
+                 bind: str = "tcp://127.0.0.1:5555", profiles_path=None, max_queue: int = 64, max_batch: int = 4,
+                 watch: bool = True, context: zmq.Context | None = None, cache_size: int | None = None,
+                 curve_secret=None, allow_dir=None):
         if (engine is None) == (loader is None):
             raise ValueError("give an engine or a loader")
         self.engine = engine
