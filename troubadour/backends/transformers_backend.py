@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import ModelLoadError
 from .base import Backend, ModelInfo, pick_device
@@ -26,17 +23,11 @@ class TransformersBackend(Backend):
         self.tokenizer = tokenizer
         self.decoder = model.decoder
         self.melody = type(model).__name__.startswith("MusicgenMelody")
-        cfg = model.config
-        audio_cfg = cfg.audio_encoder
-        channels = int(getattr(cfg.decoder, "audio_channels", 1))
         self.torch_device = torch.device(device)
         self._panel_lstm = None   # (kernel, codec_stream.PanelLSTM): the codec LSTM packed once per kernel
         self.dtype = next(model.parameters()).dtype
-        self.info = ModelInfo(
-            model_id=model_id, identity=identity, device=device, dtype=str(self.dtype).replace("torch.", ""),
-            sample_rate=int(audio_cfg.sampling_rate), frame_rate=int(audio_cfg.frame_rate), channels=channels,
-            num_codebooks=int(cfg.decoder.num_codebooks), max_frames=int(cfg.decoder.max_position_embeddings),
-            melody=self.melody)
+        self.info = _model_info(model.config, model_id, identity, device, str(self.dtype).replace("torch.", ""),
+                                self.melody)
 
     def encode_text(self, prompts: list[str]):
         import torch
@@ -136,7 +127,7 @@ def load_backend(model_id: str, device: str | None = "auto", dtype: str | None =
 
         cls = MusicgenMelodyForConditionalGeneration if "melody" in kind else MusicgenForConditionalGeneration
         if dtype is None:
-            dtype = "float16" if device.startswith(("cuda", "mps")) else "float32"
+            dtype = _default_dtype(device)
         kw = {} if is_dir else {"local_files_only": True}
         try:
             model = _quiet(lambda: cls.from_pretrained(source, dtype=getattr(torch, dtype), **kw))
@@ -188,23 +179,27 @@ def describe_model(model_id: str, device: str | None = "auto") -> tuple[dict, Mo
     device = pick_device(device)
     summary = {"id": model_id, "identity": model_identity(model_id, local if is_dir else None), "device": device}
     try:
-        if is_dir:
-            path = local / "config.json"
-        else:
-            from huggingface_hub import try_to_load_from_cache
-            path = Path(try_to_load_from_cache(model_id, "config.json"))   # TypeError when not cached
-        cfg = json.loads(path.read_text())
-        enc, dec = cfg["audio_encoder"], cfg["decoder"]
-        rate, hop = int(enc["sampling_rate"]), int(np.prod(enc["upsampling_ratios"]))
-        kind = cfg.get("model_type", "melody" if "melody" in model_id else "musicgen")
-        info = ModelInfo(model_id=model_id, identity=summary["identity"], device=device,
-                         dtype="float16" if device.startswith(("cuda", "mps")) else "float32", sample_rate=rate,
-                         frame_rate=math.ceil(rate / hop), channels=int(dec.get("audio_channels", 1)),
-                         num_codebooks=int(dec["num_codebooks"]), max_frames=int(dec["max_position_embeddings"]),
-                         melody="melody" in kind)
-    except (OSError, TypeError, KeyError, ValueError, AttributeError):
+        from transformers import AutoConfig
+
+        cfg = _quiet(lambda: AutoConfig.from_pretrained(str(local) if is_dir else model_id, local_files_only=True))
+        info = _model_info(cfg, model_id, summary["identity"], device, _default_dtype(device),
+                           "melody" in cfg.model_type)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):   # not on disk, or not MusicGen's
         return summary, None
     return {**summary, "sample_rate": info.sample_rate, "channels": info.channels}, info
+
+
+def _model_info(cfg, model_id: str, identity: str, device: str, dtype: str, melody: bool) -> ModelInfo:
+    """ModelInfo from a MusicGen (or MusicGen-Melody) transformers config."""
+    audio_cfg, dec = cfg.audio_encoder, cfg.decoder
+    return ModelInfo(model_id=model_id, identity=identity, device=device, dtype=dtype,
+                     sample_rate=int(audio_cfg.sampling_rate), frame_rate=int(audio_cfg.frame_rate),
+                     channels=int(getattr(dec, "audio_channels", 1)), num_codebooks=int(dec.num_codebooks),
+                     max_frames=int(dec.max_position_embeddings), melody=melody)
+
+
+def _default_dtype(device: str) -> str:
+    return "float16" if device.startswith(("cuda", "mps")) else "float32"
 
 
 def _fold_weight_norm(module) -> None:
