@@ -236,8 +236,9 @@ def codec_share(name, engine, duration, step_s: float, table, reps: int = 3, fra
     t_stream, t_window, t_kept = [], [], []
     with torch.inference_mode():
         be.decode_audio(codes[None, :, :full_n])
+        carried = be.stream_decoder(engine.lookahead_frames, engine._gemv) is not None
         for _ in range(reps):
-            if be.stream_decoder(engine.lookahead_frames, engine._gemv) is not None:
+            if carried:
                 t_stream.append(stream(True)[0])
             t_window.append(stream(False)[0])
             t = now()

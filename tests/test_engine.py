@@ -302,7 +302,7 @@ def test_null_condition_rows_get_the_projection_of_zeros(engine, backend):
     h = torch.cat([hidden, torch.zeros_like(hidden)])
     m = torch.cat([mask, torch.zeros_like(mask)])
     with torch.inference_mode():
-        kv, _ = engine._cross_kv(h, m)
+        kv, _, _ = engine._cross_kv(h, m)
         for (kk, vv), layer in zip(kv, engine._layers):
             att = layer.encoder_attn
             for got, mod in ((kk, att.k_proj), (vv, att.v_proj)):

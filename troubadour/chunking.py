@@ -50,14 +50,14 @@ class RowCodes:
         """The due chunk: from the codec's carried state where the row has one, else by decoding the window's
         codes again with `decode_audio` (codes (1, K, n) -> (1, channels, samples))."""
         lo, hi, end, final = window
-        if self.codec is not None:
+        if self.codec is not None:   # audio from frame `emitted` on: nothing to trim before it
             audio = self.codec.chunk(self.codes[:, :self.filled], self.emitted, end, final)
-            return self.chunk(audio, (self.emitted, hi, end, final))
-        return self.chunk(decode_audio(self.codes[None, :, lo:hi])[0], window)
+            return self._emit(audio, self.emitted, end, final)
+        return self._emit(decode_audio(self.codes[None, :, lo:hi])[0], lo, end, final)
 
-    def chunk(self, audio: torch.Tensor, window) -> Chunk:
-        """The chunk from the decoded window: its frames emitted..end, without the context on either side."""
-        lo, _, end, final = window
+    def _emit(self, audio: torch.Tensor, lo: int, end: int, final: bool) -> Chunk:
+        """The chunk from audio decoded from frame `lo` on: its frames emitted..end, without the context on
+        either side."""
         audio = audio[:, (self.emitted - lo) * self.hop:(end - lo) * self.hop].float().cpu().numpy()
         chunk = Chunk(-1, self.emitted * self.hop, audio, final, self.codes.cpu().numpy() if final else None)
         self.emitted = end

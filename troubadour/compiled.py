@@ -120,7 +120,7 @@ class CompiledStep:
         batch would be inputs the graphs copy on every step (or re-record for)."""
         if cross is None:
             return None
-        kv, bias = cross
+        kv, bias, _ = cross
         key = (bias.shape, kv[0][0].shape)
         held = self._cross.get(key)
         if held is None:
@@ -132,7 +132,7 @@ class CompiledStep:
             for a, b in zip(mine, theirs):
                 a.copy_(b)
         held[1].copy_(bias)
-        return held
+        return held[0], held[1], None   # (the compiled step attends with the mask)
 
     def __call__(self, tokens: torch.Tensor, position: int, cache, cross) -> torch.Tensor | None:
         """Logits (rows, K, V) for one step: tokens (rows, K, 1) at `position` of the cache from `cache()`;

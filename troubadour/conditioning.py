@@ -38,4 +38,4 @@ def cross_keys_values(layers, heads: int, hidden: torch.Tensor, mask: torch.Tens
         kk = proj(att.k_proj).view(rows, t, heads, -1).transpose(1, 2)
         vv = proj(att.v_proj).view(rows, t, heads, -1).transpose(1, 2)
         out.append((kk.contiguous(), vv.contiguous()) if native else (kk, vv))
-    return (out, bias, lengths.to(torch.int64).contiguous()) if native else (out, bias)
+    return out, bias, (lengths.to(torch.int64).contiguous() if native else None)
