@@ -137,7 +137,7 @@ def test_cuda_graphs_only_where_torch_records_them_from_any_thread(monkeypatch):
     assert seen == ["default"]
 
 
-def test_only_the_server_builds_its_engine_for_another_thread(tiny_model, monkeypatch):
+def test_only_the_server_builds_its_engine_for_another_thread(tiny_model, monkeypatch, tmp_path):
     """generate and bake run the model on the thread that loads it; the server warms up on its main thread and
     generates on its engine thread, so only it must not ask for main-thread-only CUDA graphs."""
     import troubadour.cli as cli
@@ -161,7 +161,7 @@ def test_only_the_server_builds_its_engine_for_another_thread(tiny_model, monkey
 
     monkeypatch.setattr(cli, "make_engine", fake_make_engine)
     args = cli.build_parser().parse_args(["serve", "--model", str(tiny_model), "--compile", "--device", "cpu",
-                                          "--bind", "tcp://127.0.0.1:*"])
+                                          "--bind", "tcp://127.0.0.1:*", "--cache", str(tmp_path / "cache")])
     with pytest.raises(Built):
         args.func(args)
     assert asked[-1] is False
