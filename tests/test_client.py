@@ -469,6 +469,46 @@ def test_damaged_stream_is_a_protocol_error(damage):
         router.close(0)
 
 
+def test_undecodable_replies_fail_what_they_may_belong_to():
+    """Server messages the client cannot decode (a scripted server): one carrying a request's id fails that
+    request; one whose id is nil fails nothing; one with no readable id fails every open request, since any of
+    them may have lost its final message (pings would keep it waiting forever). Failed requests are cancelled on
+    the server and the connection goes on working."""
+    from fakeserver import BadRepliesServer
+    from troubadour.client import ProtocolError
+
+    srv = BadRepliesServer()
+    outcome = {}
+
+    def play(c):
+        with pytest.raises(ProtocolError, match="payload"):
+            c.get_track("broken_own")
+        with pytest.raises(UnknownContextError):
+            c.get_track("nil_noise")
+        streams = [c.stream_track("unreadable_a"), c.stream_track("unreadable_b")]
+        for s in streams:
+            with pytest.raises(ProtocolError, match="unreadable message from the server"):
+                list(s)
+        outcome["pong"] = c.ping()
+
+    try:
+        with Client(srv.address, timeout=30, retries=0) as c:
+            worker = threading.Thread(target=play, args=(c,), daemon=True)
+            worker.start()
+            worker.join(60)
+            assert not worker.is_alive(), f"a request was left waiting; server saw {srv.seen}"
+            assert outcome.get("pong", {}).get("final") is True, outcome
+            assert [v for v in c.violations if "undecodable message:" in v and "final" in v], c.violations
+            assert [v for v in c.violations if "no readable id" in v], c.violations
+            deadline = time.monotonic() + 10
+            while len(srv.cancelled) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ids = srv.track_ids
+            assert sorted(srv.cancelled) == sorted([ids["broken_own"], ids["unreadable_a"], ids["unreadable_b"]])
+    finally:
+        srv.stop()
+
+
 def test_cached_replay_chunks_stay_under_the_chunk_limit(client):
     """Cached replays send few, large chunks; float32 48 kHz stereo is the widest delivery."""
     req = dict(prompt="rain on a tin roof", params={"duration": 12.0, "seed": 3}, format="pcm_f32le",

@@ -242,3 +242,27 @@ def test_engine_clients_unity_waits_for_a_loading_server(test_exe, engine, tiny_
     assert not fails and rc == 0, log
     assert {"loading_connected", "loading_health", "loading_track_waited", "loading_no_reconnect",
             "loaded_health"} <= ok, log
+
+
+@needs_mono
+def test_engine_clients_unity_undecodable_replies(test_exe):
+    """A server sending undecodable messages (tests/fakeserver.py): the one carrying a request's id fails that
+    request, one with id nil fails nothing, one with no readable id fails every open get_track (which has no
+    timeout, so it would wait forever); what failed is cancelled and the connection goes on."""
+    from fakeserver import BadRepliesServer
+
+    srv = BadRepliesServer()
+    try:
+        r = subprocess.run([MONO, str(test_exe), "badreply", "127.0.0.1", str(srv.port)], capture_output=True,
+                           text=True, timeout=120)
+        deadline = time.monotonic() + 10
+        while len(srv.cancelled) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        srv.stop()
+    ok, fails = parse(r.stdout)
+    assert not fails and r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert {"bad_connected", "bad_own_id_fails_its_request", "bad_nil_id_fails_nothing",
+            "bad_unreadable_fails_all_open", "bad_connection_goes_on"} <= ok, r.stdout
+    ids = srv.track_ids
+    assert sorted(srv.cancelled) == sorted([ids["broken_own"], ids["unreadable_a"], ids["unreadable_b"]])

@@ -27,7 +27,7 @@ from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, Cance
                            InternalError, InvalidParamError, ModelError, NotFoundError, ProfileFileError,
                            ProtocolVersionError, ServerError, Timeout, TooLargeError, Track, TrackHeader,
                            TrackStream, UnknownContextError, UnknownTypeError, _check_totals, server_error)
-from .client_types import OpenRequest, message_size, peek_id
+from .client_types import UNREADABLE, OpenRequest, message_size, peek_id
 from .protocol import ProtocolError
 from .wire import readable, recv_message, send_message
 
@@ -209,8 +209,11 @@ class Client:
         try:
             msg = P.decode(frames[1:], reply=True)
         except ProtocolError as e:
-            req = self._open.get(peek_id(frames))
-            return self._fail(req, e) if req else self._violation(f"undecodable message: {e}")
+            rid = peek_id(frames)
+            if rid is UNREADABLE:
+                return self._unattributable(e)
+            req = self._open.get(rid) if rid is not None else None
+            return self._abandon(req, e) if req else self._violation(f"undecodable message: {e}")
         body = msg.body
         rid, seq = body["id"], body["seq"]   # decode checked both
         if rid is None:
@@ -243,6 +246,14 @@ class Client:
         req.nbytes += message_size(msg)
         if len(req.queue) > MAX_BUFFERED_MESSAGES or req.nbytes > MAX_BUFFERED_BYTES:
             self._abandon(req, ProtocolError(f"request {rid}: too many unread messages", code="overflow"))
+
+    def _unattributable(self, e: ProtocolError) -> None:
+        """An undecodable message with no readable id: some open request may have lost its final message and
+        would wait forever (pings keep the connection alive), so every open request fails (PROTOCOL.md 4)."""
+        self._violation(f"undecodable message with no readable id: {e}")
+        for req in [r for r in self._open.values() if not r.internal]:
+            self._abandon(req, ProtocolError(f"unreadable message from the server, which may have been this "
+                                             f"request's: {e}", code=e.code))
 
     def _finish(self, req: OpenRequest, abandoned: bool = False) -> None:
         req.open = False

@@ -158,12 +158,20 @@ def message_size(msg: P.Message) -> int:
     return len(msg.payload) if msg.payload is not None else 0
 
 
+UNREADABLE = object()
+
+
 def peek_id(frames):
-    """The id of an undecodable message, if its body can be read at all."""
+    """The request id of an undecodable message (delimiter first): a valid id, None when its body says nil, or
+    UNREADABLE when no id can be read (then the client cannot tell which request lost a message)."""
     try:
-        return P.request_id(msgpack.unpackb(frames[3], raw=False))
+        body = msgpack.unpackb(frames[3], raw=False)
     except Exception:
+        return UNREADABLE
+    if isinstance(body, dict) and "id" in body and body["id"] is None:
         return None
+    rid = P.request_id(body)
+    return UNREADABLE if rid is None else rid
 
 
 class TrackStream:

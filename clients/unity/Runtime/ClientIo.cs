@@ -250,8 +250,11 @@ namespace Troubadour
             catch (ProtocolException e)
             {
                 Log("invalid message from the server: " + e.Code + ": " + e.Message);
+                bool readable;
+                var bid = Wire.PeekId(frames, out readable);
                 Pending bad;
-                if (e.Id is long && open.TryGetValue((long)e.Id, out bad))
+                if (!readable) FailAllOpen("unreadable message from the server, which may have been this request's: " + e.Message);
+                else if (bid is long && open.TryGetValue((long)bid, out bad))
                     Fail(bad, new TroubadourError(ErrorCodes.InvalidReply, e.Message, e.Field));
                 return;
             }
@@ -387,6 +390,14 @@ namespace Troubadour
                 StartInternal("cancel", fields, new SimpleHandler(this, null, null, true));
             }
             Complete(p, err);
+        }
+
+        // An undecodable message with no readable id may have been any open request's final one: fail them all
+        // rather than leave one waiting forever (PROTOCOL.md section 4).
+        void FailAllOpen(string why)
+        {
+            foreach (var p in new List<Pending>(open.Values))
+                if (!p.Internal && !p.Done) Fail(p, new TroubadourError(ErrorCodes.InvalidReply, why));
         }
 
         void Complete(Pending p, TroubadourError err)

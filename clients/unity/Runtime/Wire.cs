@@ -104,6 +104,22 @@ namespace Troubadour
             return body;
         }
 
+        /// <summary>The request id of a message Decode refused (frames without the delimiter), or null. readable is
+        /// false when no id can be read at all: body not a msgpack map, id missing or malformed.</summary>
+        public static object PeekId(IList<byte[]> frames, out bool readable)
+        {
+            readable = false;
+            if (frames == null || frames.Count < 3) return null;
+            Dictionary<string, object> body;
+            try { body = DecodeBody(frames[2]); }
+            catch (Exception) { return null; }
+            object id;
+            if (!body.TryGetValue("id", out id)) return null;
+            var rid = RequestId(body);
+            readable = id == null || rid != null;
+            return rid;
+        }
+
         /// <summary>The body's id if it is a valid request id (long 0..2^63-1 or string of 1-64 chars), else null.</summary>
         public static object RequestId(Dictionary<string, object> body)
         {

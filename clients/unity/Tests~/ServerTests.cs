@@ -172,6 +172,36 @@ namespace Troubadour.Tests
             return failures;
         }
 
+        // Against tests/fakeserver.py, which sends undecodable messages (PROTOCOL.md section 4): one with a
+        // request's id fails that request, one with id nil fails nothing, one with no readable id fails every
+        // open request (a get_track has no timeout: it would otherwise wait forever).
+        public int RunBadReplies(string host, int port)
+        {
+            c = new TroubadourClient(new ClientOptions { Log = m => Console.Error.WriteLine("client: " + m) });
+            ServerInfo connected = null;
+            c.Connected += si => connected = si;
+            c.Connect(host, port);
+            Check("bad_connected", WaitFor(() => connected != null, 20), "no connection");
+            var own = Get(new TrackOptions { Context = "broken_own" }, 20);
+            Check("bad_own_id_fails_its_request", own.Error != null && own.Error.Code == ErrorCodes.InvalidReply, Why(own));
+            var noise = Get(new TrackOptions { Context = "nil_noise" }, 20);
+            Check("bad_nil_id_fails_nothing", noise.Error != null && noise.Error.Code == ErrorCodes.UnknownContext, Why(noise));
+            var a = new Fetch();
+            var b = new Fetch();
+            a.Request = c.GetTrack(new TrackOptions { Context = "unreadable_a" }, a.Callbacks());
+            b.Request = c.GetTrack(new TrackOptions { Context = "unreadable_b" }, b.Callbacks());
+            WaitFor(() => a.Done && b.Done, 20);
+            Check("bad_unreadable_fails_all_open", a.Error != null && a.Error.Code == ErrorCodes.InvalidReply &&
+                  b.Error != null && b.Error.Code == ErrorCodes.InvalidReply, Why(a) + " / " + Why(b));
+            HealthInfo health = null;
+            c.Health(h => health = h);
+            WaitFor(() => health != null, 10);
+            Check("bad_connection_goes_on", health != null && health.Status == "ok" && c.ReconnectCount == 0,
+                  (health == null ? "no health reply" : health.Status) + ", " + c.ReconnectCount + " reconnects");
+            c.Dispose();
+            return failures;
+        }
+
         void Tracks()
         {
             var opts = new TrackOptions { Context = "battle", SampleRate = 44100 };

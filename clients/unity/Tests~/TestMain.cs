@@ -4,6 +4,7 @@
 //   mono TroubadourTests.exe zmtp HOST PORT      (a ROUTER that echoes, with ZMTP heartbeats on)
 //   mono TroubadourTests.exe server HOST PORT
 //   mono TroubadourTests.exe loading HOST PORT   (a server still loading its model)
+//   mono TroubadourTests.exe badreply HOST PORT  (tests/fakeserver.py: undecodable server messages)
 // Prints "OK name" / "FAIL name: why" lines; exits 1 when anything failed.
 using System;
 
@@ -24,9 +25,10 @@ namespace Troubadour.Tests
                 else if (args.Length == 3 && args[0] == "zmtp") failures = ZmtpTests.Run(args[1], int.Parse(args[2]));
                 else if (args.Length == 3 && args[0] == "server") failures = new ServerTests().Run(args[1], int.Parse(args[2]));
                 else if (args.Length == 3 && args[0] == "loading") failures = new ServerTests().RunLoading(args[1], int.Parse(args[2]));
+                else if (args.Length == 3 && args[0] == "badreply") failures = new ServerTests().RunBadReplies(args[1], int.Parse(args[2]));
                 else
                 {
-                    Console.Error.WriteLine("usage: TroubadourTests.exe vectors FILE | unit | zmtp HOST PORT | server|loading HOST PORT");
+                    Console.Error.WriteLine("usage: TroubadourTests.exe vectors FILE | unit | zmtp HOST PORT | server|loading|badreply HOST PORT");
                     return 2;
                 }
                 return failures == 0 ? 0 : 1;
