@@ -379,3 +379,30 @@ def test_engine_clients_godot_waits_for_a_loading_server(engine, tiny_model, tmp
     assert not script_errors and not run.errors and rc == 0 and "DONE" in run.lines, run.output
     assert any(l.startswith("OK loading") for l in run.lines), run.output
     assert run.handled == ["release"], run.output
+
+
+@needs_godot
+def test_engine_clients_godot_undecodable_replies(tmp_path):
+    """A server sending undecodable messages (tests/fakeserver.py): the one carrying a request's id fails that
+    request, one with id nil fails nothing (reported with handle -1), one with no readable id fails every open
+    get_track (which has no timeout, so it would wait forever); what failed is cancelled, the connection goes on."""
+    from fakeserver import BadRepliesServer
+
+    srv = BadRepliesServer()
+    project = assemble_project(tmp_path / "project", srv.port)
+    with open(project / "work" / "config.txt", "a") as f:
+        f.write("mode=badreply\n")
+    run = GodotRun(project, {})
+    try:
+        rc = run.run(90)
+        deadline = time.monotonic() + 10
+        while len(srv.cancelled) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        srv.stop()
+    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
+                                                           r"Invalid get index|Stack Trace", l)]
+    assert not script_errors and rc == 0 and "DONE" in run.lines, run.output
+    assert any(l.startswith("OK bad_replies") for l in run.lines), run.output
+    ids = srv.track_ids
+    assert sorted(srv.cancelled) == sorted([ids["broken_own"], ids["unreadable_a"], ids["unreadable_b"]]), run.output

@@ -6,7 +6,8 @@
 # tests/run_tests.gd (this file) and work/ with
 #   vectors.txt   protocol/vectors/vectors.json pre-converted to tab-separated lines (see the driver)
 #   config.txt    key=value lines: port=N (a running `troubadour serve`; absent: vectors only);
-#                 mode=loading (a server still loading its model: only t_loading runs)
+#                 mode=loading (a server still loading its model: only t_loading runs);
+#                 mode=badreply (tests/fakeserver.py, undecodable server messages: only t_bad_replies runs)
 # Coordination with the driver: this script prints "@@ACTION name" and waits for work/ack_name.
 # Output: "OK name[: detail]" / "FAIL name: reason" lines, "SHA name hex" lines, then "DONE".
 #
@@ -65,6 +66,12 @@ func _run_all():
 		conn.log_enabled = true
 		conn.connect_to_server("127.0.0.1", int(config["port"]))
 		_test("loading", "t_loading")
+		conn.close()
+	elif config.has("port") and config.get("mode", "") == "badreply":
+		conn = Connection.new(compat)
+		conn.log_enabled = true
+		conn.connect_to_server("127.0.0.1", int(config["port"]))
+		_test("bad_replies", "t_bad_replies")
 		conn.close()
 	elif config.has("port"):
 		conn = Connection.new(compat)
@@ -605,6 +612,35 @@ func t_loading():
 	if _last(hev)[0] != "reply" or _last(hev)[3]["status"] != "ok":
 		return "health after loading: " + _describe(hev)
 	detail = "track after %d ms, %d pings" % [waited, conn.pings_sent]
+	return ""
+
+
+# tests/fakeserver.py sends undecodable messages (PROTOCOL.md section 4): one with a request's id fails that
+# request, one with id nil fails nothing (reported with handle -1), one with no readable id fails every open
+# request (a get_track has no timeout: it would otherwise wait forever). The connection goes on.
+func t_bad_replies():
+	if wait_event("connected", null, 20000) == null:
+		return "no connected event; log: " + _describe(evlog)
+	var ev = collect(conn.get_track("broken_own", -1, true, {}), "", 20000)
+	if _last(ev)[0] != "error" or _last(ev)[2] != "protocol_error":
+		return "broken_own ended with " + _describe(ev)
+	ev = collect(conn.get_track("nil_noise", -1, true, {}), "", 20000)
+	if _last(ev)[0] != "error" or _last(ev)[2] != "unknown_context":
+		return "nil_noise ended with " + _describe(ev)
+	if wait_event("error", -1, 2000) == null:
+		return "the message with id nil was not reported"
+	var handles = [conn.get_track("unreadable_a", -1, true, {}), conn.get_track("unreadable_b", -1, true, {})]
+	for h in handles:
+		ev = collect(h, "", 20000)
+		if _last(ev)[0] != "error" or _last(ev)[2] != "protocol_error":
+			return "unreadable request %d ended with %s" % [h, _describe(ev)]
+	var hev = collect(conn.health(), "health", 10000)
+	if _last(hev)[0] != "reply" or _last(hev)[3]["status"] != "ok":
+		return "health afterwards: " + _describe(hev)
+	for e in evlog:
+		if e[0] == "disconnected":
+			return "the connection dropped: " + str(e)
+	detail = _last(ev)[3]
 	return ""
 
 

@@ -394,8 +394,7 @@ func _on_frames(frames):
 		parts.append(frames[i])
 	var m = proto.decode(parts, true)
 	if not m["ok"]:
-		_events.append(["error", -1, "protocol_error", "undecodable message from the server: %s (%s)"
-			% [m["message"], m["code"]], {}])
+		_on_undecodable(parts, "undecodable message from the server: %s (%s)" % [m["message"], m["code"]])
 		return
 	var body = m["body"]
 	var type = m["type"]
@@ -482,6 +481,26 @@ func _on_gap(rec, got):
 	_forget(rec)
 	if not rec["internal"]:
 		_events.append(["error", rec["handle"], "lost_messages", message, {}])
+
+
+# A message decode() refused: it fails the request its id names; with id nil, nothing. With no readable id it
+# may have been any open request's final message: all of them fail rather than wait forever (PROTOCOL.md 4).
+func _on_undecodable(parts, why):
+	var peek = proto.peek_id(parts)
+	var failed = []
+	if not peek["readable"]:
+		why = "unreadable message from the server, which may have been this request's: " + why
+		failed = _sorted_by_handle(_records.values())
+	elif peek["id"] != null and _records.has(peek["id"]):
+		failed = [_records[peek["id"]]]
+	if failed.size() == 0:
+		_events.append(["error", -1, "protocol_error", why, {}])
+	for rec in failed:
+		if rec["internal"] or rec["type"] == "subscribe" or not rec["sent"]:
+			continue
+		_forget(rec)
+		_zmtp_cancel(rec["wire_id"])
+		_events.append(["error", rec["handle"], "protocol_error", why, {}])
 
 
 func _zmtp_cancel(wire_id):

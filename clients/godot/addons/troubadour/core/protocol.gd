@@ -124,6 +124,18 @@ func decode(frames, reply):
 	return {"ok": true, "type": msg_type, "body": body, "payload": payload}
 
 
+# The id of a message decode() refused (frames without the delimiter): {"readable": false} when no id can be
+# read at all (body not a msgpack map, id missing or malformed), else {"readable": true, "id": id or null}.
+func peek_id(frames):
+	if typeof(frames) != compat.T_ARRAY or frames.size() < 3:
+		return {"readable": false, "id": null}
+	var r = codec.decode(frames[2])
+	if not r["ok"] or typeof(r["value"]) != compat.T_DICT or not r["value"].has("id"):
+		return {"readable": false, "id": null}
+	var rid = request_id(r["value"])
+	return {"readable": typeof(r["value"]["id"]) == compat.T_NIL or rid != null, "id": rid}
+
+
 func _valid_type(tb):
 	var n = tb.size()
 	if n < 1 or n > MAX_TYPE_LEN:
