@@ -387,6 +387,22 @@ def test_cli_fetch_server_error_is_one_line(server, capsys, tmp_path):
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_fallback_is_reported_once_with_the_closest_name(server, capsys, tmp_path):
+    """A context missing from the profiles (at dev time usually a typo) still gets music, and both `troubadour
+    fetch` and the server's log say so, naming the closest context; the server says it once per name."""
+    for _ in range(2):
+        code, stdout, err = cli_main(["fetch", "--server", server.address, "--context", "explor", "--duration",
+                                      "0.5", "--out", str(tmp_path / "x.wav"), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(stdout)["fallback"] is True
+        assert "context 'explor' is not in the server's profiles (did you mean 'explore'?)" in err
+    code, _, err = cli_main(["fetch", "--server", server.address, "--context", "explore", "--out",
+                             str(tmp_path / "y.wav")], capsys)
+    assert code == 0 and err == ""
+    said = "context 'explor' is not in the profiles (did you mean 'explore'?): playing fallback music"
+    assert server.log().count(said) == 1, server.log()[-2000:]
+
+
 def test_cli_fetch_out_in_a_new_folder_or_unwritable_path(server, capsys, tmp_path):
     out = tmp_path / "music" / "menu.wav"
     code, _, err = cli_main(["fetch", "--server", server.address, "--context", "menu", "--out", str(out)], capsys)

@@ -292,7 +292,7 @@ def fetch_sha(address: str, **req) -> tuple[str, dict]:
 
 
 REQUIRED = ["vectors", "msgpack_roundtrip", "pcm_decode", "error_codes", "handshake", "info_health", "cold_track",
-            "cached_track", "prefetch_progress", "unknown_context_error", "cancel", "hot_swap", "heartbeat",
+            "cached_track", "prefetch_progress", "fallback_warning", "unknown_context_error", "cancel", "hot_swap", "heartbeat",
             "reconnect", "client_node", "player"]
 
 
@@ -339,6 +339,8 @@ def test_engine_clients_godot_headless_against_server(tiny_model, tmp_path):
     ok = {l.split()[1] for l in run.lines if l.startswith("OK ")}
     assert set(REQUIRED) <= ok, f"missing: {set(REQUIRED) - ok}\n{report}"
     assert run.handled == ["edit_profiles", "freeze", "thaw", "restart"], report
+    warned = [l for l in run.lines if "'menuu' is not in the server's profiles" in l]
+    assert len(warned) == 1 and "WARNING" in warned[0], f"fallback warnings: {warned}\n{report}"
     shas = dict(l.split()[1:3] for l in run.lines if l.startswith("SHA "))
     assert shas.get("cold_battle") == python_sha["battle"], report
     print(out)   # shown with pytest -s / -rP

@@ -36,7 +36,8 @@ needs_mono = pytest.mark.skipif(MCS is None or MONO is None, reason="needs mcs a
 PROFILES_V2 = PROFILES.replace('mood = "happy"', 'mood = "mysterious"')   # changes `menu` only
 SERVER_CHECKS = {
     "zmtp_handshake", "info", "health", "list_profiles", "subscribe", "get_track_cold", "get_track_cached",
-    "get_track_not_streamed", "prefetch_with_progress", "events_during_prefetch", "error_unknown_context",
+    "get_track_not_streamed", "prefetch_with_progress", "events_during_prefetch", "fallback_logged_once",
+    "error_unknown_context",
     "error_invalid_param_field", "cancel", "hot_swap_event", "reconnect_resends_stream",
     "reconnect_resumed_audio_intact", "reconnect_next_request", "resubscribed", "events_after_reconnect",
 }

@@ -218,6 +218,17 @@ def test_fallback_for_unknown_context(tmp_path):
     assert not prof.get("a").fallback
 
 
+def test_fallback_notice_once_per_name_with_the_closest_context(tmp_path):
+    prof = load_text(tmp_path, GAME + "[contexts.battle]\nmood = 'tense'\n")
+    assert prof.fallback_notice("batle") == ("context 'batle' is not in the profiles (did you mean 'battle'?): "
+                                             "playing fallback music in the game's style")
+    assert prof.fallback_notice("batle") is None
+    assert "did you mean" not in prof.fallback_notice("zzz")
+    notes = [prof.fallback_notice(f"made_up_{i}") for i in range(200)]
+    assert sum(n is not None for n in notes) == 99 and notes[98] == "more unknown contexts asked for; no longer listed"
+    assert load_text(tmp_path, GAME + "[contexts.battle]\nmood = 'tense'\n").fallback_notice("batle")   # per load
+
+
 def test_fallback_without_game_genre(tmp_path):
     prof = load_text(tmp_path, "[contexts.a]\nprompt = 'x'\n")
     assert prof.get("dark-forest").prompt == "Music for a dark forest scene in a video game."

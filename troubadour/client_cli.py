@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .client import DEFAULT_ADDRESS, Client, ConnectionLost
+from .errors import did_you_mean
 
 EXIT_FAILED = 1        # prefetch: some jobs failed
 EXIT_NO_SERVER = 4
@@ -95,6 +96,10 @@ def cmd_fetch(args) -> int:
                                  format=fmt, sample_rate=args.sample_rate, regenerate=args.regenerate,
                                  cached_only=args.cached_only, priority=args.priority,
                                  fallback=False if args.no_fallback else None)
+        if track.header.get("fallback"):   # at dev time usually a typo: say so, with the closest name
+            hint = did_you_mean(args.context, client.info().get("profiles", []))
+            print(f"troubadour: warning: context {args.context!r} is not in the server's profiles{hint}; this is "
+                  f"fallback music (--no-fallback makes it an error)", file=sys.stderr)
     track.save(out)
     seconds = round(time.monotonic() - start, 3)
     h = track.header

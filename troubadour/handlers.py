@@ -133,6 +133,8 @@ class Handlers:
                 self._prompt_specs[memo_key] = spec
             return spec
         ctx = self.profiles.get(req["context"], strict=not req.get("fallback", True))
+        if ctx.fallback and (notice := self.profiles.fallback_notice(ctx.name)):
+            self.log(notice)
         variant = req.get("variant")
         if variant is None:
             variant = self._pick_variant(client, ctx)

@@ -76,6 +76,7 @@ class Profiles:
         # Parsed [defaults]: the params it sets + variants/loop/meter/loudness.
         self.defaults = {**COMMON_DEFAULTS, **(defaults or {})}
         self.path = path
+        self._fallbacks_noted: set = set()
 
     def names(self) -> list[str]:
         return list(self.contexts)
@@ -91,6 +92,17 @@ class Profiles:
             raise TroubadourError(f"unknown context {name!r}{did_you_mean(name, self.contexts)}",
                                   code=UNKNOWN_CONTEXT, field="context")
         return self._fallback(name)
+
+    def fallback_notice(self, name: str) -> str | None:
+        """What to tell the developer the first time unknown context `name` gets fallback music (at dev time
+        usually a typo in the game's code); None after that, and after 100 names (a client making names up)."""
+        if name in self._fallbacks_noted or len(self._fallbacks_noted) > 100:
+            return None
+        self._fallbacks_noted.add(name)
+        if len(self._fallbacks_noted) > 100:
+            return "more unknown contexts asked for; no longer listed"
+        return (f"context {name!r} is not in the profiles{did_you_mean(name, self.contexts)}: "
+                f"playing fallback music in the game's style")
 
     def _fallback(self, name: str) -> Context:
         # Unknown situations still get music in the game's style rather than an error.

@@ -79,7 +79,7 @@ func _run_all():
 		conn.backoff_max_ms = 1000     # the test restarts the server: keep the retries frequent
 		conn.connect_to_server("127.0.0.1", int(config["port"]))
 		var names = ["handshake", "info_health", "cold_track", "cached_track", "prefetch_progress",
-			"unknown_context_error", "cancel", "hot_swap", "heartbeat", "reconnect", "client_node", "player"]
+			"fallback_warning", "unknown_context_error", "cancel", "hot_swap", "heartbeat", "reconnect", "client_node", "player"]
 		for n in names:
 			if n != "handshake" and not conn.is_server_connected() and n != "reconnect":
 				print("FAIL ", n, ": skipped, not connected")
@@ -492,6 +492,20 @@ func t_prefetch_progress():
 	if _last(got)[0] != "track_finished":
 		return "explore variant 1 not cached after prefetch: " + _describe(got)
 	detail = "%d progress messages, done %s" % [progress, str(done[3])]
+	return ""
+
+
+# A context not in the profiles gets fallback music, and the client warns once per name (push_warning; the
+# driver counts the WARNING lines).
+func t_fallback_warning():
+	for i in range(2):
+		var r = fetch("menuu", -1, {"format": "pcm_s16le", "params": {"duration": 0.5}})
+		if r["error"] != "":
+			return r["error"]
+		if not r["header"].get("fallback", false):
+			return "the header does not say fallback: " + str(r["header"])
+	if conn.fallback_contexts != ["menuu"]:
+		return "fallback_contexts " + str(conn.fallback_contexts)
 	return ""
 
 

@@ -102,7 +102,11 @@ namespace Troubadour
                     sha = SHA256.Create();
                     streamBytes = 0;
                     skip = 0;
-                    if (delivering == null) Deliver(h);
+                    if (delivering == null)
+                    {
+                        if (h.Fallback) Client.NoteFallback(h.Context);
+                        Deliver(h);
+                    }
                     else if (h.SameAudioAs(delivering))
                     {
                         skip = delivered;   // resumed: the caller already has these bytes

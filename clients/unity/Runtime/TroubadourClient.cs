@@ -233,6 +233,16 @@ namespace Troubadour
             catch (Exception e) { Log("exception in a callback: " + e); }
         }
 
+        // At dev time a context missing from the profiles is usually a typo in the game: say so once per name.
+        readonly HashSet<string> fallbacksNoted = new HashSet<string>();   // I/O thread only
+
+        internal void NoteFallback(string context)
+        {
+            if (context != null && fallbacksNoted.Count < 100 && fallbacksNoted.Add(context))
+                Log("context '" + context + "' is not in the server's profiles: playing fallback music " +
+                    "(a typo? the server's log names the closest context)");
+        }
+
         internal void Log(string message)
         {
             var log = options.Log;

@@ -48,6 +48,7 @@ namespace Troubadour.Tests
         int failures;
         readonly List<TroubadourEvent> events = new List<TroubadourEvent>();
         int subscribedCount;
+        readonly List<string> logLines = new List<string>();   // the client's log (written on its I/O thread)
 
         void Check(string name, bool ok, string why)
         {
@@ -108,7 +109,11 @@ namespace Troubadour.Tests
         public int Run(string host, int port)
         {
             // A generous offline timeout: restarting the server (model load) is slow on a busy machine.
-            c = new TroubadourClient(new ClientOptions { OfflineTimeoutSeconds = 180, Log = m => Console.Error.WriteLine("client: " + m) });
+            c = new TroubadourClient(new ClientOptions { OfflineTimeoutSeconds = 180, Log = m =>
+            {
+                lock (logLines) logLines.Add(m);
+                Console.Error.WriteLine("client: " + m);
+            } });
             ServerInfo connected = null;
             c.Connected += si => connected = si;
             c.Subscribe(null, e => events.Add(e), names => subscribedCount++);
@@ -234,6 +239,12 @@ namespace Troubadour.Tests
             var unknown = ErrorOf(new TrackOptions { Context = "nowhere", Fallback = false });
             Check("error_unknown_context", unknown != null && unknown.Code == ErrorCodes.UnknownContext && !unknown.IsRetryable,
                   unknown == null ? "no error" : unknown.ToString());
+            var fb = Get(new TrackOptions { Context = "menuu", Params = new Dictionary<string, object> { { "duration", 0.5 } } });
+            var fb2 = Get(new TrackOptions { Context = "menuu", Params = new Dictionary<string, object> { { "duration", 0.5 } } });
+            int noted;
+            lock (logLines) noted = logLines.FindAll(l => l.Contains("'menuu' is not in the server's profiles")).Count;
+            Check("fallback_logged_once", fb.End != null && fb.Header.Fallback && fb2.End != null && noted == 1,
+                  Why(fb) + ", logged " + noted + " times");
             var bad = ErrorOf(new TrackOptions { Context = "menu", Variant = 5 });
             Check("error_invalid_param_field", bad != null && bad.Code == ErrorCodes.InvalidParam && bad.Field == "variant",
                   bad == null ? "no error" : bad.ToString());

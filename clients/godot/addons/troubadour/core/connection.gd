@@ -50,6 +50,7 @@ var quick_timeout_ms = 0       # timeout of requests answered at once (info, hea
 var backoff_max_ms = 8000     # reconnect delays: 250 ms doubling up to this
 var log_enabled = false
 var pings_sent = 0             # heartbeat pings so far
+var fallback_contexts = []     # contexts answered with fallback music (not in the profiles), each warned of once
 
 var _zmtp = null
 var _next_id = 1
@@ -456,6 +457,12 @@ func _server_code(body):
 
 func _on_track(rec, body, payload):
 	var h = rec["handle"]
+	var fb = body.get("fallback")
+	var ctx = str(body.get("context", ""))
+	if typeof(fb) == compat.T_BOOL and fb and not (ctx in fallback_contexts) and fallback_contexts.size() < 100:
+		fallback_contexts.append(ctx)   # at dev time usually a typo in the game: say so where the developer looks
+		push_warning("troubadour: context '%s' is not in the server's profiles: playing fallback music " % ctx
+			+ "(a typo? the server's log names the closest context)")
 	_events.append(["track_header", h, body])
 	if payload == null:
 		rec["hash"] = compat.sha256_context()
