@@ -8,7 +8,7 @@ using UnityEngine;
 
 namespace Troubadour
 {
-    [AddComponentMenu("Audio/Troubadour Music Director")]
+    [AddComponentMenu("Audio/Troubadour Music Director"), DisallowMultipleComponent]
     public sealed class MusicDirector : MonoBehaviour
     {
         public string host = "127.0.0.1";
@@ -42,6 +42,15 @@ namespace Troubadour
                 Token = null;
             }
 
+            /// <summary>A streamed clip reading this deck's buffer (which keeps its play position).</summary>
+            public void MakeClip()
+            {
+                var buffer = Buffer;
+                ReleaseClip();
+                Source.clip = AudioClip.Create("troubadour " + Context, (int)Math.Min(Header.Frames, int.MaxValue),
+                                               Header.Channels, Header.SampleRate, true, data => buffer.Read(data));
+            }
+
             /// <summary>A clip from AudioClip.Create lives until Destroy (or Resources.UnloadUnusedAssets), and its
             /// reader callback holds the whole track: free it as soon as the deck lets go of it.</summary>
             public void ReleaseClip()
@@ -57,7 +66,7 @@ namespace Troubadour
         readonly Deck[] decks = new Deck[2];
         Deck playing, incoming;
         TroubadourClient client;
-        bool fading;
+        bool fading, reloadPlaying;   // reloadPlaying: the heard track's stream failed part-way
         float fadeAt = -1f, fadeT, retryAt = -1f, retryDelay = 0.5f;
         string wantedContext;
         int? wantedVariant;
@@ -66,6 +75,8 @@ namespace Troubadour
         public TroubadourClient Client { get { EnsureClient(); return client; } }
         /// <summary>Context now audible (the one fading in counts once its fade started).</summary>
         public string CurrentContext { get { return playing != null ? playing.Context : null; } }
+        /// <summary>Connected to the server (false before the client exists; reading it creates none).</summary>
+        public bool IsConnected { get { return client != null && client.IsConnected; } }
         /// <summary>True when the playing audio came from the server's cache, false when it was generated live.</summary>
         public bool CurrentFromCache { get { return playing != null && playing.Header != null && playing.Header.Cached; } }
         public TrackHeader CurrentTrack { get { return playing != null ? playing.Header : null; } }
@@ -84,6 +95,7 @@ namespace Troubadour
         {
             // Also runs after a script reload in play mode (no Awake then): rebuild the decks, resume the music.
             if (decks[0] == null) CreateDecks();
+            AudioSettings.OnAudioConfigurationChanged += OnAudioConfigurationChanged;
             // (a reload may hand private strings back as "" rather than null)
             if (!string.IsNullOrEmpty(wantedContext)) Load(wantedContext, wantedVariant);
         }
@@ -101,6 +113,7 @@ namespace Troubadour
                     s.loop = true;          // the buffer decides what plays; the clip just keeps asking for data
                     s.spatialBlend = 0f;
                 }
+                s.priority = 0;   // music must not be the voice Unity mutes when too many sources play
                 s.volume = 0f;
                 decks[i] = new Deck { Source = s };
             }
@@ -116,9 +129,10 @@ namespace Troubadour
             // Close the socket threads here, not only in OnDestroy: a script reload in play mode calls OnDisable
             // (never OnDestroy) before it unloads the domain, and open sockets on live threads can hang that.
             // The streams die with the client, so the decks stop too; OnEnable loads wantedContext again.
+            AudioSettings.OnAudioConfigurationChanged -= OnAudioConfigurationChanged;
             foreach (var d in decks) if (d != null) d.Clear();
             playing = incoming = null;
-            fading = false;
+            fading = reloadPlaying = false;
             fadeAt = retryAt = -1f;
             CloseClient();
         }
@@ -151,7 +165,7 @@ namespace Troubadour
             if (incoming != null && incoming.Context == context) return;   // already on its way
             bool samePlaying = playing != null && playing.Context == context &&
                                (!variant.HasValue || playing.Header == null || playing.Header.Variant == variant.Value);
-            if (samePlaying && (incoming == null || !fading))
+            if (samePlaying && !reloadPlaying && (incoming == null || !fading))
             {
                 if (incoming != null) { incoming.Clear(); incoming = null; }   // changed our mind before the switch
                 return;
@@ -174,7 +188,7 @@ namespace Troubadour
             if (incoming != null) incoming.Clear();
             if (playing != null) playing.Clear();
             incoming = playing = null;
-            fading = false;
+            fading = reloadPlaying = false;
             Status = "stopped";
         }
 
@@ -197,12 +211,9 @@ namespace Troubadour
                 {
                     if (deck.Token != token) return;
                     deck.Header = h;
-                    var buffer = PcmTrackBuffer.For(h);
-                    deck.Buffer = buffer;
+                    deck.Buffer = PcmTrackBuffer.For(h);
                     bool wasPlaying = deck.Source.isPlaying;   // a Restarted header after a reconnect
-                    deck.ReleaseClip();
-                    deck.Source.clip = AudioClip.Create("troubadour " + context, (int)Math.Min(h.Frames, int.MaxValue),
-                                                        h.Channels, h.SampleRate, true, data => buffer.Read(data));
+                    deck.MakeClip();
                     if (wasPlaying) deck.Source.Play();
                 },
                 OnChunk = c =>
@@ -216,7 +227,15 @@ namespace Troubadour
                     Status = context + ": " + e;
                     Debug.LogWarning("[Troubadour] " + context + ": " + e);
                     if (e.Code == ErrorCodes.Cancelled) return;
-                    if (incoming == deck) { deck.Clear(); incoming = null; }
+                    if (deck.Buffer != null) deck.Buffer.Complete();   // no more audio comes: it plays what arrived
+                    if (incoming == deck)
+                    {
+                        if (fading && playing != null) playing.Source.volume = volume;   // the old track goes on
+                        fading = false;
+                        deck.Clear();
+                        incoming = null;
+                    }
+                    else if (playing == deck) reloadPlaying = true;   // heard but cut short: fetch it again
                     if (e.IsRetryable) { retryAt = Time.unscaledTime + retryDelay; retryDelay = Math.Min(retryDelay * 2f, 8f); }
                 }
             };
@@ -238,7 +257,8 @@ namespace Troubadour
             if (retryAt >= 0f && now >= retryAt)
             {
                 retryAt = -1f;
-                if (wantedContext != null && incoming == null && (playing == null || playing.Context != wantedContext))
+                if (wantedContext != null && incoming == null &&
+                    (playing == null || playing.Context != wantedContext || reloadPlaying))
                     Load(wantedContext, wantedVariant);
             }
             if (incoming != null && incoming.Buffer != null && !fading)
@@ -294,9 +314,21 @@ namespace Troubadour
             if (playing != null) playing.Clear();
             playing = incoming;
             incoming = null;
-            fading = false;
+            fading = reloadPlaying = false;
             fadeAt = -1f;
             if (playing != null) playing.Source.volume = volume;
+        }
+
+        // Unity drops script-made clips and play states when the output device changes (headphones plugged in):
+        // new clips over the same buffers resume where they were.
+        void OnAudioConfigurationChanged(bool deviceWasChanged)
+        {
+            foreach (var d in decks)
+            {
+                if (d == null || d.Buffer == null || d.Header == null) continue;
+                d.MakeClip();
+                if (d == playing || (d == incoming && fading)) d.Source.Play();
+            }
         }
 
         void OnServerEvent(TroubadourEvent e)

@@ -12,6 +12,7 @@ namespace Troubadour
         readonly float[] samples;
         readonly byte[] carry = new byte[8];   // a partial frame sample left over from the previous write
         int carryLen;
+        long wpos;      // samples written (writer side only: a write may end inside a frame)
         long written;   // frames available
         long cursor;    // next frame to play
         long played;    // frames handed to the audio side, loops included
@@ -45,9 +46,7 @@ namespace Troubadour
         public void Write(byte[] data, int offset, int count, string format)
         {
             int width = format == AudioFormats.PcmF32 ? 4 : 2;
-            long start;
-            lock (gate) start = written * Channels;
-            long pos = start;
+            long pos = wpos;
             int i = offset, end = offset + count;
             // finish a sample split across two writes
             while (carryLen > 0 && i < end)
@@ -65,6 +64,7 @@ namespace Troubadour
                 samples[pos++] = Sample(data, i, width);
             }
             while (i < end && pos < samples.Length) carry[carryLen++] = data[i++];
+            wpos = pos;
             lock (gate) written = Math.Min(Frames, pos / Channels);   // samples beyond `written` were never read
         }
 
@@ -79,7 +79,8 @@ namespace Troubadour
             return new[] { d[i + 3], d[i + 2], d[i + 1], d[i] };
         }
 
-        /// <summary>No more data will come (end of stream).</summary>
+        /// <summary>No more data will come: the end of the stream, or a stream that failed part-way, which then
+        /// plays what arrived (looping over it when the track loops) instead of falling silent.</summary>
         public void Complete()
         {
             lock (gate) complete = true;
@@ -97,8 +98,14 @@ namespace Troubadour
                     long limit = Loop ? Math.Min(LoopEnd, written) : written;
                     if (cursor >= limit)
                     {
-                        if (Loop && cursor >= LoopEnd) { cursor = LoopStart; continue; }
-                        if (complete && written >= Frames) finished = true;
+                        if (Loop && (cursor >= LoopEnd || (complete && limit > 0)))
+                        {
+                            // the loop points belong to the whole track: one cut short before its loop end
+                            // loops all that arrived
+                            cursor = written < LoopEnd ? 0 : LoopStart;
+                            continue;
+                        }
+                        if (complete) finished = true;
                         else underruns++;
                         break;
                     }

@@ -152,6 +152,8 @@ namespace Troubadour
         public void Dispose()
         {
             closed = true;
+            // Shutdown first: closing alone may not wake a reader blocked in recv on every runtime (IL2CPP)
+            try { tcp.Client.Shutdown(SocketShutdown.Both); } catch (Exception) { }
             try { stream.Close(); } catch (Exception) { }
             try { tcp.Close(); } catch (Exception) { }
         }

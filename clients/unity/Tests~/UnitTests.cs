@@ -25,6 +25,8 @@ namespace Troubadour.Tests
             failures = 0;
             BufferStreamsLoopsAndUnderruns();
             BufferNonLoopingEndsAndOddWrites();
+            BufferWritesSplitInsideAFrame();
+            BufferCutShortLoopsWhatArrived();
             KeysSortedByCodePoint();
             TrackChecksumAndResume();
             OfflineRequestFails();
@@ -70,6 +72,42 @@ namespace Troubadour.Tests
             Check("buffer_plays_once_then_silence",
                   got == 3 && dst[0] == 0.25f && dst[1] == 0.5f && dst[2] == 0.75f && dst[3] == 0f && buf.Finished && buf.Underruns == 0,
                   "got " + got + " finished " + buf.Finished);
+        }
+
+        static void BufferWritesSplitInsideAFrame()
+        {
+            // stereo frames (1000,-1000) (2000,-2000) (3000,-3000), split after 3 and after 6 bytes (mid-frame)
+            var bytes = S16(1000, -1000, 2000, -2000, 3000, -3000);
+            bool ok = true;
+            foreach (var cut in new[] { 3, 6 })
+            {
+                var buf = new PcmTrackBuffer(3, 2, false);
+                buf.Write(bytes, 0, cut, AudioFormats.PcmS16);
+                buf.Write(bytes, cut, bytes.Length - cut, AudioFormats.PcmS16);
+                buf.Complete();
+                var dst = new float[6];
+                ok &= buf.Read(dst) == 3;
+                for (int i = 0; i < 6; i++) ok &= dst[i] == (i % 2 == 0 ? 1 : -1) * (i / 2 + 1) * 1000 / 32768f;
+            }
+            Check("buffer_write_split_inside_a_frame", ok, "samples out of place");
+        }
+
+        static void BufferCutShortLoopsWhatArrived()
+        {
+            // a looping 8-frame track whose stream failed after 3 frames: it loops those 3, no underrun
+            var buf = new PcmTrackBuffer(8, 1, true, 2, 8);
+            buf.Write(S16(1000, 2000, 3000), 0, 6, AudioFormats.PcmS16);
+            buf.Complete();
+            var dst = new float[7];
+            int got = buf.Read(dst);
+            bool ok = got == 7 && buf.Underruns == 0 && !buf.Finished;
+            int[] want = { 1, 2, 3, 1, 2, 3, 1 };   // the loop region [2, 8) is not all there: all that arrived
+            for (int i = 0; i < 7; i++) ok &= dst[i] == want[i] * 1000 / 32768f;
+            var once = new PcmTrackBuffer(8, 1, false);
+            once.Write(S16(1000, 2000), 0, 4, AudioFormats.PcmS16);
+            once.Complete();
+            ok &= once.Read(new float[4]) == 2 && once.Finished;
+            Check("buffer_cut_short_loops_what_arrived", ok, "got " + got + " underruns " + buf.Underruns);
         }
 
         static void KeysSortedByCodePoint()

@@ -64,7 +64,7 @@ public class SampleGame : MonoBehaviour
         GUILayout.BeginArea(new Rect(20, 20, 640, 400));
         GUILayout.Label(Titles[(int)level] + "   (Enter/Space: next, 1-4: jump, Esc: menu)");
         GUILayout.Label(MusicLine());
-        GUILayout.Label("Server " + host + ":" + port + (music != null && music.Client.IsConnected ? " connected" : " not connected") +
+        GUILayout.Label("Server " + host + ":" + port + (music != null && music.IsConnected ? " connected" : " not connected") +
                         "   status: " + (music != null ? music.Status : ""));
         GUILayout.BeginHorizontal();
         for (int i = 0; i < Titles.Length; i++)

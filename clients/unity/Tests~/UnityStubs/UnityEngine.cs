@@ -1,37 +1,85 @@
-// Compile-only stand-ins for the few UnityEngine/UnityEditor members the package and the sample use, so plain
-// mcs can type-check the Unity-only code (with -define:UNITY_5_3_OR_NEWER). Signatures follow Unity 2019.4.
-// Nothing here runs; it is not part of the package (Unity ignores folders ending in ~).
+// Stand-ins for the few UnityEngine/UnityEditor members the package and the sample use, so plain mcs can
+// type-check the Unity-only code (with -define:UNITY_5_3_OR_NEWER). Signatures follow Unity 2019.4. The audio,
+// object and time members also behave (Tests~/DirectorTests.cs drives MusicDirector with them): StubWorld holds
+// the clock, the objects made so far and the log, and plays Unity's part where a test needs it.
+// Not part of the package (Unity ignores folders ending in ~).
 using System;
+using System.Collections.Generic;
 
 namespace UnityEngine
 {
+    public static class StubWorld
+    {
+        public static readonly List<Object> Objects = new List<Object>();
+        public static readonly List<string> Log = new List<string>();
+        public static float Now, DeltaTime = 0.02f;
+
+        public static void Advance(float seconds)
+        {
+            DeltaTime = seconds;
+            Now += seconds;
+        }
+
+        /// <summary>What Unity does when the output device changes: script-made clips and play states are lost,
+        /// then AudioSettings.OnAudioConfigurationChanged is raised.</summary>
+        public static void ChangeAudioDevice()
+        {
+            foreach (var o in Objects)
+            {
+                var source = o as AudioSource;
+                if (source != null) source.Stop();
+                var clip = o as AudioClip;
+                if (clip != null) clip.Lost = true;
+            }
+            AudioSettings.RaiseConfigurationChanged(true);
+        }
+    }
+
     public class Object
     {
         public string name { get; set; }
-        public static T FindObjectOfType<T>() where T : Object { return null; }
-        public static void Destroy(Object obj) { }
-        public static void Destroy(Object obj, float t) { }
+        public bool Destroyed;
+        public Object() { StubWorld.Objects.Add(this); }
+        public static T FindObjectOfType<T>() where T : Object
+        {
+            foreach (var o in StubWorld.Objects) if (o is T && !o.Destroyed) return (T)o;
+            return null;
+        }
+        public static void Destroy(Object obj) { if (obj != null) obj.Destroyed = true; }
+        public static void Destroy(Object obj, float t) { Destroy(obj); }
         public static void DontDestroyOnLoad(Object target) { }
     }
 
     public class Component : Object
     {
-        public GameObject gameObject { get { return null; } }
-        public T GetComponent<T>() { return default(T); }
+        internal GameObject owner;
+        public GameObject gameObject { get { return owner; } }
+        public T GetComponent<T>() { return owner == null ? default(T) : owner.GetComponent<T>(); }
     }
 
     public class Behaviour : Component
     {
-        public bool enabled { get; set; }
-        public bool isActiveAndEnabled { get { return false; } }
+        public bool enabled { get; set; } = true;
+        public bool isActiveAndEnabled { get { return enabled && !Destroyed; } }
     }
     public class MonoBehaviour : Behaviour { }
 
     public sealed class GameObject : Object
     {
-        public GameObject(string name) { }
-        public T AddComponent<T>() where T : Component { return null; }
-        public T GetComponent<T>() { return default(T); }
+        readonly List<Component> components = new List<Component>();
+        public GameObject(string name) { this.name = name; }
+        public T AddComponent<T>() where T : Component
+        {
+            var c = (T)Activator.CreateInstance(typeof(T));
+            c.owner = this;
+            components.Add(c);
+            return c;
+        }
+        public T GetComponent<T>()
+        {
+            foreach (var c in components) if (c is T) return (T)(object)c;
+            return default(T);
+        }
     }
 
     public class AudioBehaviour : Behaviour { }
@@ -42,10 +90,29 @@ namespace UnityEngine
     {
         public delegate void PCMReaderCallback(float[] data);
         public delegate void PCMSetPositionCallback(int position);
+        public int samples, channels, frequency;
+        public bool Lost;   // dropped by an audio device change (StubWorld.ChangeAudioDevice)
+        PCMReaderCallback reader;
+
         public static AudioClip Create(string name, int lengthSamples, int channels, int frequency, bool stream,
-                                       PCMReaderCallback pcmreadercallback) { return null; }
+                                       PCMReaderCallback pcmreadercallback)
+        {
+            return new AudioClip { name = name, samples = lengthSamples, channels = channels, frequency = frequency,
+                                   reader = pcmreadercallback };
+        }
         public static AudioClip Create(string name, int lengthSamples, int channels, int frequency, bool stream,
-                                       PCMReaderCallback pcmreadercallback, PCMSetPositionCallback pcmsetpositioncallback) { return null; }
+                                       PCMReaderCallback pcmreadercallback, PCMSetPositionCallback pcmsetpositioncallback)
+        {
+            return Create(name, lengthSamples, channels, frequency, stream, pcmreadercallback);
+        }
+
+        /// <summary>The audio thread's request for `frames` frames (interleaved samples back).</summary>
+        public float[] Pull(int frames)
+        {
+            var data = new float[frames * channels];
+            if (!Lost && !Destroyed && reader != null) reader(data);
+            return data;
+        }
     }
 
     public sealed class AudioSource : AudioBehaviour
@@ -53,38 +120,50 @@ namespace UnityEngine
         public AudioClip clip { get; set; }
         public float volume { get; set; }
         public float spatialBlend { get; set; }
+        public int priority { get; set; } = 128;
         public bool loop { get; set; }
         public bool playOnAwake { get; set; }
-        public bool isPlaying { get { return false; } }
-        public void Play() { }
-        public void Stop() { }
+        public bool isPlaying { get; private set; }
+        public void Play() { isPlaying = clip != null; }
+        public void Stop() { isPlaying = false; }
     }
 
-    public sealed class AudioSettings { public static int outputSampleRate { get { return 48000; } } }
+    public sealed class AudioSettings
+    {
+        public delegate void AudioConfigurationChangeHandler(bool deviceWasChanged);
+        public static event AudioConfigurationChangeHandler OnAudioConfigurationChanged;
+        public static int outputSampleRate { get { return 48000; } }
+
+        internal static void RaiseConfigurationChanged(bool deviceWasChanged)
+        {
+            var handler = OnAudioConfigurationChanged;
+            if (handler != null) handler(deviceWasChanged);
+        }
+    }
 
     public static class Time
     {
-        public static float unscaledTime { get { return 0f; } }
-        public static float unscaledDeltaTime { get { return 0f; } }
-        public static float deltaTime { get { return 0f; } }
+        public static float unscaledTime { get { return StubWorld.Now; } }
+        public static float unscaledDeltaTime { get { return StubWorld.DeltaTime; } }
+        public static float deltaTime { get { return StubWorld.DeltaTime; } }
     }
 
     public struct Mathf
     {
         public const float PI = 3.14159274f;
-        public static float Sin(float f) { return 0f; }
-        public static float Cos(float f) { return 0f; }
-        public static float Clamp01(float v) { return v; }
-        public static float Max(float a, float b) { return a; }
-        public static float Min(float a, float b) { return a; }
+        public static float Sin(float f) { return (float)Math.Sin(f); }
+        public static float Cos(float f) { return (float)Math.Cos(f); }
+        public static float Clamp01(float v) { return v < 0f ? 0f : v > 1f ? 1f : v; }
+        public static float Max(float a, float b) { return Math.Max(a, b); }
+        public static float Min(float a, float b) { return Math.Min(a, b); }
     }
 
     public static class Debug
     {
-        public static void Log(object message) { }
-        public static void LogWarning(object message) { }
-        public static void LogError(object message) { }
-        public static void LogException(Exception e) { }
+        public static void Log(object message) { lock (StubWorld.Log) StubWorld.Log.Add("LOG " + message); }
+        public static void LogWarning(object message) { lock (StubWorld.Log) StubWorld.Log.Add("WARN " + message); }
+        public static void LogError(object message) { lock (StubWorld.Log) StubWorld.Log.Add("ERROR " + message); }
+        public static void LogException(Exception e) { lock (StubWorld.Log) StubWorld.Log.Add("EXCEPTION " + e); }
     }
 
     public struct Rect { public Rect(float x, float y, float width, float height) { } }
@@ -126,6 +205,9 @@ namespace UnityEngine
     public sealed class SerializeField : Attribute { }
 
     public sealed class HideInInspector : Attribute { }
+
+    [AttributeUsage(AttributeTargets.Class)]
+    public sealed class DisallowMultipleComponent : Attribute { }
 
     [AttributeUsage(AttributeTargets.Class)]
     public sealed class AddComponentMenu : Attribute { public AddComponentMenu(string menuName) { } }
