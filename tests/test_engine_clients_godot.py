@@ -408,3 +408,27 @@ def test_engine_clients_godot_undecodable_replies(tmp_path):
     assert any(l.startswith("OK bad_replies") for l in run.lines), run.output
     ids = srv.track_ids
     assert sorted(srv.cancelled) == sorted([ids["broken_own"], ids["unreadable_a"], ids["unreadable_b"]]), run.output
+
+
+@needs_godot
+def test_engine_clients_godot_player_cut_short(tmp_path):
+    """The player against a scripted server that cuts streams short (tests/fakeserver.py's DirectorServer): a
+    track failing while it waits for its bar line leaves the heard one playing at full volume (not faded out to
+    silence); the heard track cut short loops what arrived (no underrun) and is fetched again (reason resume)."""
+    from fakeserver import DirectorServer
+
+    srv = DirectorServer()
+    project = assemble_project(tmp_path / "project", srv.port)
+    with open(project / "work" / "config.txt", "a") as f:
+        f.write("mode=director\n")
+    run = GodotRun(project, {"hold_dies": lambda: srv.hold("dies"), "fail_dies": lambda: srv.fail("dies", "engine_error"),
+                             "hold_flaky": lambda: srv.hold("flaky"), "fail_flaky": lambda: srv.fail("flaky", "busy")})
+    try:
+        rc = run.run(90)
+    finally:
+        srv.stop()
+    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
+                                                           r"Invalid get index|Stack Trace", l)]
+    assert not script_errors and not run.errors and rc == 0 and "DONE" in run.lines, run.output
+    assert any(l.startswith("OK cut_short") for l in run.lines), run.output
+    assert srv.requests == {"steady": 1, "dies": 1, "flaky": 2}, (srv.requests, run.output)

@@ -7,7 +7,8 @@
 #   vectors.txt   protocol/vectors/vectors.json pre-converted to tab-separated lines (see the driver)
 #   config.txt    key=value lines: port=N (a running `troubadour serve`; absent: vectors only);
 #                 mode=loading (a server still loading its model: only t_loading runs);
-#                 mode=badreply (tests/fakeserver.py, undecodable server messages: only t_bad_replies runs)
+#                 mode=badreply (tests/fakeserver.py, undecodable server messages: only t_bad_replies runs);
+#                 mode=director (tests/fakeserver.py's DirectorServer, streams cut short: only t_cut_short runs)
 # Coordination with the driver: this script prints "@@ACTION name" and waits for work/ack_name.
 # Output: "OK name[: detail]" / "FAIL name: reason" lines, "SHA name hex" lines, then "DONE".
 #
@@ -67,6 +68,8 @@ func _run_all():
 		conn.connect_to_server("127.0.0.1", int(config["port"]))
 		_test("loading", "t_loading")
 		conn.close()
+	elif config.has("port") and config.get("mode", "") == "director":
+		_test("cut_short", "t_cut_short")
 	elif config.has("port") and config.get("mode", "") == "badreply":
 		conn = Connection.new(compat)
 		conn.log_enabled = true
@@ -825,6 +828,92 @@ func t_player():
 	player.client.close()
 	player.queue_free()
 	return result
+
+
+# Against DirectorServer (4 s tones at 120 bpm, 32 kHz: a bar is 64000 frames, streamed in 1 s chunks; the
+# driver's actions hold_X / fail_X cut context X's next stream short after its first second).
+func t_cut_short():
+	player_events = []
+	var player = PlayerNode.new()
+	player.host = "127.0.0.1"
+	player.port = int(config["port"])
+	player.crossfade_sec = 0.5
+	get_root().add_child(player)
+	for n in ["context_started", "track_error"]:
+		player.connect(n, self, "_on_player_" + n)
+	polled.append([player.client, "poll"])
+	polled.append([player, "poll"])
+	var result = _cut_short_steps(player)
+	polled.clear()
+	player.client.close()
+	player.queue_free()
+	return result
+
+
+func _deck_of(player, context, state):
+	for d in player.decks:
+		if d["context"] == context and d["state"] == state:
+			return d
+	return null
+
+
+func _cut_short_steps(player):
+	player.play("steady")
+	if _wait_player(player, "context_started", "steady", 20000) == null:
+		return "steady never started" + _track_error_text()
+	# 1. The track set to replace the heard one fails before its crossfade starts (it waits for the next bar):
+	# the heard one comes back to full volume instead of fading out to silence.
+	var steady = _deck_of(player, "steady", PlayerNode.DECK_PLAYING)
+	var end = compat.ticks_msec() + 10000
+	while steady != null and int(steady["played"]) % 64000 > 12000 and compat.ticks_msec() < end:
+		_poll_once()           # just past a bar line: the next one is ~1.5 s away
+		OS.delay_msec(2)
+	if not _action("hold_dies", 10000):
+		return "the driver did not hold dies"
+	player.play("dies")
+	end = compat.ticks_msec() + 10000
+	while player.current_context != "dies" and compat.ticks_msec() < end:
+		_poll_once()
+		OS.delay_msec(2)
+	if _deck_of(player, "dies", PlayerNode.DECK_LOADING) == null or player.last_transition["delay_ms"] < 500:
+		return "dies was not waiting for a bar line: %s" % str(player.last_transition)
+	if not _action("fail_dies", 10000):
+		return "the driver did not fail dies"
+	if _wait_player(player, "track_error", "dies", 5000) == null:
+		return "no track_error for dies"
+	_wait_player(player, "-", null, 1000)
+	steady = _deck_of(player, "steady", PlayerNode.DECK_PLAYING)
+	if player.current_context != "steady" or steady == null or steady["gain"] < 0.999:
+		return "after dies failed: context %s, steady %s" % [player.current_context, str(steady)]
+	# 2. The heard track's stream fails part-way: it loops what arrived (no underrun) and is fetched again.
+	if not _action("hold_flaky", 10000):
+		return "the driver did not hold flaky"
+	player.play("flaky")
+	if _wait_player(player, "context_started", "flaky", 20000) == null:
+		return "flaky never started" + _track_error_text()
+	end = compat.ticks_msec() + 10000
+	while _deck_of(player, "steady", PlayerNode.DECK_STOPPING) != null and compat.ticks_msec() < end:
+		_poll_once()
+		OS.delay_msec(2)
+	var before = player.underruns
+	if not _action("fail_flaky", 10000):
+		return "the driver did not fail flaky"
+	if _wait_player(player, "track_error", "flaky", 5000) == null:
+		return "no track_error for flaky"
+	var flaky = _deck_of(player, "flaky", PlayerNode.DECK_PLAYING)
+	var played = 0
+	if flaky != null:
+		played = flaky["played"]
+	_wait_player(player, "-", null, 700)    # the retry comes after 1 s
+	if flaky == null or flaky["state"] != PlayerNode.DECK_PLAYING or flaky["played"] < played + 16000:
+		return "the cut-short flaky stopped: %s" % str(flaky)
+	if player.underruns != before:
+		return "the cut-short flaky underran instead of looping what arrived"
+	var resumed = _wait_player(player, "context_started", "flaky", 10000)
+	if resumed == null or resumed[2] != "resume":
+		return "flaky was not fetched again: %s" % str(resumed)
+	detail = "dies transition %s" % str(player.last_transition)
+	return ""
 
 
 func _player_steps(player):

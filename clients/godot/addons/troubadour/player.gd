@@ -27,7 +27,7 @@ const Compat = preload("core/compat.gd")
 const ClientScript = preload("client.gd")
 
 # context: the game context; header: the `track` message (cached, bpm, sample_rate, frames, track_id...);
-# reason: "play" or "hot_swap".
+# reason: "play", "hot_swap", or "resume" (the heard track's stream was cut short and is fetched again).
 signal context_started(context, header, reason)
 signal track_ended(context)                           # a track that does not loop played to its end
 signal underrun(context)                              # audio ran out while streaming: silence was played
@@ -39,6 +39,7 @@ const DECK_IDLE = 0
 const DECK_LOADING = 1     # requested; receiving audio, not heard yet
 const DECK_PLAYING = 2
 const DECK_STOPPING = 3    # fading out, then idle
+const RESUME_FIRST_MS = 1000   # first retry of a cut-short track; doubles up to 8 s
 
 # Settings.
 var client = null            # a TroubadourClient node (set it before play/prefetch); null: the player
@@ -67,6 +68,8 @@ var compat = null
 var decks = []
 var _active = -1             # deck heard now (or fading in)
 var _pending = -1            # deck loading the next track
+var _resume_at = -1          # ms: fetch the heard context again (its stream was cut short)
+var _resume_delay_ms = RESUME_FIRST_MS
 var _prefetch_handle = -1
 var _own_client = false
 var _listening = false
@@ -126,7 +129,7 @@ func _process(_delta):
 # Play `context` (variant -1: the server's choice). Nothing happens if it is already playing.
 func play(context, variant = -1):
 	_ensure_client()
-	if context == current_context and _pending < 0:
+	if context == current_context and _pending < 0 and _resume_at < 0:
 		return
 	if _pending >= 0 and decks[_pending]["context"] == context and decks[_pending]["reason"] == "play":
 		return
@@ -138,6 +141,7 @@ func stop(fade_sec = -1.0):
 	if fade_sec < 0:
 		fade_sec = crossfade_sec
 	_cancel_pending()
+	_resume_at = -1
 	for d in decks:
 		if d["state"] == DECK_PLAYING:
 			_fade(d, 0.0, fade_sec, d["played"])
@@ -245,13 +249,45 @@ func _on_chunk(d, body, payload):
 func _on_error(d, code, message):
 	var ctx = d["context"]
 	if d["state"] == DECK_LOADING:
+		var scheduled = _active == d["index"]   # its crossfade was set up: the heard deck is fading out
+		if d["reason"] == "resume":
+			_schedule_resume()         # the cut-short track still plays: try again later
 		_reset_deck(d)
 		if _pending == d["index"]:
 			_pending = -1
+		if scheduled:
+			_restore_outgoing()
 	elif d["state"] == DECK_PLAYING and not d["complete"]:
-		d["complete"] = true           # play what arrived; the gap after it is silence
+		# Cut short: play what arrived, looping it when the track loops (its loop points were for the whole
+		# track) rather than falling silent, and fetch the context again.
+		d["complete"] = true
 		d["total"] = d["received"]
+		if d["loop_end"] > d["received"]:
+			d["loop_start"] = 0
+			d["loop_end"] = d["received"]
+		if _active == d["index"] and code != "cancelled":
+			_schedule_resume()
 	emit_signal("track_error", ctx, code, message)
+
+
+# The track set to replace the heard one failed before it started: the deck fading out comes back.
+func _restore_outgoing():
+	_active = -1
+	current_context = ""
+	current_header = {}
+	for d in decks:
+		if d["state"] == DECK_STOPPING and not d["done"]:
+			d["state"] = DECK_PLAYING
+			_fade(d, 1.0, min(0.25, crossfade_sec), d["played"])
+			_active = d["index"]
+			current_context = d["context"]
+			current_header = d["header"]
+			return
+
+
+func _schedule_resume():
+	_resume_at = compat.ticks_msec() + _resume_delay_ms
+	_resume_delay_ms = int(min(_resume_delay_ms * 2, 8000))
 
 
 # PCM bytes -> Vector2 frames (left, right), mono duplicated.
@@ -313,6 +349,7 @@ func _cancel_pending():
 
 func _load(context, variant, reason):
 	_cancel_pending()
+	_resume_at = -1
 	var idx = 0
 	if _active == 0:
 		idx = 1
@@ -332,6 +369,8 @@ func _load(context, variant, reason):
 
 func poll():
 	var now = compat.ticks_msec()
+	if _resume_at >= 0 and now >= _resume_at and _pending < 0 and current_context != "":
+		_load(current_context, int(current_header.get("variant", -1)), "resume")
 	if _pending >= 0:
 		var d = decks[_pending]
 		if d["state"] == DECK_LOADING and d["header"] != null and d["start_at"] < 0:
@@ -414,6 +453,7 @@ func _start(d):
 	d["playback"] = d["player"].get_stream_playback()
 	d["capacity"] = d["playback"].get_frames_available()
 	d["state"] = DECK_PLAYING
+	_resume_delay_ms = RESUME_FIRST_MS
 	emit_signal("context_started", d["context"], d["header"], d["reason"])
 
 

@@ -427,7 +427,7 @@ func _on_frames(frames):
 	elif type == "track":
 		_on_track(rec, body, m["payload"])
 	elif type == "chunk":
-		if rec["hash"] != null:
+		if rec["hash"] != null and m["payload"].size() > 0:   # HashingContext refuses empty updates
 			rec["hash"].update(m["payload"])
 		_events.append(["chunk", h, body, m["payload"]])
 	elif type == "end":
