@@ -252,6 +252,68 @@ def test_interrupted_bake_resumes_and_settings_reprocess_from_cache(engine, tmp_
     assert abs(audio.integrated_loudness(sf.read(str(out / v["file"]), always_2d=True)[0].T, 44100) + 20) <= 1
 
 
+def test_interrupted_bake_then_other_settings_leaves_only_what_the_manifest_lists(engine, tmp_path):
+    """A bake stopped before its manifest, then one with another format and fewer variants: the first one's
+    files are removed (they were ours: the journal says so), not left beside the new ones."""
+    profiles = tmp_path / "p.toml"
+    profiles.write_text(SMALL)
+    out = tmp_path / "out"
+    (out / "town").mkdir(parents=True)
+    (out / "town" / "notes.txt").write_text("mine")       # not ours: stays
+    with pytest.raises(KeyboardInterrupt):
+        bake(profiles, out, Counting(engine, fail_after=1), **quiet())
+    assert (out / "town" / "town_v1.wav").exists() and not (out / "manifest.json").exists()
+    r = bake(profiles, out, Counting(engine), **quiet(fmt="ogg", variants=1))
+    listed = {v["file"] for c in r.manifest["contexts"].values() for v in c["variants"]}
+    audio_files = {p.relative_to(out).as_posix() for p in out.glob("[!.]*/*") if p.suffix in (".wav", ".ogg")}
+    assert audio_files == listed == {"town/town_v0.ogg", "fight/fight_v0.ogg", "win/win_v0.ogg"}
+    assert not list(out.glob("*/*_v1.json")) and (out / "town" / "notes.txt").read_text() == "mine"
+    assert not (out / B.JOURNAL).exists()
+
+
+def test_edge_settings_loops_at_any_rate_cap_below_a_bar_and_unreachable_loudness(engine, tmp_path):
+    """A looping context without a bpm loops at the same place at every output rate (its tempo is estimated
+    from the model's audio, not from the resampled file); a cap shorter than one bar is a cap; a loudness the
+    true-peak ceiling cannot reach is said in the log."""
+    profiles = tmp_path / "p.toml"
+    profiles.write_text('''
+[defaults]
+duration = 6.0
+seed = 5
+[contexts.drift]
+prompt = "ambient pads"
+[contexts.slow]
+prompt = "slow march"
+bpm = 40
+loudness = -5
+''')
+    logs, entries = [], {}
+    for rate in (32000, 48000):
+        r = bake(profiles, tmp_path / f"out{rate}", EngineSource(engine), progress=False, log=logs.append,
+                 sample_rate=rate, max_duration=5.0)
+        entries[rate] = {name: c["variants"][0] for name, c in r.manifest["contexts"].items()}
+    a, b = entries[32000]["drift"], entries[48000]["drift"]
+    assert a["bpm"] == b["bpm"]
+    assert abs(a["loop_start_s"] - b["loop_start_s"]) <= 0.02 and abs(a["loop_end_s"] - b["loop_end_s"]) <= 0.02
+    slow = entries[48000]["slow"]          # a 40 bpm bar is 6 s: the 5 s cap holds
+    assert slow["duration"] <= 5.0 and slow["frames"] <= 5 * 48000
+    assert any("slow/slow_v0.wav" in m and "LUFS where -5" in m for m in logs), logs
+
+
+def test_page_ids_are_unique_whatever_the_context_names(engine, tmp_path):
+    """Context names that look like the page's other ids (the moods section, a mood row, a variant figure)
+    do not collide with them: every id is unique and every in-page link has its target."""
+    profiles = tmp_path / "p.toml"
+    profiles.write_text("[defaults]\nduration = 1.0\nseed = 2\n" + "".join(
+        f'[contexts.{n}]\ngenre = "folk"\nmood = "happy"\n' for n in ("moods", "a", "a-v0", "mood-happy")))
+    bake(profiles, tmp_path / "out", EngineSource(engine), **quiet())
+    page = (tmp_path / "out" / "index.html").read_text()
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)) and {"moods", "a", "a-v0", "mood-happy"} <= set(ids)
+    links = set(re.findall(r'href="#([^"]+)"', page))
+    assert links and links <= set(ids), links - set(ids)
+
+
 def test_killed_bake_process_resumes(tiny_model, tmp_path):
     profiles = tmp_path / "p.toml"
     profiles.write_text(SMALL.replace("duration = 1.5", "duration = 3.0"))

@@ -234,6 +234,12 @@ def test_fallback_without_game_genre(tmp_path):
     assert prof.get("dark-forest").prompt == "Music for a dark forest scene in a video game."
 
 
+def test_context_names_differing_only_in_case_are_refused(tmp_path):
+    with pytest.raises(ProfileError) as info:
+        load_text(tmp_path, GAME + "[contexts.Battle]\nmood = 'tense'\n[contexts.battle]\nmood = 'epic'\n")
+    assert info.value.field == "contexts.battle" and "'Battle' only in case" in info.value.message
+
+
 def test_strict_unknown_context(tmp_path):
     prof = load_text(tmp_path, GAME + "[contexts.battle]\nmood = 'tense'\n")
     with pytest.raises(TroubadourError) as info:

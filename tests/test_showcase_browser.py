@@ -139,11 +139,11 @@ def test_showcase_page_in_chromium(baked, browser, serve, fmt):
         assert len(section.find_elements("css selector", "svg.wave rect.region")) == looped
         assert len(section.find_elements("css selector", "button.loopplay")) == looped
         assert c["prompt"] in section.text
-    moods = browser.find_elements("css selector", "#moods tbody tr")
+    moods = browser.find_elements("css selector", "[id='presets:moods'] tbody tr")
     assert len(moods) == len(presets()["moods"])
-    happy = browser.find_element("id", "mood-happy")
+    happy = browser.find_element("id", "mood:happy")
     assert "menu" in happy.text                            # the context using the preset is listed there
-    assert browser.find_element("css selector", "#menu a.tag[href='#mood-happy']")
+    assert browser.find_element("css selector", "#menu a.tag[href='#mood:happy']")
 
     # "play looped" fetches and decodes the file and loops its loop region with Web Audio.
     button = browser.find_element("css selector", "#menu button.loopplay")

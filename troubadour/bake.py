@@ -28,7 +28,8 @@ from .errors import ProfileError, TroubadourError
 from .params import GenParams
 
 FORMAT_VERSION = 1
-PROCESSING_VERSION = 1     # bump when post-processing changes: every track is then re-processed
+PROCESSING_VERSION = 2     # bump when post-processing changes: every track is then re-processed
+# 2: a loop without a bpm takes its tempo from the model's audio, the same at every output rate
 SAMPLE_RATES = (32000, 44100, 48000)
 DEFAULT_SAMPLE_RATE = 48000
 TRUE_PEAK_DBFS = -1.0
@@ -36,6 +37,7 @@ STINGER_FADE_S = 0.5
 # Generated past the bar-aligned length, so frame rounding in the model never costs the last bar.
 GUARD_S = 0.06
 CACHE_DIR, LOCK = ".cache", ".bake.lock"
+JOURNAL = ".bake-written"   # files written since the last manifest: an interrupted bake wrote no manifest
 ENTRY_KEYS = ("variant", "file", "seed", "duration", "frames", "channels", "loop_start", "loop_end",
               "loop_start_s", "loop_end_s", "bpm", "loudness_lufs", "true_peak_dbfs", "seam", "track_id", "sha256")
 
@@ -248,11 +250,15 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
     from .audio import integrated_loudness, normalize_loudness, resample, true_peak_dbfs, write_audio, write_sidecar
 
     ctx = plan.context
-    a = resample(raw, native_rate, sample_rate)   # loop points are then exact frames of the shipped rate
     loop, bpm, seam = None, ctx.bpm, None
+    if ctx.loop and bpm is None:   # estimated once, from the model's own audio: the same loop at every rate
+        bpm = loops.estimate_bpm(raw, native_rate)
+    a = resample(raw, native_rate, sample_rate)   # loop points are then exact frames of the shipped rate
+    if plan.length is not None and ctx.bpm and plan.length < loops.bar_seconds(ctx.bpm, ctx.meter):
+        a = a[:, :round(plan.length * sample_rate)]   # not even a bar fits the cap: the cap, not the guard
     if ctx.loop:
         # loop on whole codec frames (20 ms at MusicGen's 50 Hz), as the server does
-        lr = loops.make_loop(a, sample_rate, bpm=ctx.bpm, meter=ctx.meter, snap=round(sample_rate * CODEC_FRAME_S))
+        lr = loops.make_loop(a, sample_rate, bpm=bpm, meter=ctx.meter, snap=round(sample_rate * CODEC_FRAME_S))
         a, loop, bpm = lr.audio, lr.loop, lr.bpm
     else:
         if plan.length is not None:
@@ -304,6 +310,15 @@ def _locked(out: Path):
         yield
     finally:
         os.close(fd)
+
+
+def _journal(out: Path, file: str) -> None:
+    """Note a file about to be written, so a later bake with other settings removes it even when this one is
+    killed before its manifest (which lists what is ours) is written."""
+    with open(out / JOURNAL, "a", encoding="utf-8") as f:
+        f.write(file + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class _Run:
@@ -378,13 +393,21 @@ def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: st
                     run.generate(todo)
                 for p in group:
                     bar.set_postfix_str(p.file, refresh=False)
+                    _journal(out, p.file)
                     p.entry = finish_track(out, p, *run.raw(p), sample_rate, fmt, model)
                     if p.entry["seam"] and not p.entry["seam"]["ok"]:
                         log(f"{p.file}: loop seam over the limits {p.entry['seam']} (listen to it)")
+                    got = p.entry["loudness_lufs"]
+                    if got is not None and abs(got - p.loudness) > 1.0:
+                        log(f"{p.file}: {got} LUFS where {p.loudness} was asked (the true-peak ceiling of "
+                            f"{TRUE_PEAK_DBFS} dBTP stops a louder one)")
         finally:
             bar.close()
         report.manifest = build_manifest(profiles, plans, model, sample_rate, fmt)
-        write_outputs(out, report.manifest)
+        journal = out / JOURNAL
+        written = journal.read_text("utf-8").splitlines() if journal.exists() else []
+        write_outputs(out, report.manifest, written)   # removes what is ours and no longer planned
+        journal.unlink(missing_ok=True)
     log(report.summary())
     return report
 

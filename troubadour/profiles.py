@@ -260,6 +260,9 @@ def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None =
         where = _Where(source, f"context {name!r}", f"contexts.{name}")
         if not NAME_RE.match(name):
             where.fail(None, "invalid context name: use 1-64 letters, digits, '_' or '-'")
+        twin = next((n for n in contexts if n.lower() == name.lower()), None)
+        if twin is not None:   # one folder on Windows and macOS, where bakes and games also run
+            where.fail(None, f"differs from context {twin!r} only in case: pick distinct names")
         if not isinstance(table, dict):
             where.fail(None, f"must be a table, got {type(table).__name__}")
         contexts[name] = _build_context(where, name, table, game, defaults)

@@ -123,7 +123,7 @@ def _secs(frames, rate) -> str:
 
 
 def _mood_id(name: str) -> str:
-    return "mood-" + urllib.parse.quote(name.lower().replace(" ", "-"), safe="-_")
+    return "mood:" + urllib.parse.quote(name.lower().replace(" ", "-"), safe="-_")
 
 
 def _variant(out_dir: Path, name: str, v: dict, rate: int) -> str:
@@ -146,7 +146,8 @@ def _variant(out_dir: Path, name: str, v: dict, rate: int) -> str:
     if seam:
         bits.append(f"seam {'ok' if seam.get('ok') else 'over the limits'} (jump ×{seam['jump_ratio']:.2f}, "
                     f"spectral ×{seam['spectral_ratio']:.2f})")
-    return (f'<figure id="{esc(name)}-v{v["variant"]}"><figcaption><a href="{esc(src)}">{esc(v["file"])}</a>'
+    # ids: a context owns its bare name; figures, mood rows and the moods section use ':' (no name has one)
+    return (f'<figure id="{esc(name)}:v{v["variant"]}"><figcaption><a href="{esc(src)}">{esc(v["file"])}</a>'
             f' · {esc(" · ".join(bits))}</figcaption>'
             f'<audio controls preload="metadata" src="{esc(src)}"></audio>'
             + (f'<button type="button" class="loopplay" data-src="{esc(src)}" data-start="{v["loop_start_s"]}" '
@@ -192,7 +193,7 @@ def _moods(manifest: dict, moods: dict) -> str:
         rows.append(f'<tr id="{_mood_id(key)}"><td><b>{esc(key)}</b></td><td>{esc(p.get("words"))}</td>'
                     f'<td><code>{esc("; ".join(x for x in (params, delta) if x)) or "–"}</code></td>'
                     f'<td>{used or "–"}</td></tr>')
-    return ('<section class="moods" id="moods"><h2>Mood presets</h2><p class="meta">Shipped with troubadour; '
+    return ('<section class="moods" id="presets:moods"><h2>Mood presets</h2><p class="meta">Shipped with troubadour; '
             'use one with <code>mood = "name"</code> in a profiles context.</p><table><thead><tr><th>mood</th>'
             '<th>words added to the prompt</th><th>parameters</th><th>used by</th></tr></thead><tbody>'
             + "".join(rows) + "</tbody></table></section>")
@@ -219,7 +220,7 @@ def render_page(out_dir: str | Path, manifest: dict) -> str:
             + (f"<p>{esc(game.get('description'))}</p>" if game.get("description") else "")
             + f'<p class="meta">{len(contexts)} contexts · {esc(manifest.get("format"))} · {rate} Hz · '
               f'model {esc(model.get("id"))} · baked {esc(manifest.get("generated_at"))}</p>'
-              f'<nav><ul>{nav}<li><a href="#moods">mood presets</a></li></ul></nav></header>'
+              f'<nav><ul>{nav}<li><a href="#presets:moods">mood presets</a></li></ul></nav></header>'
               f'<main>{sections}{_moods(manifest, moods)}</main><script>{SCRIPT}</script></body></html>\n')
 
 
@@ -250,9 +251,10 @@ def info_text(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: str | Path, manifest: dict) -> None:
+def write_outputs(out_dir: str | Path, manifest: dict, written=()) -> None:
     """Write manifest.json, soundtrack_info.txt and index.html, each only when its content changed, and
-    delete the audio + sidecars the previous manifest listed that this one does not (they were ours)."""
+    delete the audio + sidecars that the previous manifest listed, or a bake wrote (`written`, relative
+    paths), and this manifest does not list (they were ours)."""
     out = Path(out_dir)
     try:
         old = json.loads((out / MANIFEST).read_text("utf-8"))
@@ -260,7 +262,7 @@ def write_outputs(out_dir: str | Path, manifest: dict) -> None:
         old = {}
     if isinstance(old, dict) and {**old, "generated_at": None} == {**manifest, "generated_at": None}:
         manifest["generated_at"] = old["generated_at"]     # nothing changed: leave every file as it is
-    _remove_stale(out, old, manifest)
+    _remove_stale(out, [*_files(old), *written], manifest)
     _write_if_changed(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     _write_if_changed(out / INFO, info_text(manifest))
     _write_if_changed(out / PAGE, render_page(out, manifest))
@@ -273,12 +275,12 @@ def _files(manifest) -> list[str]:
         return []
 
 
-def _remove_stale(out: Path, old: dict, manifest: dict) -> None:
+def _remove_stale(out: Path, ours: list, manifest: dict) -> None:
     from .audio import sidecar_path
 
     keep = {(out / f).resolve() for f in _files(manifest)}
     keep |= {sidecar_path(f) for f in keep}     # x.wav -> x.ogg keeps the sidecar name x.json
-    for f in (out / name for name in _files(old)):
+    for f in (out / name for name in ours):
         for stale in (f.resolve(), sidecar_path(f.resolve())):
             if stale not in keep and out.resolve() in stale.parents:
                 stale.unlink(missing_ok=True)
