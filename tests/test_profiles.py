@@ -248,7 +248,7 @@ def test_strict_unknown_context(tmp_path):
     assert "battle" in info.value.message  # suggestion
 
 
-@pytest.mark.parametrize("name", ["../x", "", "a b", "x" * 65, "a/b", None, "caf\u00e9"])
+@pytest.mark.parametrize("name", ["../x", "", "a b", "x" * 65, "a/b", None, "caf\u00e9", "battle\n"])
 def test_invalid_names_rejected_by_get(name):
     prof = load_profiles()
     with pytest.raises(ValidationError) as info:

@@ -322,14 +322,43 @@ def test_cache_stats_count_the_servers_hits_and_misses(tiny_model, tmp_path):
     assert (stats["hits"], stats["misses"], stats["entries"]) == (3, 2, 1), stats
 
 
-def test_duplicate_open_id_is_bad_request_on_field_id_and_the_first_continues(conn):
+def test_duplicate_open_id_is_bad_request_with_id_nil_and_the_first_continues(conn):
+    """Section 4: the duplicate's error carries id nil, so the open request still has exactly one final
+    message and its seq runs on unbroken."""
     rid = conn.send(P.GET_TRACK, prompt="duplicate id", stream=True, params={"duration": 2.0, "seed": 31})
     conn.send(P.PING, id=rid)
-    msgs = conn.until_final(rid, timeout=60)   # the duplicate's error is final for that id
-    dup = next(m for m in msgs if m.type == P.ERROR)
-    assert dup.body["code"] == "bad_request" and dup.body["field"] == "id", dup.body
-    rest = conn.until_final(rid, timeout=60) if msgs[-1].type == P.ERROR else msgs
-    assert rest[-1].type == P.END, [m.body for m in rest][-1]
+    got = []
+    while not (got and got[-1].id == rid and got[-1].final):
+        got.append(conn.recv(60))
+    dup = [m for m in got if m.type == P.ERROR]
+    assert len(dup) == 1 and dup[0].id is None and dup[0].final, [m.body for m in dup]
+    assert dup[0].body["code"] == "bad_request" and dup[0].body["field"] == "id", dup[0].body
+    mine = [m for m in got if m.id == rid]
+    assert [m.seq for m in mine] == list(range(len(mine))) and [m.final for m in mine].count(True) == 1
+    assert mine[-1].type == P.END, mine[-1].body
+
+
+def test_seed_override_is_the_variants_base_and_prompt_length_is_counted_trimmed(conn):
+    """With a context, params.seed is the base seed (variant i uses seed + i, as in a profile); one that
+    would pass 2**63-1 for the asked variant is refused saying why. A prompt is counted after trimming."""
+    (m,) = conn.call(P.GET_TRACK, context="explore", variant=1, params={"seed": 2**63 - 1}, cached_only=True)
+    assert (m.body["code"], m.body["field"]) == ("invalid_param", "params.seed") and "seed + variant" in \
+        m.body["message"], m.body
+    (m,) = conn.call(P.GET_TRACK, context="explore", variant=0, params={"seed": 2**63 - 1}, cached_only=True)
+    assert m.body["code"] == "not_found", m.body            # valid: just not generated
+    (m,) = conn.call(P.GET_TRACK, prompt="  " + "a" * 2000 + "  ", cached_only=True)
+    assert m.body["code"] == "not_found", m.body
+    (m,) = conn.call(P.GET_TRACK, prompt="a" * 2001, cached_only=True)
+    assert (m.body["code"], m.body["field"]) == ("invalid_param", "prompt"), m.body
+
+
+def test_context_names_are_checked_whole(conn):
+    """A name is 1-64 of A-Z a-z 0-9 _ - and nothing else: a trailing newline is not forgiven."""
+    for name in ("menu\n", "a" * 64 + "\n"):
+        (err,) = conn.call(P.GET_TRACK, context=name, cached_only=True)
+        assert (err.type, err.body["code"], err.body["field"]) == (P.ERROR, "invalid_param", "context"), err.body
+    (err,) = conn.call(P.PREFETCH, contexts=["menu\n"])
+    assert (err.body["code"], err.body["field"]) == ("invalid_param", "contexts[0]"), err.body
 
 
 def test_cancel_naming_itself_gets_one_final_reply(conn):

@@ -200,6 +200,49 @@ def test_queue_full_is_busy_and_cache_still_served(server, info):
     alive(server)
 
 
+def test_full_queue_prefetch_is_all_or_nothing_reload_applies_and_twins_count(server):
+    """With the queue full: a prefetch that needs new tracks is `busy` and queues none of them; a profiles
+    reload still succeeds (its regenerations are deferred, said in the log). Afterwards, a prefetch of two
+    contexts that sound the same (one track) counts both jobs in `done`."""
+    c = Conn(server.address)
+    extra = PROFILES + "\n[contexts.twin_a]\nmood = \"calm\"\n\n[contexts.twin_b]\nmood = \"calm\"\n"
+    def fill(i):
+        rid = c.send(P.GET_TRACK, prompt=f"fill {i}", params={"duration": 300.0, "seed": 700 + i}, stream=True)
+        assert collect(c, [rid])[rid][0].type == P.TRACK
+        return rid
+
+    long = [fill(0)]
+    deadline = time.time() + 30
+    while not c.call(P.HEALTH)[0].body["generating"] and time.time() < deadline:   # the first one runs
+        time.sleep(0.05)
+    long += [fill(i) for i in range(1, MAX_QUEUE + 1)]
+    assert c.call(P.HEALTH)[0].body["queue"] == MAX_QUEUE
+    (refused,) = c.call(P.PREFETCH, contexts=["boss", "battle"], stream=True)
+    assert error_code(refused) == "busy" and "room for 0" in refused.body["message"], refused.body
+    assert c.call(P.HEALTH)[0].body["queue"] == MAX_QUEUE     # nothing of it was queued
+    server.profiles.write_text(extra)
+    (reloaded,) = c.call(P.RELOAD_PROFILES)
+    assert reloaded.type == P.RELOADED and {"twin_a", "twin_b"} <= set(reloaded.body["changed"]), reloaded.body
+    assert {"twin_a", "twin_b"} <= {x["name"] for x in c.call(P.LIST_PROFILES)[0].body["contexts"]}
+    assert "not regenerated now" in server.log(), server.log()[-1500:]
+    for rid in long:
+        c.call(P.CANCEL, target=rid)
+    collect(c, long, timeout=30, until="final")
+    deadline = time.time() + 30
+    while (h := c.call(P.HEALTH)[0].body)["queue"] + h["generating"] and time.time() < deadline:
+        time.sleep(0.1)
+    rid = c.send(P.PREFETCH, contexts=["twin_a", "twin_b"], stream=True)
+    msgs = c.until_final(rid, timeout=60)
+    jobs = msgs[0].body["jobs"]
+    assert len(jobs) == 2 and jobs[0]["track_id"] == jobs[1]["track_id"], jobs
+    done = msgs[-1].body
+    assert msgs[-1].type == P.DONE and done["generated"] + done["cached"] + len(done["failed"]) == 2, done
+    server.profiles.write_text(PROFILES)
+    assert c.call(P.RELOAD_PROFILES)[0].type == P.RELOADED
+    c.close()
+    alive(server)
+
+
 # ------------------------------------------------------------------ (a) a client that stops reading
 LONG = dict(params={"duration": 20.0}, format="pcm_f32le", sample_rate=48000)   # 3.84 MB on the wire, 40 chunks
 RSS_MARGIN_MB = 64
@@ -254,6 +297,27 @@ def test_unread_stream_keeps_memory_and_latency_bounded(server):
     assert growth <= RSS_MARGIN_MB, f"RSS grew {growth:.0f} MB over the baseline {baseline:.0f} MB"
     assert p99(pings) <= PING_P99_S, sorted(pings)[-5:]
     assert max(gets) <= CACHED_GET_MAX_S, gets
+    slow.close()
+    fast.close()
+    alive(server)
+
+
+def test_dropped_unread_stream_is_still_generated_and_cached(server):
+    """A stream whose backlog passes the limit (over a minute of audio unread) is dropped with `busy`, whose
+    message says the track is still generated and cached: it is, although no one else wanted it."""
+    slow = unread_dealer(server.address)
+    # 300 chunks of 0.5 s: the backlog limit (128 queued) plus ZeroMQ's pipe (64) is passed half-way
+    req = dict(prompt="a client that stops reading a long track", params={"duration": 150.0, "seed": 4},
+               format="pcm_f32le", sample_rate=48000)
+    send(slow, P.GET_TRACK, id=1, stream=True, **req)
+    fast = Conn(server.address)
+    whole = wait_cached(fast, 400, stream=False, **{**req, "format": "pcm_s16le"})
+    assert whole.body["frames"] == 150 * 48000
+    got = []
+    while slow.poll(2000):
+        got.append(P.decode(slow.recv_multipart()[1:], reply=True))
+    assert got and got[-1].type == P.ERROR and got[-1].body["code"] == "busy", [m.type for m in got][-3:]
+    assert "dropped" in got[-1].body["message"] and got[-1].body["seq"] > len(got)   # a gap: really dropped
     slow.close()
     fast.close()
     alive(server)

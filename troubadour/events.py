@@ -1,13 +1,14 @@
 """Events reaching the server's I/O thread from its other threads (mixed into server.Server): the engine
 thread's progress, audio, results, failures and its model loading, cache reads finished by reader threads,
-and profile-file edits from the watcher."""
+and profile-file edits from the watcher (hot-swap: the profiles reloaded, changed contexts regenerated)."""
 
 from __future__ import annotations
 
 from . import protocol as P
 from .errors import ENGINE_DEAD, TroubadourError
 from .parse import RequestParser
-from .profiles import check_model_support
+from .jobs import TrackSpec
+from .profiles import check_model_support, load_profiles
 
 
 # what cached tracks were named and shaped by while the model loaded
@@ -60,8 +61,7 @@ class Events:
                 del self.live[job.key]
             self._track_ready(job.spec, job.reason)
             for state in self.prefetches.pop(job.key, []):
-                state.pending.pop(job.key, None)
-                state.generated += 1
+                state.generated += len(state.pending.pop(job.key, ()))
                 state.finish_if_done()
         elif kind == "failed":
             _, job, err = event
@@ -73,8 +73,8 @@ class Events:
             if self.scheduler.find(job.key) is not None:
                 return   # a newer generation of the track goes on: prefetches wait for it
             for state in self.prefetches.pop(job.key, []):
-                ctx, variant = state.pending.pop(job.key, (None, None))
-                state.failed.append({"context": ctx, "variant": variant, "error": err.to_dict()})
+                for ctx, variant in state.pending.pop(job.key, ()):
+                    state.failed.append({"context": ctx, "variant": variant, "error": err.to_dict()})
                 state.finish_if_done()
         elif kind == "dead":
             err = event[1]
@@ -117,3 +117,43 @@ class Events:
         self.held = []
         self.fail_all(self.dead)
 
+    # ------------------------------------------------------------------ hot-swap
+    def reload_profiles(self):
+        try:
+            new = load_profiles(self.profiles_path)
+            check_model_support(new, self.geometry.info)
+        except TroubadourError as e:
+            for s in self.subscribers.values():
+                s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))
+            raise
+        old = self.profiles
+        changed = sorted(n for n in set(old.contexts) | set(new.contexts)
+                         if n not in old.contexts or n not in new.contexts
+                         or old.contexts[n].audio_key() != new.contexts[n].audio_key()
+                         or old.contexts[n].variants != new.contexts[n].variants)
+        self.profiles = new
+        for s in self.subscribers.values():
+            s.push("profiles_changed", contexts=changed)
+        deferred = []   # the new profiles are in use: a full queue only delays their regeneration
+        for name in changed:
+            ctx = new.contexts.get(name)
+            for v in range(ctx.variants if ctx else 0):
+                spec = self.context_spec(ctx, v)
+                if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
+                    self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
+                    continue
+                try:
+                    self._submit_background(spec, P.PREFETCH_PRIORITY, "hot_swap")
+                except TroubadourError as e:
+                    if e.code != "busy":
+                        raise
+                    deferred.append(f"{name}#{v}")
+        if deferred:
+            self.log(f"queue full: {', '.join(deferred)} not regenerated now (generated when next asked for)")
+        return new.names(), changed
+
+    def _track_ready(self, spec: TrackSpec, reason: str) -> None:
+        if spec.context is None:
+            return
+        for s in self.subscribers.values():
+            s.push("track_ready", context=spec.context, variant=spec.variant, track_id=spec.key, reason=reason)

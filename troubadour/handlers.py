@@ -12,8 +12,7 @@ from .delivery import Delivery
 from .errors import UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
 from .jobs import TrackSpec
 from .loops import bar_aligned_duration
-from .params import MAX_VARIANTS, GenParams
-from .profiles import check_model_support, load_profiles
+from .params import MAX_SEED, MAX_VARIANTS, GenParams
 from .shaping import Shaper, shape_of
 from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, replay, replay_memo,
                       track_header)
@@ -29,8 +28,9 @@ class Handlers:
         client, rid, kind = bytes(envelope[0]), req["id"], req["type"]
         key = (client, rid)
         old = self.replies.get(key)
-        if old is not None and not old.closed:
-            raise P.ProtocolError(f"request id {rid!r} is already open on this connection", field="id", req_id=rid)
+        if old is not None and not old.closed:   # answered with id nil: the open request keeps one final
+            return self._reply_error(envelope, None, P.ProtocolError(
+                f"request id {rid!r} is already open on this connection", field="id"))
         if old is not None:   # finished but its last messages are still queued: keep them, free the id
             old.key = (client, ("done", next(self._error_ids)))
             self.replies[old.key] = self.replies.pop(key)
@@ -147,8 +147,11 @@ class Handlers:
         if "duration" in overrides and ctx.bpm:
             merged["duration"] = bar_aligned_duration(overrides["duration"], ctx.bpm, ctx.meter,
                                                       self.geometry.max_duration)
-        if "seed" in overrides:
+        if "seed" in overrides:   # the base seed, as in a profile: variant i uses seed + i
             merged["seed"] = overrides["seed"] + variant
+            if merged["seed"] > MAX_SEED:
+                raise ValidationError(f"seed + variant must be at most 2**63-1: variant {variant} uses seed "
+                                      f"{overrides['seed']} + {variant}", field="params.seed")
         try:
             params = GenParams.from_dict(merged, self.geometry.max_duration)
         except ValidationError as e:
@@ -306,12 +309,15 @@ class Handlers:
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
             for v in range(count):
                 specs.append(self.context_spec(ctx, v))
-        jobs = []
-        for spec in specs:
-            cached = self.scheduler.find(spec.key) is None and self.cache.contains(spec.key)
+        jobs = [(spec, self.scheduler.find(spec.key) is None and self.cache.contains(spec.key)) for spec in specs]
+        new = {s.key for s, cached in jobs if not cached and self.scheduler.find(s.key) is None}
+        room = self.scheduler.room()
+        if len(new) > room:   # all or nothing: a busy prefetch queues none of its tracks
+            raise TroubadourError(f"the generation queue has room for {room} of the {len(new)} tracks this "
+                                  "prefetch needs; retry later", code="busy")
+        for spec, cached in jobs:
             if not cached:
                 self._submit_background(spec, req["priority"], "prefetch")
-            jobs.append((spec, cached))
         rows = [{"context": s.context, "variant": s.variant, "track_id": s.key, "cached": c} for s, c in jobs]
         reply.send(P.ACCEPTED, final=not req["stream"], jobs=rows)
         if req["stream"]:
@@ -325,39 +331,6 @@ class Handlers:
         if created:
             self.live[spec.key] = LiveTrack(job, self._shaper(spec).frames)
         return job
-
-    # ------------------------------------------------------------------ hot-swap
-    def reload_profiles(self):
-        try:
-            new = load_profiles(self.profiles_path)
-            check_model_support(new, self.geometry.info)
-        except TroubadourError as e:
-            for s in self.subscribers.values():
-                s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))
-            raise
-        old = self.profiles
-        changed = sorted(n for n in set(old.contexts) | set(new.contexts)
-                         if n not in old.contexts or n not in new.contexts
-                         or old.contexts[n].audio_key() != new.contexts[n].audio_key()
-                         or old.contexts[n].variants != new.contexts[n].variants)
-        self.profiles = new
-        for s in self.subscribers.values():
-            s.push("profiles_changed", contexts=changed)
-        for name in changed:
-            ctx = new.contexts.get(name)
-            for v in range(ctx.variants if ctx else 0):
-                spec = self.context_spec(ctx, v)
-                if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
-                    self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
-                else:
-                    self._submit_background(spec, P.PREFETCH_PRIORITY, "hot_swap")
-        return new.names(), changed
-
-    def _track_ready(self, spec: TrackSpec, reason: str) -> None:
-        if spec.context is None:
-            return
-        for s in self.subscribers.values():
-            s.push("track_ready", context=spec.context, variant=spec.variant, track_id=spec.key, reason=reason)
 
     # ------------------------------------------------------------------ clients going away
     def _detach(self, reply) -> None:
@@ -384,7 +357,10 @@ class Handlers:
             del self.rotation[key]
 
     def drop_stream(self, reply, why: str) -> None:
-        """A client stopped reading this request: free its backlog and end it with one error it can act on."""
+        """A client stopped reading this request: free its backlog and end it with one error it can act on.
+        Its generation goes on for the cache (owned by the background), as the error tells the client."""
+        if reply.job is not None:
+            self.scheduler.adopt(reply.job, BACKGROUND)
         self._detach(reply)
         reply.outbox.clear()
         reply.closed = False

@@ -99,6 +99,12 @@ class Scheduler:
             self._lock.notify_all()
             return job, True
 
+    def adopt(self, job: GenJob, owner) -> None:
+        """Add an owner to a job still queued or running (a finished or cancelled one is left alone)."""
+        with self._lock:
+            if job.state in ("queued", "running") and not job.cancelled:
+                job.owners.add(owner)
+
     def release(self, job: GenJob, owner) -> bool:
         """`owner` no longer wants `job`; with no owners left the job is cancelled. True if cancelled."""
         with self._lock:
@@ -112,7 +118,12 @@ class Scheduler:
             return True
 
     def queued(self) -> int:
-        return sum(1 for j in self._by_key.values() if j.state == "queued")
+        with self._lock:   # (re-entrant) the engine thread changes _by_key while health asks
+            return sum(1 for j in self._by_key.values() if j.state == "queued")
+
+    def room(self) -> int:
+        """New jobs the queue takes before it answers busy."""
+        return max(0, self.max_queue - self.queued())
 
     def running(self) -> list[GenJob]:
         with self._lock:

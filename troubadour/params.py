@@ -72,11 +72,12 @@ _NAMES = tuple(f.name for f in fields(GenParams))
 def validate_prompt(prompt, field_name: str = "prompt") -> str:
     if not isinstance(prompt, str):
         raise ValidationError(f"{field_name} must be a string, got {type(prompt).__name__}", field=field_name)
-    if not prompt.strip():
+    text = prompt.strip()   # counted after trimming, as PROTOCOL.md says
+    if not text:
         raise ValidationError(f"{field_name} must not be empty", code=EMPTY_PROMPT, field=field_name)
-    if len(prompt) > MAX_PROMPT_CHARS:
+    if len(text) > MAX_PROMPT_CHARS:
         raise ValidationError(f"{field_name} is longer than {MAX_PROMPT_CHARS} characters", field=field_name)
-    return prompt.strip()
+    return text
 
 
 def _number(value, name: str) -> None:

@@ -137,7 +137,7 @@ def _list(body: dict, key: str, default, kind) -> list:
 
 
 def _context_name(name: str, field: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ProtocolError(f"invalid context name {name!r}: use 1-64 letters, digits, '_' or '-'",
                             code=INVALID_PARAM, field=field)
     return name

@@ -24,8 +24,8 @@ from .errors import UNKNOWN_CONTEXT, ProfileError, TroubadourError, ValidationEr
 from .params import MAX_DURATION, MAX_SEED, MAX_VARIANTS, GenParams, validate_prompt
 from .prompts import apply_presets, article, compose_prompt, find_preset, presets
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-METER_RE = re.compile(r"^[1-9][0-9]?/(1|2|4|8|16|32)$")
+NAME_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")   # fullmatch: "$" would let a trailing newline through
+METER_RE = re.compile(r"[1-9][0-9]?/(1|2|4|8|16|32)")
 
 PARAM_KEYS = tuple(GenParams.names())
 COMPOSE_KEYS = ("genre", "mood", "instruments", "tempo", "key", "structure", "extra")
@@ -83,7 +83,7 @@ class Profiles:
 
     def get(self, name: str, strict: bool = False) -> Context:
         """The named context; an unknown (valid) name gets a fallback context unless strict."""
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise ValidationError(f"invalid context name {name!r}: use 1-64 letters, digits, '_' or '-'",
                                   field="context")
         if name in self.contexts:
@@ -223,7 +223,7 @@ def _common(where: _Where, table: dict, inherited: dict) -> dict:
     if not isinstance(table.get("loop", True), bool):
         where.fail("loop", f"must be true or false, got {table['loop']!r}")
     meter = _text(where, table, "meter")
-    if meter is not None and not METER_RE.match(meter):
+    if meter is not None and not METER_RE.fullmatch(meter):
         where.fail("meter", f"must look like '4/4', '3/4' or '6/8', got {meter!r}")
     loudness = _number(where, table, "loudness", -40, -5)
     out.update(variants=v, loop=table.get("loop", out["loop"]), meter=meter or out["meter"],
@@ -258,7 +258,7 @@ def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None =
     contexts = {}
     for name, table in data.get("contexts", {}).items():
         where = _Where(source, f"context {name!r}", f"contexts.{name}")
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             where.fail(None, "invalid context name: use 1-64 letters, digits, '_' or '-'")
         twin = next((n for n in contexts if n.lower() == name.lower()), None)
         if twin is not None:   # one folder on Windows and macOS, where bakes and games also run
@@ -326,7 +326,7 @@ def _build_context(where: _Where, name: str, table: dict, game: dict, defaults: 
         params = dataclasses.replace(params, duration=float(bar_aligned_duration(
             params.duration, bpm, common["meter"], MAX_DURATION)))
     theme = words["theme"]
-    if theme is not None and not NAME_RE.match(theme):
+    if theme is not None and not NAME_RE.fullmatch(theme):
         where.fail("theme", f"invalid context name {theme!r}")
     return Context(name=name, prompt=prompt, params=params, bpm=bpm, key=words["key"], theme=theme,
                    source_fields=copy.deepcopy(table), **common)

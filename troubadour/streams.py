@@ -113,7 +113,10 @@ class Subscription:
 class PrefetchState:
     def __init__(self, reply: Reply, jobs: list):
         self.reply = reply
-        self.pending = {spec.key: (spec.context, spec.variant) for spec, cached in jobs if not cached}
+        self.pending: dict = {}   # track key -> the (context, variant) jobs waiting on it (two may share one)
+        for spec, cached in jobs:
+            if not cached:
+                self.pending.setdefault(spec.key, []).append((spec.context, spec.variant))
         self.cached = sum(1 for _, cached in jobs if cached)
         self.generated = 0
         self.failed: list = []
