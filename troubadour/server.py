@@ -56,6 +56,10 @@ class Server(Handlers, Events):
         self.engine = engine
         self.bind_address = bind
         self.profiles_path = profiles_path
+        watching = watch and profiles_path is not None
+        if watching:   # the digest of what is loaded next: an edit before the watcher starts still counts
+            from .watcher import file_digest
+            baseline = file_digest(profiles_path)
         self.profiles = load_profiles(profiles_path)
         summary, info = described or ({}, None)
         self.model_described = summary  # info.model until the engine's own
@@ -94,9 +98,9 @@ class Server(Handlers, Events):
         self.curve = (curve_secret, allow_dir) if curve_secret else None
         self.authenticator = None
         self.watcher = None
-        if watch and profiles_path is not None:
+        if watching:
             from .watcher import ProfilesWatcher
-            self.watcher = ProfilesWatcher(profiles_path, lambda: self._emit(("profiles_file",)))
+            self.watcher = ProfilesWatcher(profiles_path, lambda: self._emit(("profiles_file",)), baseline)
 
     # ------------------------------------------------------------------ lifecycle
     def serve_forever(self, ready=None) -> int:
