@@ -12,6 +12,7 @@ by context name:
 * `unreadable_a` / `unreadable_b`: held until both are open, then one message whose body is not msgpack at all.
   The client cannot tell which request lost a message, so it must fail every open request (instead of leaving
   them waiting forever: get_track has no timeout in the engine clients).
+* `gap_busy`: a header and a chunk, then a seq gap and a final `busy` (a backlog the server dropped).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ScriptedServer:
         self.track_ids: dict = {}          # get_track context -> request id (the last one)
         self.cancelled: list = []          # targets of cancel requests
         self._info = _info_body()
+        self.subscriber, self.event_seq = None, 0
         self._commands: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -92,7 +94,8 @@ class ScriptedServer:
             self.cancelled.append(body["target"])
             self._send(ident, P.reply(rid, 0, True, P.CANCELLED, target=body["target"], found=False))
         elif kind == P.SUBSCRIBE:
-            self._send(ident, P.reply(rid, 0, True, P.SUBSCRIBED, events=[]))
+            self._send(ident, P.reply(rid, 0, True, P.SUBSCRIBED, events=["track_ready"]))
+            self.subscriber, self.event_seq = ident, 0
         elif kind == P.GET_TRACK:
             self.track_ids[body.get("context")] = rid
             self.get_track(ident, rid, body)
@@ -112,7 +115,8 @@ class ScriptedServer:
 class DirectorServer(ScriptedServer):
     """Tracks of `SECONDS` s, mono pcm_s16le at the requested rate, 120 bpm 4/4 looping, streamed in 1 s chunks.
     A context named in `hold()` streams only its first second on its next request and waits; `fail()` then ends
-    that stream with an error (a track cut short, as when the server dies or the engine fails)."""
+    that stream with an error (a track cut short, as when the server dies or the engine fails); `swap()` pushes a
+hot-swap event as `regenerate` does."""
 
     SECONDS = 4
 
@@ -130,13 +134,25 @@ class DirectorServer(ScriptedServer):
             self._send(ident, P.reply(rid, seq, True, P.ERROR, code=code, message=f"fake: {context} cut short"))
         self.call(send)
 
+    def swap(self, context: str) -> None:
+        """Tell the subscriber its context was regenerated (`regenerate`: new audio, the same track id)."""
+        def send():
+            self._send(self.subscriber, P.event_frames(self.event_seq, "track_ready", context=context, variant=0,
+                                                       track_id=self._track_id(context), reason="hot_swap"))
+            self.event_seq += 1
+        self.call(send)
+
+    @staticmethod
+    def _track_id(context: str) -> str:
+        return hashlib.sha256(context.encode()).hexdigest()[:32]
+
     def get_track(self, ident, rid, body):
         ctx = body.get("context")
         self.requests[ctx] = self.requests.get(ctx, 0) + 1
         rate = int(body.get("sample_rate") or 32000)
         t = np.arange(rate * self.SECONDS) / rate
         pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
-        head = dict(track_id=hashlib.sha256(f"{ctx}{self.requests[ctx]}".encode()).hexdigest()[:32], cached=False,
+        head = dict(track_id=self._track_id(ctx), cached=False,
                     context=ctx, variant=0, fallback=False, sample_rate=rate, channels=1, frames=len(pcm) // 2,
                     format="pcm_s16le", bpm=120.0, meter="4/4", loop=True, prompt="a tone",
                     params={"duration": float(self.SECONDS)})
@@ -167,6 +183,12 @@ class BadRepliesServer(ScriptedServer):
             self._send(ident, [P.HEADER, b"event", msgpack.packb({"id": None, "seq": 0, "final": "no"})])
             self._send(ident, P.reply(rid, 0, True, P.ERROR, code="unknown_context", field="context",
                                       message="fake: no such context"))
+        elif body.get("context") == "gap_busy":   # a dropped backlog: a seq gap, then the final busy
+            pcm = b"\x00\x01" * 800
+            self._send(ident, P.reply(rid, 0, False, P.TRACK, track_id="t", cached=False, sample_rate=32000,
+                                      channels=1, frames=3200, format="pcm_s16le", prompt="p", params={}))
+            self._send(ident, P.reply(rid, 1, False, P.CHUNK, pcm, offset=0, frames=800, bytes=len(pcm)))
+            self._send(ident, P.reply(rid, 7, True, P.ERROR, code="busy", message="fake: the stream was dropped"))
         elif str(body.get("context")).startswith("unreadable_"):
             self._held[body["context"]] = rid
             if len(self._held) == 2:

@@ -525,6 +525,23 @@ def test_undecodable_replies_fail_what_they_may_belong_to():
         srv.stop()
 
 
+def test_busy_after_a_dropped_backlog_is_busy_not_lost_messages():
+    """PROTOCOL.md 7: a server that dropped an unread backlog sends a seq gap, then a final `busy`; the client
+    raises BusyError (retry later), not a protocol error."""
+    from fakeserver import BadRepliesServer
+
+    srv = BadRepliesServer()
+    try:
+        with Client(srv.address, timeout=10, retries=0) as c:
+            with pytest.raises(BusyError, match="dropped"):
+                c.get_track("gap_busy")
+            with pytest.raises(BusyError):
+                list(c.stream_track("gap_busy"))
+            assert not c.violations
+    finally:
+        srv.stop()
+
+
 def test_cached_replay_chunks_stay_under_the_chunk_limit(client):
     """Cached replays send few, large chunks; float32 48 kHz stereo is the widest delivery."""
     req = dict(prompt="rain on a tin roof", params={"duration": 12.0, "seed": 3}, format="pcm_f32le",

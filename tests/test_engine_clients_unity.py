@@ -237,6 +237,8 @@ def test_engine_clients_unity_music_director(tmp_path):
                 srv.hold(line.split()[2])
             elif line.startswith("CMD fail "):
                 srv.fail(*line.split()[2:4])
+            elif line.startswith("CMD swap "):
+                srv.swap(line.split()[2])
             else:
                 continue
             proc.stdin.write("ACK\n")
@@ -251,8 +253,9 @@ def test_engine_clients_unity_music_director(tmp_path):
     log = "\n".join(out) + "\n--- stderr ---\n" + err[-3000:]
     assert not fails and rc == 0, log
     assert {"plays", "error_during_crossfade_keeps_the_old_track", "cut_short_track_keeps_sounding_then_reloads",
-            "device_change_resumes_the_music", "released_clips_destroyed"} <= ok, log
-    assert srv.requests["flaky"] == 2 and srv.requests["dies"] == 1, srv.requests
+            "device_change_resumes_the_music", "hot_swap_with_the_same_track_id_reloads",
+            "released_clips_destroyed"} <= ok, log
+    assert srv.requests["flaky"] == 3 and srv.requests["dies"] == 1, srv.requests
 
 
 @needs_mono

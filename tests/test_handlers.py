@@ -39,8 +39,8 @@ def test_remembered_specs_equal_fresh_ones(server):
 def test_reloaded_profiles_give_new_specs(server):
     before = server.resolve(b"c", get(context="battle", variant=0))
     server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "mysterious"'))
-    names, changed = server.reload_profiles()
-    assert changed == ["battle"]
+    names, changed, regenerating = server.reload_profiles()
+    assert changed == ["battle"] and regenerating == 1
     after = server.resolve(b"c", get(context="battle", variant=0))
     assert after.key != before.key and "mysterious" in after.prompt.lower()
     # unchanged contexts resolve to the same track as before
@@ -58,3 +58,37 @@ def test_rotation_prefers_a_remembered_variant_and_queues_the_one_whose_turn_it_
     assert server.scheduler.find(v0.key) is not None
     server.memo.drop(v1.key)
     assert server.resolve(b"c", get(context="explore")).variant == 1   # the turn moved on; nothing held
+
+
+def test_reload_regenerates_only_changed_variants_and_drops_superseded_edits(server):
+    """A variant regenerates when its track changed: more variants regenerate only the new ones; a second edit
+    of a context before the first one's regeneration ran releases that one (nobody wants it); a file with no
+    contexts (a save half-way) is refused and the profiles stay."""
+    from troubadour.errors import ProfileError
+
+    def spec(name, v=0):
+        return server.context_spec(server.profiles.get(name), v)
+
+    old_explore = [spec("explore", v).key for v in (0, 1)]
+    server.profiles_path.write_text(PROFILES.replace('mood = "peaceful"\nvariants = 2', 'mood = "peaceful"\nvariants = 3'))
+    _, changed, regenerating = server.reload_profiles()
+    assert changed == ["explore"] and regenerating == 1
+    assert [spec("explore", v).key for v in (0, 1)] == old_explore
+    assert server.scheduler.find(spec("explore", 2).key) is not None
+    assert all(server.scheduler.find(k) is None for k in old_explore)
+
+    server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "mysterious"'))
+    _, changed, _ = server.reload_profiles()
+    first = server.scheduler.find(spec("battle").key)
+    assert "battle" in changed and first is not None and first.reason == "hot_swap"
+    server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "sad"'))
+    _, changed, regenerating = server.reload_profiles()
+    assert changed == ["battle"] and regenerating == 1
+    assert first.cancelled and server.scheduler.find(first.key) is None
+    assert server.scheduler.find(spec("battle").key) is not None
+
+    kept = server.profiles
+    server.profiles_path.write_text("[game]\ntitle = 'half-way'\n")
+    with pytest.raises(ProfileError, match="no contexts"):
+        server.reload_profiles()
+    assert server.profiles is kept

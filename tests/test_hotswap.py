@@ -94,3 +94,54 @@ def test_variants_rotate_per_client(server):
     # once both are cached, consecutive requests alternate
     assert got[-1] != got[-2], got
     c.close()
+
+
+def test_a_reload_announcing_many_tracks_reaches_a_reading_subscriber_whole(engine, tmp_path):
+    """One reload can queue an event per variant at once (here 144 cached tracks of the edited profiles plus
+    profiles_changed): a subscriber that reads gets every one, in seq order (the burst is not taken for a
+    subscriber that stopped reading)."""
+    import threading
+
+    import numpy as np
+
+    from servers import free_port
+    from troubadour.profiles import load_profiles
+    from troubadour.server import Server
+
+    def profiles_text(mood):
+        return "[defaults]\nduration = 1.0\n" + "".join(
+            f'[contexts.c{i}]\nmood = "{mood}"\nvariants = 16\n' for i in range(9))
+
+    path = tmp_path / "profiles.toml"
+    path.write_text(profiles_text("happy"))
+    port = free_port()
+    srv = Server(engine, cache_dir=str(tmp_path / "cache"), bind=f"tcp://127.0.0.1:{port}", profiles_path=path,
+                 watch=False)
+    edited = load_profiles(_write(tmp_path / "edited.toml", profiles_text("sad")))
+    kept, srv.profiles = srv.profiles, edited
+    audio = np.zeros((1, 3200), np.float32)
+    for ctx in edited.contexts.values():
+        for v in range(ctx.variants):
+            srv.cache.put(srv.context_spec(ctx, v).key, audio, 32000, {})
+    srv.profiles = kept
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    game = Conn(f"tcp://127.0.0.1:{port}")
+    try:
+        game.call(P.SUBSCRIBE)
+        path.write_text(profiles_text("sad"))
+        (reloaded,) = game.call(P.RELOAD_PROFILES)
+        assert reloaded.type == P.RELOADED and len(reloaded.body["changed"]) == 9
+        events = game.events(5.0)
+        names = [m.body["event"] for m in events]
+        assert names.count("track_ready") == 144 and names[0] == "profiles_changed", names[:3]
+        assert [m.body["seq"] for m in events] == list(range(len(events)))
+    finally:
+        game.close()
+        srv.stop()
+        thread.join(10)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

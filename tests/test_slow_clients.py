@@ -14,13 +14,14 @@ has 2 cores shared with the tiny model's generation (and other work).
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
 import pytest
 import zmq
 
-from servers import PROFILES, Conn, ServerProcess
+from servers import PROFILES, Conn, ServerProcess, audio_of
 from troubadour import protocol as P
 
 MAX_QUEUE = 4
@@ -320,6 +321,29 @@ def test_dropped_unread_stream_is_still_generated_and_cached(server):
     assert "dropped" in got[-1].body["message"] and got[-1].body["seq"] > len(got)   # a gap: really dropped
     slow.close()
     fast.close()
+    alive(server)
+
+
+def test_late_joiner_of_a_long_generation_gets_the_whole_track(server):
+    """A second listener joining a generation over a minute in (more 0.5 s chunks exist than the backlog limit
+    of 128 messages) gets everything so far in large messages, then the rest live: not `busy`."""
+    first, late = Conn(server.address), Conn(server.address)
+    req = dict(prompt="a long track someone joins late", params={"duration": 70.0, "seed": 5},
+               format="pcm_f32le", sample_rate=48000, stream=True)
+    rid = first.send(P.GET_TRACK, **req)
+    got = [first.recv(120)]
+    while sum(m.type == P.CHUNK for m in got) < 132:
+        got.append(first.recv(120))
+    joined = late.until_final(late.send(P.GET_TRACK, **req), timeout=240)
+    assert joined[-1].type == P.END, joined[-1].body
+    assert joined[0].body["cached"] is False                  # it joined the generation
+    assert len(joined) < 100                                  # the backlog came in large messages
+    audio = audio_of(joined)
+    assert len(audio) == 70 * 48000 * 4 and hashlib.sha256(audio).hexdigest() == joined[-1].body["sha256"]
+    rest = first.until_final(rid, timeout=240)
+    assert hashlib.sha256(audio_of(got + rest)).hexdigest() == joined[-1].body["sha256"]
+    first.close()
+    late.close()
     alive(server)
 
 

@@ -67,3 +67,26 @@ def test_hot_reload_adding_a_theme_on_text_model_is_a_profile_error(tiny_model, 
         c.close()
     finally:
         srv.stop()
+
+
+def test_reload_sees_theme_edits_and_contexts_following_a_changed_theme(melody_model, tmp_path):
+    """A context's track depends on its theme's: adding a theme, or changing the theme context, changes (and
+    regenerates) the contexts that follow it, though their own fields did not change."""
+    from troubadour.backends import load_backend
+    from troubadour.engine import Engine
+    from troubadour.server import Server
+
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(PROFILES + '\n[contexts.town]\nmood = "peaceful"\n')
+    srv = Server(Engine(load_backend(str(melody_model), "cpu")), cache_dir=str(tmp_path / "cache"),
+                 bind="tcp://127.0.0.1:0", profiles_path=profiles, watch=False)
+    try:
+        profiles.write_text(THEMED)
+        _, changed, regenerating = srv.reload_profiles()
+        assert changed == ["town"] and regenerating == 1
+        profiles.write_text(THEMED.replace('mood = "happy"', 'mood = "sad"'))   # menu, the theme
+        _, changed, regenerating = srv.reload_profiles()
+        assert changed == ["menu", "town"] and regenerating == 2
+    finally:
+        srv.cache.close()
+        srv.readers.shutdown()

@@ -232,10 +232,10 @@ class Client:
             if self._closed.get(rid) is False:
                 self._violation(f"{msg.type} seq {seq} for request {rid} after its final message")
             return
-        if seq != req.seq:
+        if seq != req.seq and not (body["final"] and msg.type == P.ERROR):
             self._abandon(req, ProtocolError(f"request {rid}: seq {seq} after {req.seq - 1}; messages lost"))
             return
-        req.seq += 1
+        req.seq = seq + 1   # (a final error may follow a gap: the server dropped an unread backlog, busy)
         if msg.type == P.SUBSCRIBED:
             self._event_seq = 0
         if body["final"]:

@@ -5,9 +5,9 @@ and profile-file edits from the watcher (hot-swap: the profiles reloaded, change
 from __future__ import annotations
 
 from . import protocol as P
-from .errors import ENGINE_DEAD, TroubadourError
+from .errors import ENGINE_DEAD, ProfileError, TroubadourError
 from .parse import RequestParser
-from .jobs import TrackSpec
+from .jobs import BACKGROUND, TrackSpec
 from .profiles import check_model_support, load_profiles
 
 
@@ -25,9 +25,9 @@ class Events:
         elif kind == "profiles_file":
             # said in the server's terminal too: a developer editing the file may have no subscriber open
             try:
-                _, changed = self.reload_profiles()
+                _, changed, regenerating = self.reload_profiles()
                 self.log(f"profiles reloaded: {', '.join(changed) if changed else 'no context sounds different'}"
-                         + (" (regenerating)" if changed else ""))
+                         + (f" (regenerating {regenerating} track{'s' * (regenerating != 1)})" if regenerating else ""))
             except TroubadourError as e:   # subscribers got profiles_error; the old profiles stay
                 self.log(f"profiles file not loaded, the previous profiles stay: {e.message}")
         elif kind == "cached":
@@ -59,7 +59,8 @@ class Events:
             self.memo.drop(job.key)   # a regenerated track replaces what was delivered before
             if self.live.get(job.key) is not None and self.live[job.key].job is job:
                 del self.live[job.key]
-            self._track_ready(job.spec, job.reason)
+            if job.reason != "hot_swap" or self._current(job.spec):   # not a superseded edit's
+                self._track_ready(job.spec, job.reason)
             for state in self.prefetches.pop(job.key, []):
                 state.generated += len(state.pending.pop(job.key, ()))
                 state.finish_if_done()
@@ -119,38 +120,51 @@ class Events:
 
     # ------------------------------------------------------------------ hot-swap
     def reload_profiles(self):
+        """Load the profiles file again: (context names, changed contexts, tracks to regenerate). A variant
+        changed when its track key did (prompt, params, shape, or its theme's track); only those regenerate."""
         try:
             new = load_profiles(self.profiles_path)
             check_model_support(new, self.geometry.info)
+            if not new.contexts:   # an editor half-way through a save, most likely
+                raise ProfileError(f"{self.profiles_path}: no contexts; the previous profiles stay")
         except TroubadourError as e:
             for s in self.subscribers.values():
                 s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))
             raise
-        old = self.profiles
-        changed = sorted(n for n in set(old.contexts) | set(new.contexts)
-                         if n not in old.contexts or n not in new.contexts
-                         or old.contexts[n].audio_key() != new.contexts[n].audio_key()
-                         or old.contexts[n].variants != new.contexts[n].variants)
+        before = self._variant_specs()
         self.profiles = new
+        after = self._variant_specs()
+        moved = [spec for k, spec in after.items() if k not in before or before[k].key != spec.key]
+        changed = sorted({spec.context for spec in moved} | {n for n, v in before if (n, v) not in after})
         for s in self.subscribers.values():
             s.push("profiles_changed", contexts=changed)
+        current = {spec.key for spec in after.values()}
+        for old in before.values():   # an earlier edit's regeneration nobody wants any more
+            job = self.scheduler.find(old.key)
+            if job is not None and job.reason == "hot_swap" and old.key not in current:
+                self.scheduler.release(job, BACKGROUND)
         deferred = []   # the new profiles are in use: a full queue only delays their regeneration
-        for name in changed:
-            ctx = new.contexts.get(name)
-            for v in range(ctx.variants if ctx else 0):
-                spec = self.context_spec(ctx, v)
-                if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
-                    self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
-                    continue
-                try:
-                    self._submit_background(spec, P.PREFETCH_PRIORITY, "hot_swap")
-                except TroubadourError as e:
-                    if e.code != "busy":
-                        raise
-                    deferred.append(f"{name}#{v}")
+        for spec in moved:
+            if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
+                self._track_ready(spec, "hot_swap")   # e.g. an edit undone: the old audio is back
+                continue
+            try:
+                self._submit_background(spec, P.PREFETCH_PRIORITY, "hot_swap")
+            except TroubadourError as e:
+                if e.code != "busy":
+                    raise
+                deferred.append(f"{spec.context}#{spec.variant}")
         if deferred:
             self.log(f"queue full: {', '.join(deferred)} not regenerated now (generated when next asked for)")
-        return new.names(), changed
+        return new.names(), changed, len(moved) - len(deferred)
+
+    def _variant_specs(self) -> dict:
+        return {(name, v): self.context_spec(ctx, v)
+                for name, ctx in self.profiles.contexts.items() for v in range(ctx.variants)}
+
+    def _current(self, spec: TrackSpec) -> bool:
+        ctx = self.profiles.contexts.get(spec.context)
+        return ctx is not None and spec.variant < ctx.variants and self.context_spec(ctx, spec.variant).key == spec.key
 
     def _track_ready(self, spec: TrackSpec, reason: str) -> None:
         if spec.context is None:

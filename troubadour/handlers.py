@@ -10,14 +10,13 @@ from . import protocol as P
 from .cache import track_key
 from .delivery import Delivery
 from .errors import UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
-from .jobs import TrackSpec
+from .jobs import BACKGROUND, TrackSpec
 from .loops import bar_aligned_duration
 from .params import MAX_SEED, MAX_VARIANTS, GenParams
 from .shaping import Shaper, shape_of
 from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, replay, replay_memo,
                       track_header)
 
-BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
 IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
 NEEDS_MODEL = {P.GET_TRACK, P.PREFETCH, P.RELOAD_PROFILES}   # held while the geometry is not known
 
@@ -102,7 +101,7 @@ class Handlers:
         reply.send(P.UNSUBSCRIBED, final=True)
 
     def on_reload_profiles(self, reply, req):
-        names, changed = self.reload_profiles()
+        names, changed, _ = self.reload_profiles()
         reply.send(P.RELOADED, final=True, contexts=names, changed=changed)
 
     def on_cancel(self, reply, req):

@@ -26,6 +26,7 @@ from .shaping import Shaper, shape_of
 PRIORITY_GET = 0          # a game waiting for music (protocol default)
 PRIORITY_PREFETCH = -50   # level loading, hot-swap
 BUSY = "busy"
+BACKGROUND = "background"   # owner of prefetch and hot-swap jobs: nobody's cancel stops them
 
 
 @dataclass(frozen=True)

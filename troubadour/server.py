@@ -282,13 +282,10 @@ class Server(Handlers, Events):
                 log(f"internal error delivering a track: {e!r}")
                 self.drop_stream(h, "internal error") if isinstance(h, Reply) else h.outbox.clear()
                 continue
-            if len(h.outbox) > MAX_OUTBOX:
+            if isinstance(h, Reply) and len(h.outbox) > MAX_OUTBOX:
                 # the client stopped reading: its backlog goes, the track is still generated and cached
-                if isinstance(h, Reply):
-                    self.drop_stream(h, f"you stopped reading ({len(h.outbox)} messages queued)")
-                else:
-                    h.outbox.clear()   # a subscriber that does not read loses old events
-                continue
+                self.drop_stream(h, f"you stopped reading ({len(h.outbox)} messages queued)")
+                continue   # (a subscriber's outbox is bounded itself: the oldest events go first)
             if getattr(h, "after", None) is not None:   # a Subscription whose `subscribed` is still queued
                 if h.after.outbox:
                     continue

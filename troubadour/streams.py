@@ -19,6 +19,7 @@ from .prebuilt import Prebuilt
 # A client that stops reading gets at most this many queued messages (≈ a minute of audio) before its
 # stream is dropped; memory stays bounded and the track is still generated and cached.
 MAX_OUTBOX = 128
+MAX_EVENTS_QUEUED = 2048   # per subscriber, a few hundred bytes each
 # cached replays: delivered bytes per chunk message, at most; the rest of the 1 MiB limit is room for the
 # resampler, whose output per piece varies by a few samples
 PIECE_BYTES = MAX_PIECE_BYTES * 15 // 16
@@ -93,7 +94,8 @@ class Subscription:
         self.envelope = envelope
         self.events = set(events)
         self.seq = 0
-        self.outbox: deque = deque()
+        # One reload can queue an event per variant at once; a subscriber that does not read loses the oldest.
+        self.outbox: deque = deque(maxlen=MAX_EVENTS_QUEUED)
         self.source = None
         self.after: Reply | None = None   # the `subscribed` reply, which must reach the client before any event
 
@@ -285,9 +287,15 @@ class LiveTrack:
         self.finished = False
 
     def attach(self, ts: TrackStream) -> None:
+        """A late listener gets what exists so far in messages of up to ~1 MiB, as a cached replay does: one
+        message per 0.5 s chunk would pass a minute of audio's backlog limit at once and drop it as unread."""
         ts.start()
-        for i, piece in enumerate(self.chunks):
-            ts.feed(piece, self.finished and i == len(self.chunks) - 1)
+        if self.chunks:
+            so_far = np.concatenate(self.chunks, axis=1)
+            d, step = ts.delivery, self.chunks[0].shape[1]
+            size = max(1, int(PIECE_BYTES // (step * d.frame_bytes * d.rate / d.native_rate))) * step
+            for _, piece, last in split_native(so_far, size):
+                ts.feed(piece, self.finished and last)
         if not self.finished:
             self.streams.append(ts)
 

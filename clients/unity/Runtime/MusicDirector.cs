@@ -338,7 +338,7 @@ namespace Troubadour
             var current = incoming != null ? incoming : playing;
             if (current == null || current.Context != e.Context) return;
             if (current.Header != null && current.Header.Variant >= 0 && current.Header.Variant != e.Variant) return;
-            if (current.Header != null && current.Header.TrackId == e.TrackId) return;
+            // (the same track id too: `regenerate` makes new audio under the same id)
             Load(e.Context, e.Variant);
         }
     }

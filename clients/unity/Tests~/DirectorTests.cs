@@ -3,7 +3,8 @@
 // 20 ms a frame; an "audio thread" pulling each playing clip), on the stand-ins of UnityStubs, against
 // tests/fakeserver.py's DirectorServer (4 s tones at 120 bpm, streamed in 1 s chunks):
 //   mono DirectorTests.exe HOST PORT
-// "CMD hold X" / "CMD fail X CODE" ask the driver to cut context X's next stream short, then wait for "ACK".
+// "CMD hold X" / "CMD fail X CODE" ask the driver to cut context X's next stream short, "CMD swap X" to push a
+// hot-swap event for X; each waits for "ACK".
 // Results are "OK name" / "FAIL name: why" lines.
 using System;
 using System.Reflection;
@@ -37,6 +38,7 @@ namespace Troubadour.Tests
                 ErrorDuringCrossfade();
                 CutShortWhilePlaying();
                 DeviceChange();
+                HotSwapSameTrackId();
             }
             finally
             {
@@ -102,6 +104,16 @@ namespace Troubadour.Tests
             double silence = Silence(0.5);
             Check("device_change_resumes_the_music", resumed && silence < 0.1 && buffer.Played > before,
                   "playing " + s.isPlaying + ", silence " + silence.ToString("0.00"));
+        }
+
+        // `regenerate` makes new audio under the same track id: the hot-swap event still brings it in.
+        static void HotSwapSameTrackId()
+        {
+            var before = md.CurrentTrack;
+            Driver("swap flaky");
+            bool swapped = Until(() => md.CurrentContext == "flaky" && md.CurrentTrack != before && !Fading, 20);
+            Check("hot_swap_with_the_same_track_id_reloads", swapped && md.CurrentTrack.TrackId == before.TrackId,
+                  "swapped " + swapped + ", " + md.Status);
         }
 
         // ------------------------------------------------------------------ harness
