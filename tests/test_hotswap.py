@@ -49,7 +49,7 @@ def test_edit_profiles_file_pushes_track_ready_with_new_audio(server):
     assert after[0].body["cached"] is True and after[0].body["track_id"] == ready["track_id"]
     assert "mysterious" in after[0].body["prompt"].lower()
     assert audio_of(after) != audio_of(before)
-    assert said(server, "profiles reloaded: battle (regenerating)"), server.lines
+    assert said(server, "profiles reloaded: battle (regenerating 1 track)"), server.lines
     game.close()
 
 
