@@ -360,6 +360,25 @@ def test_engine_clients_godot_vectors_without_server(tmp_path):
     assert not [l for l in run.lines if l.startswith("FAIL ")], run.output
 
 
+def run_mode(tmp_path, srv, mode: str, handlers: dict, after=None) -> GodotRun:
+    """run_tests.gd in `mode` against `srv` (stopped afterwards; `after()` runs first), checked to have run
+    through without script errors."""
+    project = assemble_project(tmp_path / "project", srv.port)
+    with open(project / "work" / "config.txt", "a") as f:
+        f.write(f"mode={mode}\n")
+    run = GodotRun(project, handlers)
+    try:
+        rc = run.run(90)
+        if after:
+            after()
+    finally:
+        srv.stop()
+    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
+                                                           r"Invalid get index|Stack Trace", l)]
+    assert not script_errors and not run.errors and rc == 0 and "DONE" in run.lines, run.output
+    return run
+
+
 @needs_godot
 def test_engine_clients_godot_waits_for_a_loading_server(engine, tiny_model, tmp_path):
     """A game started before the server finished loading its model: the GDScript client connects (info is
@@ -368,17 +387,7 @@ def test_engine_clients_godot_waits_for_a_loading_server(engine, tiny_model, tmp
     work = tmp_path / "server"
     work.mkdir()
     srv = LoadingServer(engine, tiny_model, work, PROFILES)
-    project = assemble_project(tmp_path / "project", srv.port)
-    with open(project / "work" / "config.txt", "a") as f:
-        f.write("mode=loading\n")
-    run = GodotRun(project, {"release": lambda: threading.Timer(7.0, srv.release).start()})
-    try:
-        rc = run.run(90)
-    finally:
-        srv.stop()
-    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
-                                                           r"Invalid get index|Stack Trace", l)]
-    assert not script_errors and not run.errors and rc == 0 and "DONE" in run.lines, run.output
+    run = run_mode(tmp_path, srv, "loading", {"release": lambda: threading.Timer(7.0, srv.release).start()})
     assert any(l.startswith("OK loading") for l in run.lines), run.output
     assert run.handled == ["release"], run.output
 
@@ -391,20 +400,13 @@ def test_engine_clients_godot_undecodable_replies(tmp_path):
     from fakeserver import BadRepliesServer
 
     srv = BadRepliesServer()
-    project = assemble_project(tmp_path / "project", srv.port)
-    with open(project / "work" / "config.txt", "a") as f:
-        f.write("mode=badreply\n")
-    run = GodotRun(project, {})
-    try:
-        rc = run.run(90)
+
+    def cancels_arrive():
         deadline = time.monotonic() + 10
         while len(srv.cancelled) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        srv.stop()
-    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
-                                                           r"Invalid get index|Stack Trace", l)]
-    assert not script_errors and rc == 0 and "DONE" in run.lines, run.output
+
+    run = run_mode(tmp_path, srv, "badreply", {}, cancels_arrive)
     assert any(l.startswith("OK bad_replies") for l in run.lines), run.output
     ids = srv.track_ids
     assert sorted(srv.cancelled) == sorted([ids["broken_own"], ids["unreadable_a"], ids["unreadable_b"]]), run.output
@@ -418,17 +420,8 @@ def test_engine_clients_godot_player_cut_short(tmp_path):
     from fakeserver import DirectorServer
 
     srv = DirectorServer()
-    project = assemble_project(tmp_path / "project", srv.port)
-    with open(project / "work" / "config.txt", "a") as f:
-        f.write("mode=director\n")
-    run = GodotRun(project, {"hold_dies": lambda: srv.hold("dies"), "fail_dies": lambda: srv.fail("dies", "engine_error"),
-                             "hold_flaky": lambda: srv.hold("flaky"), "fail_flaky": lambda: srv.fail("flaky", "busy")})
-    try:
-        rc = run.run(90)
-    finally:
-        srv.stop()
-    script_errors = [l for l in run.lines if re.search(r"SCRIPT ERROR|Parse Error|Script error|Invalid call|"
-                                                           r"Invalid get index|Stack Trace", l)]
-    assert not script_errors and not run.errors and rc == 0 and "DONE" in run.lines, run.output
+    run = run_mode(tmp_path, srv, "director", {
+        "hold_dies": lambda: srv.hold("dies"), "fail_dies": lambda: srv.fail("dies", "engine_error"),
+        "hold_flaky": lambda: srv.hold("flaky"), "fail_flaky": lambda: srv.fail("flaky", "busy")})
     assert any(l.startswith("OK cut_short") for l in run.lines), run.output
     assert srv.requests == {"steady": 1, "dies": 1, "flaky": 2}, (srv.requests, run.output)

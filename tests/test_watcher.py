@@ -78,12 +78,16 @@ def test_no_rereading_loop_after_an_edit(tmp_path, watch):
     assert seen.n == 1
 
 
-def test_directory_deleted_and_recreated_keeps_watching(tmp_path, watch):
+def watched_in_a_folder(tmp_path, watch):
     conf = tmp_path / "conf"
     conf.mkdir()
     f = conf / "game.toml"
     write(f, "a = 1\n")
-    w, seen = watch(f)
+    return conf, f, watch(f)[1]
+
+
+def test_directory_deleted_and_recreated_keeps_watching(tmp_path, watch):
+    conf, f, seen = watched_in_a_folder(tmp_path, watch)
     shutil.rmtree(conf)
     assert seen.wait_for(1)                   # gone: the server says "not found" and keeps its profiles
     conf.mkdir()
@@ -94,11 +98,7 @@ def test_directory_deleted_and_recreated_keeps_watching(tmp_path, watch):
 
 
 def test_directory_moved_away_and_replaced(tmp_path, watch):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    f = conf / "game.toml"
-    write(f, "a = 1\n")
-    w, seen = watch(f)
+    conf, f, seen = watched_in_a_folder(tmp_path, watch)
     conf.rename(tmp_path / "conf.old")
     conf.mkdir()
     write(f, "a = 2\n")

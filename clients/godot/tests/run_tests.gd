@@ -62,20 +62,16 @@ func _run_all():
 	_test("msgpack_roundtrip", "t_msgpack_roundtrip")
 	_test("pcm_decode", "t_pcm_decode")
 	_test("error_codes", "t_error_codes")
-	if config.has("port") and config.get("mode", "") == "loading":
+	var single = {"loading": "loading", "badreply": "bad_replies"}   # modes that run one test on a connection
+	var mode = config.get("mode", "")
+	if config.has("port") and single.has(mode):
 		conn = Connection.new(compat)
 		conn.log_enabled = true
 		conn.connect_to_server("127.0.0.1", int(config["port"]))
-		_test("loading", "t_loading")
+		_test(single[mode], "t_" + single[mode])
 		conn.close()
-	elif config.has("port") and config.get("mode", "") == "director":
+	elif config.has("port") and mode == "director":
 		_test("cut_short", "t_cut_short")
-	elif config.has("port") and config.get("mode", "") == "badreply":
-		conn = Connection.new(compat)
-		conn.log_enabled = true
-		conn.connect_to_server("127.0.0.1", int(config["port"]))
-		_test("bad_replies", "t_bad_replies")
-		conn.close()
 	elif config.has("port"):
 		conn = Connection.new(compat)
 		conn.log_enabled = true
@@ -812,18 +808,23 @@ func _track_error_text():
 
 
 func t_player():
+	return _with_player(["context_started", "track_ended", "underrun", "track_error", "prefetch_progress",
+		"prefetch_finished"], "_player_steps")
+
+
+# A player on the server of config.txt, its `signals` logged, polled while `steps`(player) runs.
+func _with_player(signals, steps):
 	player_events = []
 	var player = PlayerNode.new()
 	player.host = "127.0.0.1"
 	player.port = int(config["port"])
 	player.crossfade_sec = 0.5
 	get_root().add_child(player)
-	for n in ["context_started", "track_ended", "underrun", "track_error", "prefetch_progress",
-			"prefetch_finished"]:
+	for n in signals:
 		player.connect(n, self, "_on_player_" + n)
 	polled.append([player.client, "poll"])
 	polled.append([player, "poll"])
-	var result = _player_steps(player)
+	var result = call(steps, player)
 	polled.clear()
 	player.client.close()
 	player.queue_free()
@@ -833,21 +834,7 @@ func t_player():
 # Against DirectorServer (4 s tones at 120 bpm, 32 kHz: a bar is 64000 frames, streamed in 1 s chunks; the
 # driver's actions hold_X / fail_X cut context X's next stream short after its first second).
 func t_cut_short():
-	player_events = []
-	var player = PlayerNode.new()
-	player.host = "127.0.0.1"
-	player.port = int(config["port"])
-	player.crossfade_sec = 0.5
-	get_root().add_child(player)
-	for n in ["context_started", "track_error"]:
-		player.connect(n, self, "_on_player_" + n)
-	polled.append([player.client, "poll"])
-	polled.append([player, "poll"])
-	var result = _cut_short_steps(player)
-	polled.clear()
-	player.client.close()
-	player.queue_free()
-	return result
+	return _with_player(["context_started", "track_error"], "_cut_short_steps")
 
 
 func _deck_of(player, context, state):
