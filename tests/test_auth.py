@@ -61,6 +61,41 @@ def test_unknown_key_and_plaintext_get_nothing(server, keys):
     plain.close()
 
 
+def test_secret_keys_are_private_from_the_start(tmp_path):
+    """The secret is written with owner-only permissions (no window in which others can read it)."""
+    import os
+    import stat
+
+    from troubadour.auth import make_keys
+
+    seen = []
+    real_open = open
+
+    def spying_open(file, mode="r", *a, **kw):   # what the file's mode is the moment it is created
+        f = real_open(file, mode, *a, **kw)
+        if str(file).endswith(".key_secret"):
+            seen.append(stat.S_IMODE(os.stat(file).st_mode))
+        return f
+
+    import builtins
+    builtins.open, saved = spying_open, builtins.open
+    try:
+        public, secret = make_keys(tmp_path, "game")
+    finally:
+        builtins.open = saved
+    assert seen and all(m & 0o077 == 0 for m in seen), [oct(m) for m in seen]
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and stat.S_IMODE(public.stat().st_mode) == 0o644
+
+
+def test_bind_check_looks_past_a_source_address():
+    from troubadour.serve_cli import _is_loopback
+
+    assert _is_loopback("tcp://127.0.0.1:5555") and _is_loopback("ipc:///tmp/x")
+    assert not _is_loopback("tcp://0.0.0.0:5555")
+    assert not _is_loopback("tcp://127.0.0.1:0;0.0.0.0:5801")   # ZeroMQ binds what follows the ';'
+    assert _is_loopback("tcp://10.0.0.5:0;127.0.0.1:5801")
+
+
 def test_keys_refuse_to_overwrite(keys):
     r = subprocess.run([sys.executable, "-m", "troubadour.cli", "keys", str(keys), "--name", "server"],
                        capture_output=True, text=True, timeout=60)

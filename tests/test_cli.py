@@ -116,6 +116,13 @@ def test_cache_ls_stats_clear(tmp_path, cli_env):
             key = track_key("model", "calm piano", {"seed": seed})
             cache.put(key, np.zeros((1, 32000), np.float32), 32000, {"prompt": "calm piano", "context": "menu",
                                                                       "variant": seed - 1})
+        # a prompt from the network with terminal control codes: printed inert
+        cache.put(track_key("model", "x", {}), np.zeros((1, 320), np.float32), 32000,
+                  {"prompt": "calm\x1b]0;owned\x07\x1b[2J\nfake row"})
+    human = run(["cache", "ls", "--cache", "c"], cli_env, tmp_path).stdout
+    assert "\x1b" not in human and "\x07" not in human and len(human.splitlines()) == 3, human
+    with TrackCache(tmp_path / "c") as cache:
+        cache.delete(track_key("model", "x", {}))
     ls = run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path)
     rows = json.loads(ls.stdout)
     assert ls.returncode == 0 and len(rows) == 2 and rows[0]["context"] == "menu"

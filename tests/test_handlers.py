@@ -92,3 +92,20 @@ def test_reload_regenerates_only_changed_variants_and_drops_superseded_edits(ser
     with pytest.raises(ProfileError, match="no contexts"):
         server.reload_profiles()
     assert server.profiles is kept
+
+
+def test_a_client_that_never_reads_cannot_grow_the_server(server):
+    """Replies wait in the server until the client takes them: one that sends and never reads is forgotten
+    once it has MAX_UNSENT_REPLIES waiting (its queued replies freed), instead of growing the server without
+    bound; an envelope larger than any routing needs is not answered (it would be echoed with every reply)."""
+    from troubadour import protocol as P
+    from troubadour.server import MAX_UNSENT_REPLIES
+
+    for i in range(3 * MAX_UNSENT_REPLIES):   # not serving: nothing is ever sent, as to a client not reading
+        server._on_frames([b"greedy", b"", *P.encode("ping", {"id": i})])
+    assert 0 < server.replies.count[b"greedy"] <= MAX_UNSENT_REPLIES
+    assert len(server.replies) == server.replies.count[b"greedy"]
+    server._on_frames([b"polite", b"", *P.encode("ping", {"id": 1})])
+    assert server.replies.count[b"polite"] == 1
+    server._on_frames([b"padded", b"x" * 8192, b"", *P.encode("ping", {"id": 1})])
+    assert b"padded" not in server.replies.count

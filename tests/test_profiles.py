@@ -240,6 +240,11 @@ def test_context_names_differing_only_in_case_are_refused(tmp_path):
     assert info.value.field == "contexts.battle" and "'Battle' only in case" in info.value.message
 
 
+def test_deeply_nested_toml_is_a_profile_error(tmp_path):
+    with pytest.raises(ProfileError, match="nested too deeply"):
+        load_text(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+
+
 def test_strict_unknown_context(tmp_path):
     prof = load_text(tmp_path, GAME + "[contexts.battle]\nmood = 'tense'\n")
     with pytest.raises(TroubadourError) as info:

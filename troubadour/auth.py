@@ -6,6 +6,7 @@ ThreadAuthenticator) admits only clients whose public key is in the allow-list f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import zmq
@@ -23,8 +24,12 @@ def make_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
         if (d / f"{name}{suffix}").exists():
             raise TroubadourError(f"{d / (name + suffix)} exists; not overwriting a key", code="invalid_param",
                                   field="name")
-    public, secret = zmq.auth.create_certificates(str(d), name)
-    Path(secret).chmod(0o600)
+    mask = os.umask(0o077)   # the secret is private from its first byte (a chmod after writing leaves a window)
+    try:
+        public, secret = zmq.auth.create_certificates(str(d), name)
+    finally:
+        os.umask(mask)
+    Path(public).chmod(0o644)
     return Path(public), Path(secret)
 
 

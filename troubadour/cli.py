@@ -143,7 +143,8 @@ def cmd_cache(args) -> int:
                 print(json.dumps(rows))
             for r in rows if not args.json else []:
                 ctx = f"{r.get('context')}#{r.get('variant')}" if r.get("context") else "-"
-                print(f"{r['key']}  {r['duration']:6.1f}s  {r['bytes'] / 1e6:7.2f} MB  {ctx:20}  {r['prompt']}")
+                prompt = "".join(c if c.isprintable() else "\ufffd" for c in str(r["prompt"]))   # from the network
+                print(f"{r['key']}  {r['duration']:6.1f}s  {r['bytes'] / 1e6:7.2f} MB  {ctx:20}  {prompt}")
     return 0
 
 

@@ -237,6 +237,8 @@ def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None =
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{source}: invalid TOML: {e}") from None
+    except RecursionError:   # tomllib recurses per nesting level
+        raise ProfileError(f"{source}: invalid TOML: nested too deeply") from None
     top = _Where(source, None, "")
     top.check_keys(data, TOP_KEYS)
     for key in TOP_KEYS:

@@ -101,5 +101,7 @@ def _warmup_params():
 def _is_loopback(address: str) -> bool:
     if not address.startswith("tcp://"):
         return True   # ipc:// and inproc:// never leave the machine
+    if ";" in address:   # "tcp://SOURCE;HOST:PORT": ZeroMQ binds HOST, which is what counts
+        return _is_loopback("tcp://" + address.split(";", 1)[1])
     host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")

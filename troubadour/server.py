@@ -37,6 +37,33 @@ SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits i
 EXIT_ENGINE_DEAD = 70
 
 
+MAX_FRAMES = 16            # a request is at most 4 frames after its envelope (identity, maybe hops, delimiter)
+MAX_UNSENT_REPLIES = 256   # per client: far above its 32 open requests plus quick replies in flight
+MAX_ENVELOPE_BYTES = 4096
+
+
+class ReplyBook(dict):
+    """The replies dict, counting per client what it holds (a client that never reads is found at once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count: dict = {}
+
+    def __setitem__(self, key, value) -> None:
+        if key not in self:
+            self.count[key[0]] = self.count.get(key[0], 0) + 1
+        super().__setitem__(key, value)
+
+    def pop(self, key, *default):
+        if key in self:
+            n = self.count[key[0]] - 1
+            if n:
+                self.count[key[0]] = n
+            else:
+                del self.count[key[0]]
+        return super().pop(key, *default)
+
+
 def log(msg: str) -> None:
     print(f"troubadour: {msg}", file=sys.stderr, flush=True)
 
@@ -74,7 +101,7 @@ class Server(Handlers, Events):
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.ctx = context or zmq.Context.instance()
         self.started = time.time()
-        self.replies: dict = {}          # (client, id) -> Reply, open requests
+        self.replies = ReplyBook()       # (client, id) -> Reply: open, or closed with messages still to send
         self.subscribers: dict = {}      # client -> Subscription
         self.live: dict = {}             # track key -> LiveTrack
         self.prefetches: dict = {}       # track key -> [PrefetchState]
@@ -213,6 +240,8 @@ class Server(Handlers, Events):
                         frames = recv_message(self.socket)
                     except zmq.Again:   # readable() said yes; kept in case ZeroMQ ever disagrees
                         break
+                    if len(frames) > MAX_FRAMES:   # envelope frames are unbounded on the wire: not even copied
+                        continue
                     self._on_frames([f.bytes for f in frames])   # a third cheaper than recv_multipart
             self._drain_events()
             blocked = self._flush()
@@ -239,6 +268,13 @@ class Server(Handlers, Events):
             envelope, rest = P.split_envelope(frames)
         except P.ProtocolError:
             return   # not even an envelope: nothing to answer to
+        if sum(len(f) for f in envelope) > MAX_ENVELOPE_BYTES:
+            return   # echoed with every reply: routing ids are at most 255 bytes a hop
+        client = envelope[0]
+        if self.replies.count.get(client, 0) >= MAX_UNSENT_REPLIES:
+            # it sends requests and reads no replies: forget what it queued rather than grow without bound
+            self.drop_client(client, "too many unread replies")
+            return
         req_id = None
         try:
             req = self.parse(rest)
