@@ -519,3 +519,34 @@ def test_put_failing_midway_in_process_changes_nothing(tmp_path):
     assert cache.keys() == ["k"] and cache.get("k").meta["i"] == 1
     assert cache.stats()["bytes"] == cache.ls()[0]["bytes"]
 
+
+
+def test_a_tampered_row_asking_to_be_unpickled_is_never_unpickled(tmp_path):
+    """diskcache unpickles rows whose mode says so; a cache folder is a file others may hand over (a shared
+    bake's .cache). Ours never hold pickles: such a row reads as nothing, its code does not run."""
+    import os
+    import pickle
+    import sqlite3
+
+    from troubadour.cache import BLOB_PREFIX, TrackCache, track_key
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    key = track_key("model", "calm piano", {"seed": 1})
+    with TrackCache(tmp_path / "c") as cache:
+        cache.put(key, np.zeros((1, 3200), np.float32), 32000, {"prompt": "calm piano"})
+    db = sqlite3.connect(tmp_path / "c" / "cache.db")
+    db.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (pickle.dumps(Payload()), BLOB_PREFIX + key))
+    db.execute("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, "
+               "filename, value) VALUES (?, 0, 0, NULL, 0, 0, NULL, 0, 1, NULL, 1)", (pickle.dumps(Payload()),))
+    db.commit()
+    db.close()
+    with TrackCache(tmp_path / "c") as cache:
+        assert cache.get(key) is None
+        assert cache.keys() in ([], [key])
+        cache.stats()
+    assert not marker.exists()

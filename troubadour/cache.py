@@ -124,6 +124,21 @@ def track_key(model_identity: str, prompt: str, params: dict | GenParams,
 # --- the cache ---------------------------------------------------------------------------
 
 
+class _NoPickleDisk(diskcache.Disk):
+    """Everything stored here is bytes, text or a number. A row asking to be unpickled was not written by
+    troubadour (a tampered or foreign cache folder, e.g. a shared bake's .cache): unpickling could run its
+    code, so it reads as nothing."""
+
+    def fetch(self, mode, filename, value, read):
+        return None if mode == diskcache.core.MODE_PICKLE else super().fetch(mode, filename, value, read)
+
+    def get(self, key, raw):
+        return super().get(key, raw) if raw else REFUSED_KEY
+
+
+REFUSED_KEY = "\x00refused"   # what a pickled key reads as: no prefix of ours matches it
+
+
 class TrackCache:
     """Track store shared by threads and processes; see the module docstring."""
 
@@ -136,7 +151,7 @@ class TrackCache:
         # there would leave the old row pointing at a missing file.
         self.raw = diskcache.Cache(self.directory, eviction_policy="none", cull_limit=0,
                                    size_limit=2**62, statistics=False,
-                                   disk_min_file_size=2**62)
+                                   disk_min_file_size=2**62, disk=_NoPickleDisk)
         self._pins: dict[str, int] = {}
         self._lock = threading.Lock()  # guards _pins; never taken inside a DB transaction
         self.session_hits = 0
