@@ -125,9 +125,7 @@ namespace Troubadour.Tests
             WaitFor(() => info != null, 10);
             Check("info", info != null && info.ProtocolVersion == 1 && info.SampleRate > 0 && info.Profiles.Contains("battle"),
                   info == null ? "no reply" : "protocol " + info.ProtocolVersion);
-            HealthInfo health = null;
-            c.Health(h => health = h);
-            WaitFor(() => health != null, 10);
+            var health = AskHealth();
             Check("health", health != null && health.Status == "ok", health == null ? "no reply" : health.Status);
             List<ContextProfile> profiles = null;
             c.ListProfiles(p => profiles = p);
@@ -145,20 +143,34 @@ namespace Troubadour.Tests
             return failures;
         }
 
-        // Against a server still loading its model: the driver lets it finish 7 s after "CMD release" (no ACK;
-        // this thread goes on polling, which is what sends the heartbeats). info and health are answered at once
-        // and a track request waits through the load, longer than 3 heartbeats, without a reconnect.
-        public int RunLoading(string host, int port)
+        /// <summary>A fresh client on host:port, its log on stderr; the server's info once connected (null after 20 s).</summary>
+        ServerInfo Connect(string host, int port)
         {
             c = new TroubadourClient(new ClientOptions { Log = m => Console.Error.WriteLine("client: " + m) });
             ServerInfo connected = null;
             c.Connected += si => connected = si;
             c.Connect(host, port);
-            Check("loading_connected", WaitFor(() => connected != null, 20) && connected.ModelIdentity != null,
-                  connected == null ? "no connection (info not answered)" : "no model identity");
+            WaitFor(() => connected != null, 20);
+            return connected;
+        }
+
+        HealthInfo AskHealth()
+        {
             HealthInfo health = null;
             c.Health(h => health = h);
             WaitFor(() => health != null, 10);
+            return health;
+        }
+
+        // Against a server still loading its model: the driver lets it finish 7 s after "CMD release" (no ACK;
+        // this thread goes on polling, which is what sends the heartbeats). info and health are answered at once
+        // and a track request waits through the load, longer than 3 heartbeats, without a reconnect.
+        public int RunLoading(string host, int port)
+        {
+            var connected = Connect(host, port);
+            Check("loading_connected", connected != null && connected.ModelIdentity != null,
+                  connected == null ? "no connection (info not answered)" : "no model identity");
+            var health = AskHealth();
             Check("loading_health", health != null && health.Status == "loading", health == null ? "no reply" : health.Status);
             var waited = Stopwatch.StartNew();
             var f = new Fetch();
@@ -169,9 +181,7 @@ namespace Troubadour.Tests
             Check("loading_track_waited", f.End != null && f.Chunks > 0 && seconds >= 6.5 && f.Sha256() == f.End.Sha256,
                   Why(f) + " after " + seconds.ToString("0.0") + " s");
             Check("loading_no_reconnect", c.ReconnectCount == 0, c.ReconnectCount + " reconnects");
-            health = null;
-            c.Health(h => health = h);
-            WaitFor(() => health != null, 10);
+            health = AskHealth();
             Check("loaded_health", health != null && health.Status == "ok", health == null ? "no reply" : health.Status);
             c.Dispose();
             return failures;
@@ -182,11 +192,7 @@ namespace Troubadour.Tests
         // open request (a get_track has no timeout: it would otherwise wait forever).
         public int RunBadReplies(string host, int port)
         {
-            c = new TroubadourClient(new ClientOptions { Log = m => Console.Error.WriteLine("client: " + m) });
-            ServerInfo connected = null;
-            c.Connected += si => connected = si;
-            c.Connect(host, port);
-            Check("bad_connected", WaitFor(() => connected != null, 20), "no connection");
+            Check("bad_connected", Connect(host, port) != null, "no connection");
             var own = Get(new TrackOptions { Context = "broken_own" }, 20);
             Check("bad_own_id_fails_its_request", own.Error != null && own.Error.Code == ErrorCodes.InvalidReply, Why(own));
             var noise = Get(new TrackOptions { Context = "nil_noise" }, 20);
@@ -198,9 +204,7 @@ namespace Troubadour.Tests
             WaitFor(() => a.Done && b.Done, 20);
             Check("bad_unreadable_fails_all_open", a.Error != null && a.Error.Code == ErrorCodes.InvalidReply &&
                   b.Error != null && b.Error.Code == ErrorCodes.InvalidReply, Why(a) + " / " + Why(b));
-            HealthInfo health = null;
-            c.Health(h => health = h);
-            WaitFor(() => health != null, 10);
+            var health = AskHealth();
             Check("bad_connection_goes_on", health != null && health.Status == "ok" && c.ReconnectCount == 0,
                   (health == null ? "no health reply" : health.Status) + ", " + c.ReconnectCount + " reconnects");
             c.Dispose();
