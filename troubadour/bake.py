@@ -258,7 +258,8 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
         a = a[:, :round(plan.length * sample_rate)]   # not even a bar fits the cap: the cap, not the guard
     if ctx.loop:
         # loop on whole codec frames (20 ms at MusicGen's 50 Hz), as the server does
-        lr = loops.make_loop(a, sample_rate, bpm=bpm, meter=ctx.meter, snap=round(sample_rate * CODEC_FRAME_S))
+        lr = loops.make_loop(a, sample_rate, bpm=bpm, meter=ctx.meter, snap=round(sample_rate * CODEC_FRAME_S),
+                             estimate=False)
         a, loop, bpm = lr.audio, lr.loop, lr.bpm
     else:
         if plan.length is not None:

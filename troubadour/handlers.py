@@ -308,8 +308,9 @@ class Handlers:
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
             for v in range(count):
                 specs.append(self.context_spec(ctx, v))
-        jobs = [(spec, self.scheduler.find(spec.key) is None and self.cache.contains(spec.key)) for spec in specs]
-        new = {s.key for s, cached in jobs if not cached and self.scheduler.find(s.key) is None}
+        running = {s.key for s in specs if self.scheduler.find(s.key) is not None}
+        jobs = [(s, s.key not in running and self.cache.contains(s.key)) for s in specs]
+        new = {s.key for s, cached in jobs if not cached and s.key not in running}
         room = self.scheduler.room()
         if len(new) > room:   # all or nothing: a busy prefetch queues none of its tracks
             raise TroubadourError(f"the generation queue has room for {room} of the {len(new)} tracks this "

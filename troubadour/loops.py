@@ -187,15 +187,16 @@ class LoopResult:
 
 
 def make_loop(audio: np.ndarray, sample_rate: int, bpm: float | None = None, meter: str = "4/4",
-              crossfade_s: float | None = None, curve: str = "equal_power", snap: int = 1) -> LoopResult:
+              crossfade_s: float | None = None, curve: str = "equal_power", snap: int = 1,
+              estimate: bool = True) -> LoopResult:
     """Cut `audio` into a seamless loop (see the module docstring).
 
     Only frames [loop_end - crossfade, loop_end) change; the head is bit-identical and everything after
-    loop_end is dropped. With bpm None the tempo is estimated (`estimate_bpm`); if that fails the loop
+    loop_end is dropped. With bpm None the tempo is estimated (`estimate_bpm`, unless estimate=False); if that fails the loop
     uses the beat-free fallback of `loop_points`.
     """
     a = as_planar(audio)
-    if bpm is None:
+    if bpm is None and estimate:   # (estimate=False: the caller already tried, on other audio)
         bpm = estimate_bpm(a, sample_rate)
     start, end, xf = _plan(a.shape[1], sample_rate, bpm, meter, crossfade_s, snap)
     out = a[:, :end].copy()

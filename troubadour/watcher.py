@@ -122,7 +122,7 @@ class ProfilesWatcher(FileSystemEventHandler):
     def _poll(self) -> None:
         while not self._stopped.wait(POLL_S):
             with self._lock:
-                settling = self._timer is not None and time.monotonic() - self._last_event < 2 * DEBOUNCE_S
+                settling = time.monotonic() - self._last_event < 2 * DEBOUNCE_S
             if not settling:   # an edit in progress is the debounce's to judge
                 self._check()
 
