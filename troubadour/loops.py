@@ -192,8 +192,8 @@ def make_loop(audio: np.ndarray, sample_rate: int, bpm: float | None = None, met
     """Cut `audio` into a seamless loop (see the module docstring).
 
     Only frames [loop_end - crossfade, loop_end) change; the head is bit-identical and everything after
-    loop_end is dropped. With bpm None the tempo is estimated (`estimate_bpm`, unless estimate=False); if that fails the loop
-    uses the beat-free fallback of `loop_points`.
+    loop_end is dropped. With bpm None the tempo is estimated (`estimate_bpm`, unless estimate=False); if that
+    fails the loop uses the beat-free fallback of `loop_points`.
     """
     a = as_planar(audio)
     if bpm is None and estimate:   # (estimate=False: the caller already tried, on other audio)
