@@ -197,3 +197,15 @@ class BadRepliesServer(ScriptedServer):
         else:
             self._send(ident, P.reply(rid, 0, True, P.ERROR, code="unknown_context", field="context",
                                       message="fake: no such context"))
+
+
+class ClosingServer(DirectorServer):
+    """Streams `last_words` whole and then closes its socket (ZeroMQ sends what is queued, then the TCP close):
+    a client must take the messages that arrived before the close, not drop them with the connection."""
+
+    def get_track(self, ident, rid, body):
+        super().get_track(ident, rid, body)
+        if body.get("context") == "last_words":
+            self.sock.close(linger=5000)
+            self._stop.set()
+

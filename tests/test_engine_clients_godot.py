@@ -413,6 +413,18 @@ def test_engine_clients_godot_undecodable_replies(tmp_path):
 
 
 @needs_godot
+def test_engine_clients_godot_keeps_messages_that_came_before_a_close(tmp_path):
+    """A server that sends a whole track and closes the connection: the bytes read together with the close are
+    parsed before the connection is reported lost (they were dropped, and the finished track resent forever)."""
+    from fakeserver import ClosingServer
+
+    srv = ClosingServer()
+    run = run_mode(tmp_path, srv, "closing", {})
+    assert any(l.startswith("OK last_words") for l in run.lines), run.output
+    assert srv.requests == {"last_words": 1}, run.output
+
+
+@needs_godot
 def test_engine_clients_godot_player_cut_short(tmp_path):
     """The player against a scripted server that cuts streams short (tests/fakeserver.py's DirectorServer): a
     track failing while it waits for its bar line leaves the heard one playing at full volume (not faded out to

@@ -62,7 +62,7 @@ func _run_all():
 	_test("msgpack_roundtrip", "t_msgpack_roundtrip")
 	_test("pcm_decode", "t_pcm_decode")
 	_test("error_codes", "t_error_codes")
-	var single = {"loading": "loading", "badreply": "bad_replies"}   # modes that run one test on a connection
+	var single = {"loading": "loading", "badreply": "bad_replies", "closing": "last_words"}   # modes that run one test on a connection
 	var mode = config.get("mode", "")
 	if config.has("port") and single.has(mode):
 		conn = Connection.new(compat)
@@ -416,7 +416,11 @@ func t_info_health():
 # Fetch a streamed track; -> {"error": str, "header", "sha", "bytes", "chunks", "end"}
 func fetch(context, variant, options):
 	var h = conn.get_track(context, variant, true, options)
-	var ev = collect(h, "", 120000)
+	return _track_of(collect(h, "", 120000))
+
+
+# A streamed track's events checked: offsets, bytes against the header, SHA-256 against the end message.
+func _track_of(ev):
 	var out = {"error": "", "header": null, "sha": "", "bytes": 0, "chunks": 0, "end": null}
 	var ctx = compat.sha256_context()
 	var offset = 0
@@ -654,6 +658,22 @@ func t_bad_replies():
 		if e[0] == "disconnected":
 			return "the connection dropped: " + str(e)
 	detail = _last(ev)[3]
+	return ""
+
+
+# The server sends a whole track and closes the connection at once: the track still counts (it had arrived,
+# together with the close, before the client read anything).
+func t_last_words():
+	if wait_event("connected", null, 20000) == null:
+		return "no connected event; log: " + _describe(evlog)
+	var h = conn.get_track("last_words", -1, true, {"format": "pcm_s16le"})
+	OS.delay_msec(1500)   # no polling meanwhile: the next read finds the track and the close together
+	var r = _track_of(collect(h, "", 10000))
+	if r["error"] != "":
+		return r["error"]
+	if wait_event("disconnected", null, 5000) == null:
+		return "the close was not reported"
+	detail = "%d bytes" % r["bytes"]
 	return ""
 
 

@@ -203,18 +203,19 @@ func poll():
 		_open()
 	if _zmtp != null:
 		_zmtp.poll()
-		if _zmtp.state == Zmtp.STATE_CLOSED:
-			_lost(_zmtp.error)
-		else:
-			if state == STATE_CONNECTING and _zmtp.is_open() and _info_wire_id < 0:
-				var rec = _new_record("info", {}, 0, true)
-				_info_wire_id = rec["wire_id"]
-				_send_record(rec)
-			for frames in _zmtp.take_messages():
-				_last_rx = now
-				_on_frames(frames)
-				if _zmtp == null:
-					break
+		var closed = _zmtp.state == Zmtp.STATE_CLOSED
+		if not closed and state == STATE_CONNECTING and _zmtp.is_open() and _info_wire_id < 0:
+			var rec = _new_record("info", {}, 0, true)
+			_info_wire_id = rec["wire_id"]
+			_send_record(rec)
+		var zmtp = _zmtp
+		for frames in zmtp.take_messages():   # those that came before a close count too
+			_last_rx = now
+			_on_frames(frames)
+			if _zmtp != zmtp:
+				break
+		if closed and _zmtp == zmtp:
+			_lost(zmtp.error)
 	_timers(now)
 	var out = _events
 	_events = []

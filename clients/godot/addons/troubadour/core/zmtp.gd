@@ -34,6 +34,7 @@ var _rx = null                 # received bytes not parsed yet, from _rx_pos on
 var _rx_pos = 0
 var _parts = []                # frames of the message being received
 var _inbox = []                # complete messages
+var _eof = false               # the peer closed; what it sent before is parsed first
 
 
 func _init(shared_compat = null):
@@ -47,6 +48,7 @@ func _init(shared_compat = null):
 func open(host, port):
 	close()
 	error = ""
+	_eof = false
 	tcp = StreamPeerTCP.new()
 	var err = tcp.connect_to_host(host, port)
 	if err != OK:
@@ -113,6 +115,12 @@ func poll():
 		return
 	if not _receive():
 		return
+	_handshake_and_parse()
+	if _eof:   # after the messages that arrived with it: a final reply sent just before closing still counts
+		_fail("connection closed by the server")
+
+
+func _handshake_and_parse():
 	if state == STATE_GREETING:
 		if _rx.size() - _rx_pos >= 1 and _rx[_rx_pos] != 0xff:
 			_fail("the peer is not a ZeroMQ socket")
@@ -152,7 +160,7 @@ func _write(bytes):
 	return true
 
 
-# Read what the socket has. get_partial_data() is non-blocking; it fails once the peer has closed.
+# Read what the socket has. get_partial_data() is non-blocking; it fails once the peer has closed (_eof).
 func _receive():
 	var got = 0
 	while got < MAX_READ_PER_POLL:
@@ -163,10 +171,12 @@ func _receive():
 		if want > 1048576:
 			want = 1048576
 		var r = tcp.get_partial_data(want)
-		if r[0] != OK:
-			_fail("connection closed by the server")
-			return false
 		var data = r[1]
+		if r[0] != OK:
+			_eof = true
+			if data.size() > 0:
+				_rx.append_array(data)
+			break
 		if data.size() == 0:
 			break
 		_rx.append_array(data)
