@@ -109,6 +109,30 @@ def test_without_the_config_track_requests_wait_for_the_model(loading_unknown, t
     c.close()
 
 
+def test_requests_waiting_for_the_model_are_capped_across_connections(loading_unknown):
+    """Each connection may hold 32 open requests, but connections are not limited: while nothing can answer
+    track requests the server keeps at most `max_held` of them, answers the rest `busy` (retryable), and a
+    cancelled one frees its place."""
+    server, gate, _, ready, _, _ = loading_unknown
+    server.max_held = 3
+    a, b = Conn(server.bound), Conn(server.bound)
+    first, second, third = track(a, "one"), track(a, "two"), track(b, "three")
+    refused = b.until_final(track(b, "four"))[-1]
+    assert refused.type == P.ERROR and refused.body["code"] == "busy", refused.body
+    assert "still loading" in refused.body["message"]
+    assert a.call(P.CANCEL, target=second)[-1].body["found"] is True
+    assert a.until_final(second)[-1].body["code"] == "cancelled"
+    fifth = track(b, "five")   # the cancelled request's place
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.5)
+    gate.set()
+    for conn, rid in ((a, first), (b, third), (b, fifth)):
+        assert conn.until_final(rid)[-1].type == P.END
+    assert ready.is_set()
+    a.close()
+    b.close()
+
+
 def test_a_model_that_does_not_load_fails_held_requests_and_ends_the_server(loading):
     server, gate, outcome, ready, result, thread = loading
     outcome[0] = ModelLoadError("model 'x' could not be loaded (weights truncated)", field="model")

@@ -37,13 +37,24 @@ class Handlers:
             raise TroubadourError(f"{self.max_inflight} requests already open on this connection", code="busy")
         if self.dead is not None and kind in (P.GET_TRACK, P.PREFETCH):
             raise self.dead
+        waits = self.geometry is None and kind in NEEDS_MODEL
+        if waits and self._holding() >= self.max_held:   # all connections together: each has its own 32 too
+            raise TroubadourError(f"the model is still loading and {self.max_held} requests already wait for it; "
+                                  "ask again later", code="busy")
         reply = Reply(envelope, rid, kind)
         reply.key = key
         self.replies[key] = reply
-        if self.geometry is None and kind in NEEDS_MODEL:
+        if waits:
             self.held.append((reply, req))   # answered when the model is ready (events._model_ready)
             return
         self._handle(reply, req)
+
+    def _holding(self) -> int:
+        """Requests waiting for the model, without those cancelled or gone meanwhile (dropped here)."""
+        if len(self.held) >= self.max_held:
+            self.held = [(r, q) for r, q in self.held
+                         if r is None or (not r.closed and self.replies.get(r.key) is r)]
+        return len(self.held)
 
     def _handle(self, reply, req) -> None:
         try:
@@ -52,6 +63,7 @@ class Handlers:
             reply.fail(e)
 
     max_inflight = 32
+    max_held = 1024   # requests waiting for a model still loading whose config was not at hand
 
     # ------------------------------------------------------------------ simple requests
     def on_ping(self, reply, req):
