@@ -60,6 +60,20 @@ def test_rotation_prefers_a_remembered_variant_and_queues_the_one_whose_turn_it_
     assert server.resolve(b"c", get(context="explore")).variant == 1   # the turn moved on; nothing held
 
 
+def test_rotation_turns_are_bounded_and_the_least_recently_used_go_first(server):
+    """Connections come and go and the server learns of a vanished one only when a send to it fails: their
+    turns must not pile up. The turn a connection used last is kept over older ones."""
+    server.max_rotations = 3
+    turn = lambda client: server.resolve(client, get(context="explore")).variant   # noqa: E731
+    assert [turn(b"a"), turn(b"a")] == [0, 1]
+    for other in (b"b", b"c"):
+        turn(other)
+    assert turn(b"a") == 0   # two variants: a's third turn wraps around
+    turn(b"d")               # the fourth connection: b's turn, the oldest, is forgotten
+    assert len(server.rotation) == 3 and (b"b", "explore") not in server.rotation
+    assert turn(b"a") == 1 and turn(b"b") == 0   # a kept its turn; b starts over
+
+
 def test_reload_regenerates_only_changed_variants_and_drops_superseded_edits(server):
     """A variant regenerates when its track changed: more variants regenerate only the new ones; a second edit
     of a context before the first one's regeneration ran releases that one (nobody wants it); a file with no

@@ -63,6 +63,7 @@ class Handlers:
             reply.fail(e)
 
     max_inflight = 32
+    max_rotations = 1 << 16   # (connection, context) turns remembered; the least recently used go first
     max_held = 1024   # requests waiting for a model still loading whose config was not at hand
 
     # ------------------------------------------------------------------ simple requests
@@ -213,8 +214,10 @@ class Handlers:
 
     def _pick_variant(self, client: bytes, ctx) -> int:
         """Rotate through a context's variants per client, preferring ones already cached."""
-        n = self.rotation.get((client, ctx.name), 0)
-        self.rotation[(client, ctx.name)] = n + 1
+        n = self.rotation.pop((client, ctx.name), 0)
+        self.rotation[(client, ctx.name)] = n + 1   # re-inserted: the dict's order is least recently used first
+        if len(self.rotation) > self.max_rotations:   # connections that vanished without a failed send
+            del self.rotation[next(iter(self.rotation))]
         order = [(n + i) % ctx.variants for i in range(ctx.variants)]
         for v in order:
             key = self.context_spec(ctx, v).key
