@@ -371,16 +371,13 @@ def test_disconnect_mid_stream_still_caches(server):
 
 
 # ------------------------------------------------------------------ many unread cached streams, full pipes
-@pytest.fixture(scope="module")
-def long_cached(server, info):
-    """A cached 300 s track (the longest allowed), written straight into the server's cache: generating it
-    would take minutes. The key is computed the way the server does for a prompt request."""
+def cached_track(server, info, duration: float, prompt: str) -> dict:
+    """A cached track written straight into the server's cache (generating a long one would take minutes),
+    its key computed the way the server does for a prompt request: the get_track fields that name it."""
     from troubadour.cache import TrackCache, track_key
     from troubadour.params import GenParams
 
     model = info["model"]
-    duration = float(info["limits"]["max_duration"])
-    prompt = "slow clients: one very long cached track"
     frames = int(duration * model["sample_rate"])
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal((model["channels"], frames), np.float32) * 0.1).astype(np.float32)
@@ -389,10 +386,40 @@ def long_cached(server, info):
                   {"prompt": prompt})
     req = dict(prompt=prompt, params={"duration": duration}, format="pcm_f32le", sample_rate=48000)
     c = Conn(server.address)
-    first = c.call(P.GET_TRACK, cached_only=True, stream=True, **req)[0]   # the key matches: served from cache
+    first = c.call(P.GET_TRACK, cached_only=True, stream=True, **req)   # the key matches: served from cache
     c.close()
-    assert first.type == P.TRACK and first.body["cached"], first.body
+    assert first[0].type == P.TRACK and first[0].body["cached"] and first[-1].type == P.END, first[0].body
     return req
+
+
+@pytest.fixture(scope="module")
+def long_cached(server, info):
+    """A cached 300 s track, the longest allowed."""
+    return cached_track(server, info, float(info["limits"]["max_duration"]), "slow clients: one very long track")
+
+
+def test_unread_non_streamed_copies_of_one_cached_track_share_its_payload(server, info):
+    """One connection asks 48 times for a remembered 30 s track in one message each and reads nothing: every
+    reply carries the same payload (each held its own 5.8 MB copy, 276 MB here, until the client read)."""
+    req = cached_track(server, info, 30.0, "slow clients: a track asked for in one message")
+    size = 30 * 48000 * 4 * info["model"]["channels"]
+    fast = Conn(server.address)
+    whole = fast.call(P.GET_TRACK, stream=False, cached_only=True, **req)[-1]   # remembered from here on
+    assert whole.type == P.TRACK and len(whole.payload) == size
+    baseline = rss_mb(server)
+    slow = unread_dealer(server.address)
+    for i in range(48):
+        send(slow, P.GET_TRACK, id=i + 1, stream=False, **req)
+    assert fast.call(P.PING)[-1].type == P.PONG   # the server has read them all by now
+    time.sleep(1.0)
+    growth = rss_mb(server) - baseline
+    print(f"\n48 unread non-streamed copies of a {size / 2**20:.1f} MiB track: RSS +{growth:.0f} MB")
+    slow.close()
+    again = fast.call(P.GET_TRACK, stream=False, cached_only=True, **req)[-1]
+    assert bytes(again.payload) == bytes(whole.payload) and again.body["sha256"] == whole.body["sha256"]
+    fast.close()
+    alive(server)
+    assert growth <= size / 2**20 + RSS_MARGIN_MB, f"RSS grew {growth:.0f} MB"
 
 
 def test_many_unread_cached_streams_keep_memory_and_latency_bounded(server, long_cached):

@@ -46,6 +46,30 @@ def test_memo_holds_a_track_while_any_of_its_formats_is_remembered():
     assert not memo.holds("b") and memo.holds("c") and memo.size == 3000
 
 
+def test_memo_non_streamed_message_shares_one_payload_counted_against_the_limit():
+    """Every non-streamed request of a remembered track sends the same joined payload (unread replies held a
+    copy each); the bytes are protocol.reply()'s; the joined copy counts against the memo's limit."""
+    memo = Memo(limit_bytes=4000)
+    pieces = _pieces(2, 500)
+    memo.put(("t", "wav", 48000), pieces, 500, 1000, {"sha256": "x"})
+    for other in "uv":
+        memo.put((other, "wav", 48000), _pieces(1, 1000), 500, 1000, {})
+    entry = memo.get(("t", "wav", 48000))
+    head = {"track_id": "t", "context": "battle", "frames": 500}
+    first = memo.whole(entry, ("battle", 0), lambda: head)
+    again = memo.whole(entry, ("battle", 0), lambda: {})
+    assert again is first and memo.size == 4000
+    a, b = first.frames(1, 0), first.frames("r2", 0)
+    assert a[:3] == P.reply(1, 0, True, P.TRACK, b"", **head, bytes=1000, sha256="x")[:3]
+    assert a[3] is b[3] and bytes(a[3]) == b"".join(p for _, _, p in pieces)
+    boss = memo.whole(entry, ("boss", 0), lambda: {**head, "context": "boss"})
+    assert boss.frames(1, 0)[3] is a[3] and memo.size == 4000   # another header, the same payload
+    memo.whole(memo.get(("u", "wav", 48000)), ("x", 0), lambda: {"track_id": "u", "frames": 500})
+    assert memo.size == 4000 and not memo.holds("v") and memo.holds("t")   # over the limit: the oldest went
+    memo.drop("t")
+    assert memo.size == 2000 and bytes(a[3]) == b"".join(p for _, _, p in pieces)   # a made message keeps it
+
+
 def test_memo_header_is_built_once_per_key():
     memo = Memo()
     memo.put("t", _pieces(1, 100), 50, 100, {})

@@ -307,8 +307,7 @@ class Handlers:
             if entry.nbytes > P.MAX_TRACK_BYTES:
                 raise TroubadourError(f"the track is over {P.MAX_TRACK_BYTES} bytes in one message; ask with "
                                       "stream=true", code=P.TOO_LARGE, field="stream")
-            TrackStream(reply, None, header(), False).emit(entry.pieces, True, entry.frames, entry.nbytes,
-                                                           entry.digests)
+            reply.send_prebuilt(self.memo.whole(entry, (spec.context, spec.variant, repr(spec.info)), header))
             return
         reply.source = replay_memo(reply, entry, entry.header((spec.context, spec.variant, repr(spec.info)),
                                                                header))

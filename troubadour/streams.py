@@ -170,7 +170,7 @@ class Remembered:
     thread on every send), their chunk messages and the end message prebuilt, and the header messages
     built so far (one per context/variant that names this track)."""
 
-    __slots__ = ("pieces", "chunks", "end", "frames", "nbytes", "digests", "headers")
+    __slots__ = ("pieces", "chunks", "end", "frames", "nbytes", "digests", "headers", "wholes", "payload")
 
     def __init__(self, pieces: list, frames: int, nbytes: int, digests: dict):
         self.pieces = [(offset, n, zmq.Frame(data, copy=False)) for offset, n, data in pieces]
@@ -179,6 +179,12 @@ class Remembered:
         self.end = Prebuilt(P.END, True, frames=frames, bytes=nbytes, **digests)
         self.frames, self.nbytes, self.digests = frames, nbytes, digests
         self.headers: dict = {}
+        self.wholes: dict = {}   # non-streamed messages, as headers; they share `payload`
+        self.payload: zmq.Frame | None = None   # the pieces joined, made on the first non-streamed request
+
+    @property
+    def held(self) -> int:
+        return self.nbytes * (2 if self.payload is not None else 1)
 
     def header(self, key, build) -> Prebuilt:
         """The prebuilt header for `key` (what else the header says besides the track: context, variant,
@@ -188,6 +194,19 @@ class Remembered:
             if len(self.headers) >= 64:   # bounded: contexts come and go with profile edits
                 self.headers.clear()
             message = self.headers[key] = Prebuilt(P.TRACK, False, **build())
+        return message
+
+    def whole(self, key, build) -> Prebuilt:
+        """The prebuilt non-streamed message for `key` (`build()` gives the header's fields). Every request
+        sends the one joined payload: unread replies no longer hold a copy of the track each."""
+        message = self.wholes.get(key)
+        if message is None:
+            if self.payload is None:
+                self.payload = zmq.Frame(b"".join(f.buffer for _, _, f in self.pieces), copy=False)
+            if len(self.wholes) >= 64:
+                self.wholes.clear()
+            message = self.wholes[key] = Prebuilt(P.TRACK, True, self.payload, **build(), bytes=self.nbytes,
+                                                  **self.digests)
         return message
 
 
@@ -207,6 +226,15 @@ class Memo:
             self._items.move_to_end(key)
         return entry
 
+    def whole(self, entry: Remembered, key, build) -> Prebuilt:
+        """entry.whole(), its joined payload counted against the limit."""
+        before = entry.held
+        message = entry.whole(key, build)
+        self.size += entry.held - before
+        while self.size > self.limit:   # (the message keeps its payload alive if its own entry goes)
+            self._forget(next(iter(self._items)))
+        return message
+
     def holds(self, track_id: str) -> bool:
         """Some format/rate of this track is remembered: it can be delivered without the disk cache."""
         return track_id in self._tracks
@@ -225,7 +253,7 @@ class Memo:
             self._forget(key)
 
     def _forget(self, key) -> None:
-        self.size -= self._items.pop(key).nbytes
+        self.size -= self._items.pop(key).held
         left = self._tracks.pop(key[0]) - 1
         if left:
             self._tracks[key[0]] = left
