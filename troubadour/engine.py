@@ -290,8 +290,10 @@ class Engine(Geometry):
             complete = s - max_delay - p                          # new frames finished on every codebook
             if complete <= 0:
                 continue
-            if complete % self.chunk_frames == 0 and not torch.isfinite(raw).all():
-                # checked where audio leaves, not every step (a GPU sync); NaN spreads through the KV cache
+            # checked where audio leaves, not every step (a GPU sync); NaN spreads through the KV cache. A row's
+            # last frames leave at its end, whatever the chunk size (a 0.3 s track has no whole chunk)
+            leaving = complete % self.chunk_frames == 0 or any(out[r] < new[r] <= complete for r in range(b))
+            if leaving and not torch.isfinite(raw).all():
                 raise EngineFault("the model produced non-finite values (NaN/inf)")
             ready = []
             for r in range(b):

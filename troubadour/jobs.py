@@ -54,6 +54,7 @@ class GenJob:
         self.state = "queued"          # queued -> running -> done | failed | cancelled
         self.cancelled = False
         self.total_steps = 0
+        self.sent = False              # audio of it reached the I/O thread
 
     @property
     def key(self) -> str:
@@ -220,27 +221,45 @@ class Worker(threading.Thread):
                 continue
             self.busy = True
             try:
-                self._run_batch(batch)
-                self.failures = 0
-            except Cancelled:
-                for job in batch:
-                    self.scheduler.finish(job, "cancelled")
-                    self.emit(("failed", job, Cancelled()))
-            except Exception as exc:  # the model failed: fail these requests, keep serving others
-                # a model that makes NaN fails each request but is not dead; other errors in a row are
-                self.failures += 0 if isinstance(exc, EngineFault) else 1
-                err = _engine_error(exc)
-                _free_device_memory()
-                dead = self.failures >= 3 or _fatal(exc)
-                for job in batch:
-                    self.scheduler.finish(job, "failed")
-                    if not dead:
-                        self.emit(("failed", job, err))
-                if dead:   # every open request, these included, gets engine_dead
-                    self.emit(("dead", err))
+                if not self._attempt(batch):
                     return
             finally:
                 self.busy = False
+
+    def _attempt(self, batch: list[GenJob]) -> bool:
+        """Runs a batch and reports how each job ended; False when the engine cannot go on."""
+        try:
+            self._run_batch(batch)
+            self.failures = 0
+        except Cancelled:
+            for job in batch:
+                if job.state == "running":   # (rows that finished before the others were cancelled stay done)
+                    self.scheduler.finish(job, "cancelled")
+                    self.emit(("failed", job, Cancelled()))
+        except Exception as exc:  # the model failed: fail these requests, keep serving others
+            _free_device_memory()
+            if len(batch) > 1 and not _fatal(exc):
+                # one row may be the cause (a prompt that overflows the text encoder in fp16, a NaN in one row):
+                # rows that sent no audio yet are tried alone (a track is the same alone as batched)
+                for job in batch:
+                    if job.state == "running" and (job.cancelled or job.sent):
+                        self.scheduler.finish(job, "failed" if job.sent else "cancelled")
+                        self.emit(("failed", job, Cancelled() if not job.sent else _engine_error(exc)))
+                return all(self._attempt([job]) for job in batch if job.state == "running")
+            # a model that makes NaN fails each request but is not dead; other errors in a row are
+            self.failures += 0 if isinstance(exc, EngineFault) else 1
+            err = _engine_error(exc)
+            dead = self.failures >= 3 or _fatal(exc)
+            for job in batch:
+                if job.state != "running":
+                    continue
+                self.scheduler.finish(job, "failed")
+                if not dead:
+                    self.emit(("failed", job, err))
+            if dead:   # every open request, these included, gets engine_dead
+                self.emit(("dead", err))
+                return False
+        return True
 
     def _melody(self, spec: TrackSpec | None):
         """The audio of a theme track: from the cache, or generated (and cached) first."""
@@ -269,8 +288,8 @@ class Worker(threading.Thread):
                     if not j.cancelled and done <= j.total_steps:
                         self.emit(("progress", j, done, j.total_steps))
 
-        def should_stop() -> bool:
-            return self._stop_event.is_set() or all(j.cancelled for j in batch)
+        def should_stop() -> bool:   # nobody wants the rows still being made (finished ones are cached)
+            return self._stop_event.is_set() or all(j.cancelled or j.state == "done" for j in batch)
 
         shapers = [Shaper(shape_of(j.spec.info), self.engine.samples_for(j.spec.params.duration),
                           self.engine.sample_rate, self.engine.info.frame_rate) for j in batch]
@@ -292,6 +311,7 @@ class Worker(threading.Thread):
                 self.scheduler.finish(job, "done")
                 self.generated += 1
             for i, piece in enumerate(pieces):
+                job.sent = True
                 self.emit(("chunk", job, chunk.start, piece, chunk.final and i == len(pieces) - 1))
             if chunk.final:
                 self.emit(("done", job, audio, meta))

@@ -1,0 +1,133 @@
+"""The engine thread (troubadour.jobs.Worker) on the tiny model: how each job of a batch ends when some of its
+rows are cancelled or fail, reported through the same events the server's I/O thread reads."""
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from troubadour.cache import track_key
+from troubadour.engine import Job
+from troubadour.errors import Cancelled
+from troubadour.jobs import Scheduler, TrackSpec, Worker
+from troubadour.params import GenParams
+
+
+def spec(prompt: str, duration: float) -> TrackSpec:
+    params = GenParams(duration=duration, seed=5)
+    return TrackSpec(track_key("tiny", prompt, params), prompt, params)
+
+
+class Run:
+    """A Worker over `engine` whose events land in a queue; `on_event(event)` runs on the engine thread."""
+
+    def __init__(self, engine, on_event=None):
+        self.scheduler = Scheduler(max_queue=8, max_batch=4)
+        self.events: queue.Queue = queue.Queue()
+        self.on_event = on_event
+
+        def emit(event):
+            self.events.put(event)
+            if self.on_event:
+                self.on_event(event)
+
+        self.worker = Worker(engine, self.scheduler, emit)
+
+    def start(self):
+        self.worker.start()
+
+    def ends(self, jobs, timeout: float = 120) -> dict:
+        """job -> [("done" | "failed", detail)] until every job has ended (and a little after, for extras)."""
+        out = {j: [] for j in jobs}
+        while any(not v for v in out.values()):
+            event = self.events.get(timeout=timeout)
+            if event[0] in ("done", "failed") and event[1] in out:
+                out[event[1]].append((event[0], event[2]))
+        try:
+            while True:
+                event = self.events.get(timeout=0.5)
+                if event[0] in ("done", "failed") and event[1] in out:
+                    out[event[1]].append((event[0], event[2]))
+        except queue.Empty:
+            pass
+        return out
+
+    def stop(self):
+        self.worker.stop()
+        self.worker.join(10)
+
+
+def test_cancelling_the_last_unfinished_row_of_a_batch_stops_it(engine):
+    """A batch of a 2 s and a 1.3 s track: once the short one is done, cancelling the long one (nobody else
+    wants it) stops the generation; the finished row stays done (no second end reported for it)."""
+    run = Run(engine)
+    owner = object()
+    long_job, _ = run.scheduler.submit(spec("a long one", 2.0), 0, owner)
+    short_job, _ = run.scheduler.submit(spec("a short one", 1.3), 0, owner)
+    steps = []
+
+    def on_event(event):
+        if event[0] == "done" and event[1] is short_job:
+            run.scheduler.release(long_job, owner)
+        if event[0] == "progress" and event[1] is long_job:
+            steps.append(event[2])
+
+    run.on_event = on_event
+    run.start()
+    try:
+        ends = run.ends([long_job, short_job])
+    finally:
+        run.stop()
+    assert [e[0] for e in ends[short_job]] == ["done"] and short_job.state == "done"
+    assert len(ends[long_job]) == 1 and isinstance(ends[long_job][0][1], Cancelled), ends[long_job]
+    assert long_job.state == "cancelled"
+    assert max(steps) < engine.steps_for(2.0)   # it stopped before its end
+
+
+@pytest.fixture
+def nan_for(backend):
+    """Text-encoder output made NaN for prompts containing the word in `word[0]` (as fp16 overflow does for
+    some prompts on a GPU): the NaN stays in that row."""
+    word = [None]
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        for row, text in enumerate(backend.tokenizer.batch_decode(ids)):
+            if word[0] and word[0] in text:
+                output.last_hidden_state[row] = float("nan")
+        return output
+
+    handle = backend.model.text_encoder.register_forward_hook(hook, with_kwargs=True)
+    yield word
+    handle.remove()
+
+
+def test_a_row_that_fails_fails_alone_and_its_batch_mates_are_made_as_alone(engine, nan_for):
+    nan_for[0] = "explode"
+    run = Run(engine)
+    owner = object()
+    bad, _ = run.scheduler.submit(spec("explode the drums", 1.0), 0, owner)
+    good, _ = run.scheduler.submit(spec("calm piano", 1.0), 0, owner)
+    run.start()
+    try:
+        ends = run.ends([bad, good])
+    finally:
+        run.stop()
+    assert [e[0] for e in ends[bad]] == ["failed"] and "non-finite" in ends[bad][0][1].message
+    assert [e[0] for e in ends[good]] == ["done"], ends[good]
+    alone = engine.generate([Job("calm piano", good.spec.params)])[0].audio
+    np.testing.assert_array_equal(ends[good][0][1], alone)
+    assert run.worker.failures == 0   # a bad prompt is not a broken engine
+
+
+def test_a_short_track_made_of_nan_is_an_engine_fault(engine, nan_for):
+    """Under one chunk (25 frames, 0.5 s) no chunk boundary is passed: the end of the track is checked too."""
+    from troubadour.engine import EngineFault
+
+    nan_for[0] = "broken"
+    for duration in (0.3, 0.48, 0.7):
+        with pytest.raises(EngineFault):
+            engine.generate([Job("broken strings", GenParams(duration=duration))])
+    assert torch.isfinite(torch.as_tensor(engine.generate([Job("fine strings", GenParams(duration=0.3))])[0].audio)).all()
