@@ -98,7 +98,9 @@ def test_melody_model_compiles_too(tmp_path):
             Job("a much longer prompt about a tense night in the haunted forest", GenParams(duration=1.0, seed=4))]
     comp = Engine(be, compile_step=True)
     assert_same_tracks(Engine(be).generate(jobs), comp.generate(jobs))
-    assert forward_calls(comp, jobs) == 1   # the prefill of melody and text; every step after it compiled
+    # prompts of two lengths run apart on a melody model (engine.batch_groups): a prefill of melody and text
+    # each, every step after it compiled
+    assert forward_calls(comp, jobs) == len(comp.batch_groups([j.prompt for j in jobs])) == 2
 
 
 def test_generate_with_compile_flag_writes_the_same_track(tiny_model, cli_env, tmp_path):

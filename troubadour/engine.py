@@ -132,6 +132,17 @@ class Engine(Geometry):
             frames -= n
         return steps
 
+    def batch_groups(self, prompts: list[str]) -> list[list[int]]:
+        """Rows that can share a batch and still come out as they would alone: all of them, except on melody
+        models, whose text sits in the decoder's sequence padded to the batch's longest prompt (the padding
+        shifts and changes the other rows): there only prompts of one token length go together."""
+        if not self.info.melody or len(prompts) < 2:
+            return [list(range(len(prompts)))]
+        groups: dict = {}
+        for row, n in enumerate(self.backend.text_lengths(prompts)):
+            groups.setdefault(n, []).append(row)
+        return list(groups.values())
+
     def validate(self, jobs: list[Job]) -> None:
         if not jobs:
             raise ValidationError("no prompts given", field="prompt")
@@ -168,6 +179,10 @@ class Engine(Geometry):
         of their own codes; the codes form one sequence, so the audio has no seams.
         """
         self.validate(jobs)
+        groups = self.batch_groups([j.prompt for j in jobs])
+        if len(groups) > 1:
+            yield from self._stream_groups(jobs, groups, progress, should_stop)
+            return
         b = len(jobs)
         frames = [self.frames_for(j.params.duration) for j in jobs]
         total = self.steps_for(max(j.params.duration for j in jobs))
@@ -214,6 +229,17 @@ class Engine(Geometry):
                 windows = [(active[i], decoders[active[i]].push(codes)) for i, codes in ready]
                 yield from self._decode_windows(decoders, [(r, w) for r, w in windows if w is not None])
             first = False
+
+    def _stream_groups(self, jobs, groups, progress, should_stop) -> Iterator[Chunk]:
+        """stream() over rows that cannot share a batch: one group after the other, progress counted over all."""
+        totals = [self.steps_for(max(jobs[r].params.duration for r in g)) for g in groups]
+        done = 0
+        for rows, steps in zip(groups, totals):
+            inner = None if progress is None else (lambda d, _t, base=done: progress(base + d, sum(totals)))
+            for chunk in self.stream([jobs[r] for r in rows], progress=inner, should_stop=should_stop):
+                chunk.row = rows[chunk.row]
+                yield chunk
+            done += steps
 
     def _decode_windows(self, decoders, windows) -> Iterator[Chunk]:
         """The due chunks, one EnCodec call per row: a batched call rounds differently (~1e-7, measured), and

@@ -220,9 +220,10 @@ class Worker(threading.Thread):
             if not batch:
                 continue
             self.busy = True
-            try:
-                if not self._attempt(batch):
-                    return
+            try:   # (a melody model may split a batch: rows that would change each other run apart)
+                for rows in self.engine.batch_groups([j.spec.prompt for j in batch]):
+                    if not self._attempt([batch[r] for r in rows]):
+                        return
             finally:
                 self.busy = False
 

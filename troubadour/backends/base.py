@@ -41,6 +41,10 @@ class Backend:
     def decode_audio(self, codes):
         raise NotImplementedError
 
+    def text_lengths(self, prompts: list[str]) -> list[int]:
+        """Tokens per prompt, as encode_text counts them (melody models batch equal lengths only)."""
+        raise NotImplementedError
+
     def stream_decoder(self, lookahead_frames: int, gemv=None):
         """A per-track decoder that carries the codec's state from chunk to chunk (codec_stream.py), or None:
         the engine then decodes each chunk from its codes with left context. gemv: the native kernel, if the

@@ -43,6 +43,9 @@ class TransformersBackend(Backend):
             hidden = hidden * mask[..., None].to(hidden.dtype)
         return hidden, mask
 
+    def text_lengths(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+
     def melody_prefix(self, hidden, chroma: list):
         """musicgen-melody's conditioning: chroma frames then text, prepended to the decoder input.
 
