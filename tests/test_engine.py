@@ -133,6 +133,7 @@ def test_cancel_between_steps_then_engine_still_works(engine):
     ("duration", 0), ("duration", -1.0), ("duration", 301.0), ("duration", float("nan")),
     ("temperature", 0), ("temperature", -0.5), ("top_k", -1), ("top_k", 2.5), ("top_p", -0.1),
     ("top_p", 1.5), ("cfg_coef", 0.5), ("seed", 1.5), ("seed", "7"), ("seed", -1), ("temperature", "hot"),
+    ("temperature", 1e-300), ("temperature", 100.5), ("cfg_coef", 1e39), ("cfg_coef", 101),   # float32 overflows
 ])
 def test_invalid_parameters_are_coded_errors(engine, field, value):
     with pytest.raises(ValidationError) as e:

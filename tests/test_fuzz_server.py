@@ -305,13 +305,13 @@ def valid_params(draw) -> dict:
                                  st.none(), max_size=5))
     for key in extra:
         if key == "temperature":
-            params[key] = draw(st.one_of(st.floats(1e-300, 1e300), st.integers(1, 10**6)))
+            params[key] = draw(st.one_of(st.floats(0.001, 100), st.integers(1, 100)))
         elif key == "top_k":
             params[key] = draw(st.one_of(st.integers(0, 300), st.just(P.INT_MAX)))
         elif key == "top_p":
             params[key] = draw(st.one_of(st.floats(0, 1), st.sampled_from([0, 1])))
         elif key == "cfg_coef":
-            params[key] = draw(st.one_of(st.floats(1, 1e300), st.just(1)))
+            params[key] = draw(st.one_of(st.floats(1, 100), st.just(1)))
         else:
             params[key] = draw(st.integers(0, P.INT_MAX))
     return params
@@ -594,19 +594,24 @@ def test_duplicate_id_in_one_burst_gets_one_final_each(server):
                                   f"errors {sum(t == P.ERROR for _, t, _ in finals)})")
 
 
-def test_overflowing_but_valid_params_do_not_kill_the_engine(server):
-    """cfg_coef passes validation (finite, >= 1) but 1e300 overflows float32 in the engine: the logits go
-    non-finite and the batch fails with EngineFault. The server must not count such request-caused failures
-    towards "the engine is dead" (3 in a row), or any client can shut it down with valid requests."""
+def test_extreme_valid_params_make_tracks_and_overflowing_ones_are_refused(server):
+    """Sampling settings at the ends of their ranges make tracks; past them (cfg_coef 1e300 overflowed float32
+    in the engine, and such request-caused failures must never count towards "the engine is dead") they are
+    refused with invalid_param. The server goes on serving."""
     w = Wire(server)
-    for i in range(4):
-        body = {"id": f"cfg{i}", "prompt": "cfg overflow", "params": {"duration": 1.0, "cfg_coef": 1e300, "seed": i}}
+    extremes = [{"cfg_coef": 100, "temperature": 0.001}, {"cfg_coef": 1, "temperature": 100},
+                {"cfg_coef": 1e300}, {"temperature": 1e-300}]
+    for i, params in enumerate(extremes):
+        body = {"id": f"cfg{i}", "prompt": "cfg overflow", "params": {"duration": 1.0, "seed": i, **params}}
         w.send([b"", P.HEADER, b"get_track", pack(body)])
         while (m := w.recv(REPLY_TIMEOUT)) is not None and (is_event(m) or not m.final):
             pass
         alive(server)
-        assert m is not None and (m.type == P.TRACK or m.body["code"] in (P.INVALID_PARAM, "engine_error")), \
-            m and m.body
+        assert m is not None, params
+        if i < 2:
+            assert m.type == P.TRACK, (params, m.body)
+        else:
+            assert m.type == P.ERROR and m.body["code"] == P.INVALID_PARAM, (params, m.body)
     body = {"id": "after", "prompt": "cfg overflow", "params": {"duration": 1.0, "seed": 99}}
     msgs = exchange(w, [b"", P.HEADER, b"get_track", pack(body)], req_id="after")
     assert msgs[-1].type == P.TRACK, msgs[-1].body

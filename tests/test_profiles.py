@@ -274,15 +274,18 @@ def assert_names(err: ProfileError, path: Path, context: str | None, field: str 
     assert err.code == "profile_error"
 
 
+TEMPERATURE_RANGE = "must be in [0.001, 100] (for the likeliest codes use top_k = 1)"
+
+
 def test_error_message_format(tmp_path):
     path = write(tmp_path, "[contexts.battle]\nmood = 'tense'\ntemperature = 0\n", name="profiles.toml")
     with pytest.raises(ProfileError) as info:
         load_profiles(path)
-    assert info.value.message == f"{path}: context 'battle': field 'temperature': must be > 0, got 0"
+    assert info.value.message == f"{path}: context 'battle': field 'temperature': {TEMPERATURE_RANGE}, got 0"
     assert info.value.field == "contexts.battle.temperature"
     parse = pytest.raises(ProfileError, parse_profiles, "[contexts.battle]\nmood='x'\ntemperature=0\n",
                           "profiles.toml")
-    assert parse.value.message == "profiles.toml: context 'battle': field 'temperature': must be > 0, got 0"
+    assert parse.value.message == f"profiles.toml: context 'battle': field 'temperature': {TEMPERATURE_RANGE}, got 0"
 
 
 def test_toml_syntax_error_has_line(tmp_path):

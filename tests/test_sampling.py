@@ -64,3 +64,20 @@ def test_subset_keeps_settings_and_streams():
     part.sample(logits)
     sub = part.subset([0, 2])   # a later window with the middle row done
     assert torch.equal(sub.sample(logits[[0, 2]]), full.sample(logits)[[0, 2]])
+
+
+def test_seeds_past_32_bits_draw_their_own_streams_on_the_cpu():
+    """mt19937 (the CPU generator) keeps a seed's low 32 bits: 5 and 5 + 2**32 drew the same noise, so they
+    made the same track under two cache keys. Seeds below 2**32 keep their streams (the tracks made before)."""
+    def draws(seed):
+        sampler = Sampler([GenParams(top_k=0, seed=seed)], torch.device("cpu"))
+        return torch.cat([sampler.sample(LOGITS.repeat(1, 64, 1))[0] for _ in range(4)])
+
+    seeds = [5, 5 + 2**32, 5 + 3 * 2**40, 2**63 - 2**32 + 5, 2**32, 0]
+    picks = [draws(s) for s in seeds]
+    for i in range(len(seeds)):
+        for j in range(i):
+            assert not torch.equal(picks[i], picks[j]), (seeds[i], seeds[j])
+    g = torch.Generator().manual_seed(5)   # a small seed seeds the generator as it always did
+    want = (LOGITS.repeat(1, 64, 1) - torch.empty(1, 64, 8).exponential_(generator=g)[0].log()).argmax(-1)
+    assert torch.equal(draws(5)[:64], want[0])

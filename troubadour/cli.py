@@ -36,7 +36,7 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int, dest="top_k")
     p.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling; 0 = off (use top-k)")
-    p.add_argument("--cfg", type=float, dest="cfg_coef", help="classifier-free guidance (>= 1)")
+    p.add_argument("--cfg", type=float, dest="cfg_coef", help="classifier-free guidance (1-100)")
     p.add_argument("--seed", type=int, help="integer seed; the same seed and settings give the same audio")
 
 

@@ -12,6 +12,10 @@ MAX_DURATION = 300.0
 MAX_VARIANTS = 16
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+# Sampling settings past these only overflow float32 logits (1e-300 becomes 0, cfg 1e39 infinity), where
+# ties decide instead of the model; 0.001 is already greedy in effect and 100 far past any useful guidance.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.001, 100.0
+MAX_CFG = 100.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,9 @@ class GenParams:
             raise ValidationError(f"duration must be in (0, {max_duration:g}] seconds, got {self.duration!r}",
                                   field="duration")
         _number(self.temperature, "temperature")
-        if not self.temperature > 0:
-            raise ValidationError(f"temperature must be > 0, got {self.temperature!r}", field="temperature")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise ValidationError(f"temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (for the "
+                                  f"likeliest codes use top_k = 1), got {self.temperature!r}", field="temperature")
         _integer(self.top_k, "top_k")
         if self.top_k < 0:
             raise ValidationError(f"top_k must be >= 0, got {self.top_k!r}", field="top_k")
@@ -58,8 +63,8 @@ class GenParams:
         if not 0 <= self.top_p <= 1:
             raise ValidationError(f"top_p must be in [0, 1], got {self.top_p!r}", field="top_p")
         _number(self.cfg_coef, "cfg_coef")
-        if not self.cfg_coef >= 1:
-            raise ValidationError(f"cfg_coef must be >= 1, got {self.cfg_coef!r}", field="cfg_coef")
+        if not 1 <= self.cfg_coef <= MAX_CFG:
+            raise ValidationError(f"cfg_coef must be in [1, {MAX_CFG:g}], got {self.cfg_coef!r}", field="cfg_coef")
         _integer(self.seed, "seed")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValidationError(f"seed must be in [0, 2**63-1], got {self.seed!r}", field="seed")

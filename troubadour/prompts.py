@@ -15,13 +15,13 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .errors import ProfileError, ValidationError, did_you_mean
-from .params import GenParams
+from .params import MAX_CFG, MAX_TEMPERATURE, GenParams
 
 PRESET_KINDS = ("moods", "genres", "fixes")
 PRESET_PARAMS = ("temperature", "top_k", "top_p", "cfg_coef")
-# Bounds that keep preset results valid GenParams (temperature must stay > 0).
-_CLAMP = {"temperature": (0.05, math.inf), "top_k": (0, math.inf), "top_p": (0.0, 1.0),
-          "cfg_coef": (1.0, math.inf)}
+# Bounds that keep preset results valid GenParams (and temperature clearly above greedy).
+_CLAMP = {"temperature": (0.05, MAX_TEMPERATURE), "top_k": (0, math.inf), "top_p": (0.0, 1.0),
+          "cfg_coef": (1.0, MAX_CFG)}
 TEMPO_NOUNS = {"tempo", "pace", "beat", "rhythm", "groove", "bpm"}
 
 

@@ -22,7 +22,7 @@ class Sampler:
         self.gens = []
         for x in p:
             g = torch.Generator(device=device)
-            g.manual_seed(x.seed)
+            g.manual_seed(generator_seed(x.seed, g.device))
             self.gens.append(g)
         # candidates a row draws noise for: its top k, or the whole vocabulary (top-p, or top-k off); its own
         # count, so a row's random stream does not depend on the rows it is batched with
@@ -46,7 +46,7 @@ class Sampler:
         b, k, v = logits.shape
         widths = [min(w, v) if w else v for w in self.widths]
         width = max(widths)
-        # extreme but valid settings (cfg 1e300, temperature 1e-300) overflow: keep the order, drop the infinities
+        # overflow (bounded settings should not, params.py): keep the order, drop the infinities
         big = torch.finfo(logits.dtype).max / 4
         logits = torch.nan_to_num(logits / self.temp, nan=-big, posinf=big, neginf=-big)
         # only top-k rows: their candidates alone (topk is ~20x cheaper than sorting a 2048-code vocabulary)
@@ -61,3 +61,17 @@ class Sampler:
             noise[r, :, :w] = torch.empty(k, w, device=logits.device).exponential_(generator=g)
         pick = (cand - noise.clamp_min(1e-20).log()).argmax(dim=-1, keepdim=True)
         return order.gather(-1, pick)[..., 0]
+
+
+def generator_seed(seed: int, device) -> int:
+    """The seed a row's generator gets. The CPU generator (mt19937) keeps only a seed's low 32 bits, so 5 and
+    5 + 2**32 made the same track; seeds from 2**32 up are mixed down to 32 bits (splitmix64) instead, and the
+    smaller ones, most seeds in use, keep the tracks they always made. Other devices take all 64 bits."""
+    if seed < 1 << 32 or torch.device(device).type != "cpu":
+        return seed
+    mask = (1 << 64) - 1
+    z = (seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
