@@ -377,3 +377,23 @@ def test_snap_puts_loop_points_on_codec_frames_near_the_bars():
     snapped = loops.loop_points(n, sr, bpm, snap=640)
     assert all(p % 640 == 0 for p in snapped)
     assert all(abs(a - b) <= 320 for a, b in zip(plain, snapped))
+
+
+@pytest.mark.parametrize("bpm,bars,seconds", [(140, 6, 10), (140, 2, 4), (90, 4, 10.5)])
+def test_a_server_track_of_whole_frames_loops_over_its_last_bar(bpm, bars, seconds):
+    """A profile's duration is rounded to whole bars, then to the nearest codec frame: at 140 bpm 6 bars are
+    10.2857 s and the track 514 frames (10.28 s). Its last bar must still be looped (it was dropped: 8.58 s
+    of a 10.28 s track, and a 2-bar track looped 6 beats off the bar lines) and end where a bake's loop ends."""
+    from troubadour.bake import GUARD_S
+
+    sr, hop, rate = 32000, 640, 50
+    duration = loops.bar_aligned_duration(seconds, bpm, "4/4", 300.0)
+    assert round(duration / loops.bar_seconds(bpm)) == bars
+    n = round(duration * rate) * hop              # what the server generates (geometry.frames_for)
+    assert n < bars * loops.bar_seconds(bpm) * sr  # just short of the last bar line
+    start, end = loops.loop_points(n, sr, bpm, snap=hop)
+    bar = loops.bar_seconds(bpm) * sr
+    assert end == n and abs(end - bars * bar) <= hop // 2
+    assert abs(start - bar) <= hop // 2 and start % hop == 0
+    baked = round((duration + GUARD_S) * rate) * hop  # a bake generates past the bar line
+    assert loops.loop_points(baked, sr, bpm, snap=hop) == (start, end)

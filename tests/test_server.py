@@ -71,6 +71,15 @@ def test_cold_then_cached_identical_audio_in_order(conn):
     assert audio_of(cold) == audio_of(hot)
 
 
+def test_a_looping_track_keeps_its_last_bar(conn):
+    """10 s of battle (140 bpm) is 6 bars, 10.2857 s, generated as 514 codec frames (10.28 s): the loop runs
+    from bar 1 to the end of the track, over 5 bars (it stopped at bar 5, dropping 1.7 s of the track)."""
+    head = track(conn, context="battle", params={"duration": 10.0})[0].body
+    bar = 4 * 60 / 140 * 32000
+    assert head["loop_end"] == head["frames"] and abs(head["frames"] - 6 * bar) <= 320
+    assert abs(head["loop_start"] - bar) <= 320 and abs(head["loop_end"] - head["loop_start"] - 5 * bar) <= 640
+
+
 def test_cold_stream_starts_before_generation_ends(conn):
     rid = conn.send(P.GET_TRACK, context="boss", stream=True, params={"duration": 8.0, "seed": 5})
     t0 = time.time()

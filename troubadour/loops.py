@@ -93,9 +93,11 @@ def bar_aligned_duration(duration: float, bpm: float, meter: str = "4/4",
 # --- loop points ------------------------------------------------------------------------
 
 
-def _grid_points(n: int, step: float, xf: int) -> tuple[int, int] | None:
-    """(first grid line >= xf, last grid line <= n) on a grid of `step` frames, if they span > 0."""
-    last = math.floor(n / step + 1e-9)
+def _grid_points(n: int, step: float, xf: int, tol: int = 0) -> tuple[int, int] | None:
+    """(first grid line >= xf, last grid line <= n + tol, cut at n) on a grid of `step` frames, if they span
+    > 0. `tol`: a track made of whole codec frames ends up to half a frame before its last bar line (its
+    length rounds to the nearest frame); that bar still counts, or the loop lost a whole bar."""
+    last = math.floor((n + tol) / step + 1e-9)
     end = min(n, round(last * step))
     k = max(1, math.ceil(xf / step - 1e-9))
     start = round(k * step)
@@ -117,8 +119,9 @@ def _plan(n: int, sr: int, bpm: float | None, meter: str, crossfade_s: float | N
     points = None
     if bpm is not None:
         # Prefer bars; a track shorter than two bars still loops on beats.
-        points = (_grid_points(n, bar_seconds(bpm, meter) * sr, xf)
-                  or _grid_points(n, beat * sr, xf))
+        tol = max(1, snap // 2)   # as far as snapping moves a loop point anyway (a sample at least)
+        points = (_grid_points(n, bar_seconds(bpm, meter) * sr, xf, tol)
+                  or _grid_points(n, beat * sr, xf, tol))
     start, end = points or (xf, n)
     if snap > 1:
         # A loop of whole codec frames (20 ms) keeps the codec's frame-rate texture in phase at the seam;

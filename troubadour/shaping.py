@@ -9,7 +9,8 @@ import numpy as np
 from .loops import LoopStreamer
 
 STINGER_FADE_S = 1.0
-SHAPE_VERSION = 2   # part of cache keys: bump when the processing changes
+SHAPE_VERSION = 3   # part of cache keys: bump when the processing changes (3: a last bar cut short by
+                    # frame rounding still loops)
 
 
 def shape_of(info: dict) -> dict | None:
