@@ -177,3 +177,27 @@ def test_file_names_fold_accents_instead_of_dropping_letters():
     assert slug("Épopée du dragon — l'antre!") == "epopee_du_dragon_l_antre"
     assert slug("Straße nach Köln") == "strasse_nach_koln"
     assert slug("戦闘のテーマ") == "track"
+
+
+def test_prompts_sharing_a_file_name_do_not_overwrite_each_other(engine, tmp_path):
+    """Names keep 40 characters of the prompt: two prompts alike up to there, same seed, same folder, got one
+    file (the second prompt's) and two log lines pointing at it. Made again, a track takes its own name back."""
+    from troubadour.generate import Plan, render
+    from troubadour.params import GenParams
+
+    long = "an epic orchestral battle theme with war drums"
+    plans = [Plan(long, GenParams(duration=0.5, seed=7)), Plan(long + " and horns", GenParams(duration=0.5, seed=7))]
+    first, second = (render(engine, p, tmp_path)[0] for p in plans)
+    assert first != second and first.name == "an_epic_orchestral_battle_theme_with_war_s7_v0.wav"
+    for path, plan in zip((first, second), plans):
+        assert json.loads(path.with_suffix(".json").read_text())["prompt"] == plan.prompt
+    assert [render(engine, p, tmp_path)[0] for p in reversed(plans)] == [second, first]
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == sorted([first.name, second.name])
+
+
+def test_unknown_context_is_an_error_with_a_suggestion(tmp_path, cli_env, tiny_model):
+    """An offline render of a context that is not in the profiles was fallback music written under the typo's
+    name (and `Battle` overwrote battle's files); the server and `fetch` warn, `generate` refuses."""
+    r = run(["generate", "--context", "Battle", "--model", str(tiny_model), "--out", "o"], cli_env, tmp_path)
+    assert r.returncode == 2 and "unknown context 'Battle'" in r.stderr and "'battle'" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

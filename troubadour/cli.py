@@ -168,7 +168,9 @@ def plan_from_args(args):
                 raise TroubadourError(f"--{name} builds a prompt and does not combine with --context: set "
                                       f"{name} in the profiles file", code="invalid_param", field=name)
         profiles = load_profiles(args.profiles)
-        ctx = profiles.get(args.context)
+        # strict: files named after a context that is not in the profiles, made of fallback music, would be
+        # a typo's output (and "Battle" would overwrite battle's files)
+        ctx = profiles.get(args.context, strict=True)
         theme = profiles.get(ctx.theme) if ctx.theme else None
         base = ctx.params.to_dict()
         variants = args.variations if args.variations is not None else ctx.variants

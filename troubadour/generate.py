@@ -42,6 +42,29 @@ def slug(text: str, limit: int = 40) -> str:
     return (s[:limit].rstrip("_") or "track")
 
 
+def _free_name(out: Path, stem: str, fmt: str, job: Job, engine: Engine) -> Path:
+    """`stem.fmt`, or `stem_2.fmt`, `stem_3.fmt`... when that file holds another track: names keep 40 characters
+    of the prompt, so two prompts (or contexts) could share one and the second overwrote the first. The same
+    track made again (prompt, parameters, model) takes its own name back."""
+    import json
+
+    from .audio import sidecar_path
+
+    n = 1
+    while True:
+        path = out / (f"{stem}.{fmt}" if n == 1 else f"{stem}_{n}.{fmt}")
+        try:
+            meta = json.loads(sidecar_path(path).read_text("utf-8"))
+        except (OSError, ValueError):
+            if not path.exists():
+                return path
+            meta = None   # audio without a readable sidecar: somebody's file, kept
+        if isinstance(meta, dict) and (meta.get("prompt"), meta.get("params"), meta.get("model_identity")) == (
+                job.prompt, job.params.to_dict(), engine.info.identity):
+            return path
+        n += 1
+
+
 def render(engine: Engine, plan: Plan, out_dir: str | Path, fmt: str = "wav",
            progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Generate all variations of `plan` in one batch; write audio, sidecars and the metadata log."""
@@ -56,7 +79,8 @@ def render(engine: Engine, plan: Plan, out_dir: str | Path, fmt: str = "wav",
     written = []
     for i, (job, res) in enumerate(zip(jobs, results)):
         audio = normalize_loudness(res.audio, engine.sample_rate, target_lufs=plan.loudness)
-        path = write_audio(out / f"{base}_s{job.params.seed}_v{i}.{fmt}", audio, engine.sample_rate, fmt)
+        path = write_audio(_free_name(out, f"{base}_s{job.params.seed}_v{i}", fmt, job, engine),
+                           audio, engine.sample_rate, fmt)
         meta = {
             "file": path.name,
             "prompt": job.prompt,
