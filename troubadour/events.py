@@ -5,7 +5,7 @@ and profile-file edits from the watcher (hot-swap: the profiles reloaded, change
 from __future__ import annotations
 
 from . import protocol as P
-from .errors import ENGINE_DEAD, ProfileError, TroubadourError
+from .errors import ENGINE_DEAD, TroubadourError
 from .parse import RequestParser
 from .jobs import BACKGROUND, TrackSpec
 from .profiles import check_model_support, load_profiles
@@ -124,9 +124,7 @@ class Events:
         changed when its track key did (prompt, params, shape, or its theme's track); only those regenerate."""
         try:
             new = load_profiles(self.profiles_path)
-            check_model_support(new, self.geometry.info)
-            if not new.contexts:   # an editor half-way through a save, most likely
-                raise ProfileError(f"{self.profiles_path}: no contexts; the previous profiles stay")
+            check_model_support(new, self.geometry.info)   # (a file with no contexts is refused by the loader)
         except TroubadourError as e:
             for s in self.subscribers.values():
                 s.push("profiles_error", message=e.message, file=str(self.profiles_path or ""))

@@ -150,7 +150,12 @@ def load_profiles(path=None) -> Profiles:
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ProfileError(f"{path}: not valid UTF-8 text (line {line}, byte {e.start})") from None
-    return parse_profiles(text, str(path), path=path)
+    # Windows editors (Notepad) may start UTF-8 files with a byte-order mark, which TOML does not allow
+    profiles = parse_profiles(text.removeprefix("\ufeff"), str(path), path=path)
+    if not profiles.contexts:   # at start-up, in a bake, and in a hot-swap (an editor half-way through a save)
+        raise ProfileError(f'{path}: no contexts: add at least one, e.g. [contexts.battle] with mood = "tense"',
+                           field="contexts")
+    return profiles
 
 
 class _Where:
