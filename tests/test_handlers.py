@@ -74,6 +74,44 @@ def test_rotation_turns_are_bounded_and_the_least_recently_used_go_first(server)
     assert turn(b"a") == 1 and turn(b"b") == 0   # a kept its turn; b starts over
 
 
+def test_a_streaming_prefetch_of_a_superseded_edit_waits_for_what_replaced_it(server):
+    """A prefetch waiting for a hot-swap regeneration that a newer edit cancels in the queue: no engine event
+    ever comes for a job cancelled there, so the prefetch never got `done` (and 32 of them filled the
+    connection: busy). It now waits for the newer version; the cancelled job leaves no live entry."""
+    from troubadour import protocol as P
+    from troubadour.streams import Reply
+
+    def battle():
+        return server.context_spec(server.profiles.get("battle"), 0)
+
+    server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "mysterious"'))
+    server.reload_profiles()
+    first = server.scheduler.find(battle().key)
+    assert first is not None and first.reason == "hot_swap" and battle().key in server.live
+    reply = Reply([b"c"], 9, P.PREFETCH)
+    server.on_prefetch(reply, {"contexts": ["battle"], "variants": 1, "priority": -50, "stream": True})
+    server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "sad"'))
+    server.reload_profiles()
+    newer = server.scheduler.find(battle().key)
+    assert first.state == "cancelled" and newer is not None and newer is not first
+    assert first.key not in server.live and first.key not in server.prefetches
+    assert server.prefetches[newer.key][0].pending == {newer.key: [("battle", 0)]}
+    server.on_event(("done", newer, None, {}))   # the engine made the newer version
+    done = P.decode(reply.outbox[-1], reply=True)
+    assert done.type == P.DONE and done.final and (done.body["generated"], done.body["failed"]) == (1, []), done.body
+
+    server.profiles_path.write_text(PROFILES.replace('mood = "tense"', 'mood = "calm"'))   # a third edit, and
+    server.reload_profiles()
+    job = server.scheduler.find(battle().key)
+    other = Reply([b"c"], 10, P.PREFETCH)
+    server.on_prefetch(other, {"contexts": ["battle"], "variants": 1, "priority": -50, "stream": True})
+    server.profiles_path.write_text(PROFILES.replace('[contexts.battle]\nmood = "tense"\nbpm = 140\n', ""))
+    server.reload_profiles()   # ... battle removed before it was made
+    assert job.state == "cancelled" and job.key not in server.live
+    done = P.decode(other.outbox[-1], reply=True)
+    assert done.type == P.DONE and [f["error"]["code"] for f in done.body["failed"]] == ["unknown_context"]
+
+
 def test_reload_regenerates_only_changed_variants_and_drops_superseded_edits(server):
     """A variant regenerates when its track changed: more variants regenerate only the new ones; a second edit
     of a context before the first one's regeneration ran releases that one (nobody wants it); a file with no

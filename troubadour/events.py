@@ -137,10 +137,12 @@ class Events:
         for s in self.subscribers.values():
             s.push("profiles_changed", contexts=changed)
         current = {spec.key for spec in after.values()}
+        superseded = []
         for old in before.values():   # an earlier edit's regeneration nobody wants any more
             job = self.scheduler.find(old.key)
             if job is not None and job.reason == "hot_swap" and old.key not in current:
-                self.scheduler.release(job, BACKGROUND)
+                if self.scheduler.release(job, BACKGROUND):
+                    superseded.append(job)
         deferred = []   # the new profiles are in use: a full queue only delays their regeneration
         for spec in moved:
             if self.scheduler.find(spec.key) is None and self.cache.contains(spec.key):
@@ -154,7 +156,34 @@ class Events:
                 deferred.append(f"{spec.context}#{spec.variant}")
         if deferred:
             self.log(f"queue full: {', '.join(deferred)} not regenerated now (generated when next asked for)")
+        for job in superseded:
+            self._superseded(job, after)
         return new.names(), changed, len(moved) - len(deferred)
+
+    def _superseded(self, job, after: dict) -> None:
+        """A hot-swap regeneration cancelled by a newer edit. Streaming prefetches that waited for it wait for
+        the version that replaced it (they waited forever: a job cancelled in the queue sends no event), and
+        its live entry goes if it never started (no engine event will clear it)."""
+        live = self.live.get(job.key)
+        if job.state == "cancelled" and live is not None and live.job is job:
+            del self.live[job.key]
+        for state in self.prefetches.pop(job.key, []):
+            for ctx, variant in state.pending.pop(job.key, ()):
+                spec = after.get((ctx, variant))
+                if spec is not None and self.scheduler.find(spec.key) is not None:
+                    state.pending.setdefault(spec.key, []).append((ctx, variant))
+                    waiting = self.prefetches.setdefault(spec.key, [])
+                    if state not in waiting:
+                        waiting.append(state)
+                elif spec is not None and self.cache.contains(spec.key):
+                    state.cached += 1
+                else:
+                    why = (f"context {ctx!r} variant {variant} is no longer in the profiles" if spec is None else
+                           "the queue was full when the profiles changed; it is generated when next asked for")
+                    state.failed.append({"context": ctx, "variant": variant,
+                                         "error": {"code": "unknown_context" if spec is None else "busy",
+                                                   "message": why}})
+            state.finish_if_done()
 
     def _variant_specs(self) -> dict:
         return {(name, v): self.context_spec(ctx, v)
