@@ -413,6 +413,39 @@ def test_cli_fetch_out_in_a_new_folder_or_unwritable_path(server, capsys, tmp_pa
     assert code == 1 and len(err.strip().splitlines()) == 1 and "afile" in err, err
 
 
+@pytest.mark.parametrize("out,fmt,why", [
+    ("b.mp3", None, "name a .wav, .ogg, .raw or .pcm file"), ("b", None, "name a .wav"),
+    ("x.wav", "ogg", "--format ogg does not match --out x.wav, which takes wav"),
+    ("x.ogg", "pcm_s16le", "which takes ogg"), ("x.raw", "wav", "which takes pcm_s16le or pcm_f32le"),
+])
+def test_cli_fetch_file_name_and_format_must_agree(server, capsys, tmp_path, out, fmt, why):
+    """`--out b.mp3` got WAV bytes and `--format ogg --out x.wav` a WAV that --json called ogg: refused before
+    anything is asked of the server, as is a folder given as --out (it failed after the track arrived)."""
+    args = ["fetch", "--server", server.address, "--context", "menu", "--out", str(tmp_path / out)]
+    code, _, err = cli_main(args + (["--format", fmt] if fmt else []), capsys)
+    assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "folder.wav").mkdir()
+    code, _, err = cli_main(args[:-1] + [str(tmp_path / "folder.wav")], capsys)
+    assert code == 2 and "is a folder" in err, err
+
+
+@pytest.mark.parametrize("suffix,fmt", [("wav", None), ("ogg", None), ("wav", "wav"), ("ogg", "ogg")])
+def test_cli_fetch_writes_a_looping_tracks_loop_points(server, capsys, tmp_path, suffix, fmt):
+    """A looping context's track from `fetch` loops in an engine as a baked file does: loop points in the file
+    (WAV smpl, Ogg LOOPSTART/LOOPLENGTH) and in --json, whether the server sent PCM or the container itself."""
+    from troubadour.audio import read_loop_points
+
+    out = tmp_path / f"battle.{suffix}"
+    args = ["fetch", "--server", server.address, "--context", "battle", "--out", str(out), "--json"]
+    code, stdout, err = cli_main(args + (["--format", fmt] if fmt else []), capsys)
+    assert code == 0, err
+    record = json.loads(stdout)
+    assert record["bpm"] == 140 and 0 < record["loop_start"] < record["loop_end"] == record["frames"]
+    assert read_loop_points(out) == (record["loop_start"], record["loop_end"])
+    assert sf.info(str(out)).frames == record["frames"]
+
+
 def test_cli_status(server, capsys, monkeypatch):
     code, out, err = cli_main(["status", "--server", server.address], capsys)
     assert code == 0, err

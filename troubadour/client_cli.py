@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .client import DEFAULT_ADDRESS, Client, ConnectionLost
-from .errors import did_you_mean
+from .errors import TroubadourError, did_you_mean
 
 EXIT_FAILED = 1        # prefetch: some jobs failed
 EXIT_NO_SERVER = 4
@@ -87,7 +87,19 @@ def cmd_fetch(args) -> int:
 
     out = Path(args.out)
     suffix = out.suffix.lower().lstrip(".")
-    fmt = args.format or (suffix if suffix in ("wav", "ogg") else "pcm_s16le")
+    # checked before asking: a file whose name says one format and holds another fools engines and editors
+    if suffix not in ("wav", "ogg", "raw", "pcm"):
+        raise TroubadourError(f"--out {args.out}: name a .wav, .ogg, .raw or .pcm file", code="invalid_param",
+                              field="out")
+    if out.is_dir():
+        raise TroubadourError(f"--out {args.out} is a folder: name the file to write", code="invalid_param",
+                              field="out")
+    raw = suffix in ("raw", "pcm")
+    if args.format and (args.format.startswith("pcm_") if raw else args.format == suffix) is False:
+        fits = "pcm_s16le or pcm_f32le" if raw else suffix
+        raise TroubadourError(f"--format {args.format} does not match --out {out.name}, which takes {fits} "
+                              "(leave --format out to follow the file name)", code="invalid_param", field="format")
+    fmt = args.format or (suffix if not raw else "pcm_s16le")
     params = {k: getattr(args, k) for k in GenParams.names() if getattr(args, k, None) is not None}
     out.parent.mkdir(parents=True, exist_ok=True)   # as generate and bake do with --out; before any generation
     start = time.monotonic()
@@ -105,7 +117,7 @@ def cmd_fetch(args) -> int:
     h = track.header
     if args.json:
         keys = ("track_id", "cached", "context", "variant", "fallback", "sample_rate", "channels", "frames",
-                "format", "prompt")
+                "format", "prompt", "bpm", "meter", "loop", "loop_start", "loop_end")
         record = {k: h[k] for k in keys if k in h}
         record.update(sha256=track.sha256, bytes=len(track.audio), file=str(out), seconds=seconds)
         print(json.dumps(record, sort_keys=True))

@@ -121,18 +121,30 @@ class Track:
         data, _ = sf.read(io.BytesIO(self.audio), dtype="float32", always_2d=True)
         return data.T.copy()
 
+    @property
+    def loop(self) -> tuple[int, int] | None:
+        """(loop_start, loop_end) in frames of this audio, end exclusive, for a looping context's track."""
+        h = self.header
+        return (h["loop_start"], h["loop_end"]) if "loop_start" in h and "loop_end" in h else None
+
     def save(self, path) -> Path:
-        """Write an audio file: WAV or OGG by suffix (WAV otherwise; raw bytes for .raw/.pcm)."""
-        from .audio import _atomic_write, write_audio
+        """Write an audio file: WAV or OGG by suffix (WAV otherwise; raw bytes for .raw/.pcm). A looping
+        track's loop points go in the file (WAV `smpl` chunk, Ogg LOOPSTART/LOOPLENGTH), as a bake's do."""
+        from .audio import _append_smpl, _atomic_write, _tag_ogg_loop, write_audio
         path = Path(path)
         suffix = path.suffix.lower().lstrip(".")
         if suffix in ("raw", "pcm") and self.format in PCM:
             target = self.format
         else:
             target = suffix if suffix in ("wav", "ogg") else self.format if self.format in ("wav", "ogg") else "wav"
-        if target == self.format:   # already in the wanted container: keep the server's bytes
-            return _atomic_write(path, lambda f: f.write(self.audio))
-        return write_audio(path, self.samples(), self.sample_rate, target)
+        loop = self.loop if target in ("wav", "ogg") else None
+        if target == self.format:   # already in the wanted container: keep the server's bytes (no re-encoding)
+            def write(f) -> None:
+                f.write(self.audio)
+                if loop is not None:
+                    (_append_smpl if target == "wav" else _tag_ogg_loop)(f, *loop, self.sample_rate)
+            return _atomic_write(path, write)
+        return write_audio(path, self.samples(), self.sample_rate, target, loop=loop)
 
 
 # ---------------------------------------------------------------- requests
