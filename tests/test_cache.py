@@ -328,7 +328,7 @@ def test_ls_stats_clear(tmp_path):
     r1, r2 = rows
     assert r1["context"] == "forest" and r1["variant"] == 0 and r1["created"] == 10.0
     assert r1["duration"] == 1.0 and r2["duration"] == 0.5
-    assert len(r1["prompt"]) <= 60 and long_prompt.startswith(r1["prompt"][:-1])
+    assert r1["prompt"] == long_prompt   # whole: `cache ls` cuts it for people, not for --json
     assert r2["prompt"] == "battle"
     assert r1["bytes"] == blob_size(audio_for(1, frames=32000), meta=cache.get("k1").meta)
 
@@ -550,3 +550,20 @@ def test_a_tampered_row_asking_to_be_unpickled_is_never_unpickled(tmp_path):
         assert cache.keys() in ([], [key])
         cache.stats()
     assert not marker.exists()
+
+
+def test_the_size_limit_is_recorded_for_other_processes(tmp_path):
+    """`troubadour cache stats` runs in its own process: it reported the default 2 GiB whatever --cache-size the
+    server kept. The limit a server sets is recorded; opening without one reads it back."""
+    from troubadour.cache import DEFAULT_SIZE_LIMIT
+
+    with TrackCache(tmp_path / "fresh") as cache:
+        assert cache.size_limit == DEFAULT_SIZE_LIMIT
+    with TrackCache(tmp_path / "c", 1_500_000):
+        pass
+    with TrackCache(tmp_path / "c") as cache:
+        assert cache.size_limit == cache.stats()["size_limit"] == 1_500_000
+    with TrackCache(tmp_path / "c", 3_000_000):
+        pass
+    with TrackCache(tmp_path / "c") as cache:
+        assert cache.size_limit == 3_000_000

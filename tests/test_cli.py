@@ -111,10 +111,11 @@ def test_mood_and_genre_build_the_prompt_and_adjust_parameters(tmp_path, cli_env
 def test_cache_ls_stats_clear(tmp_path, cli_env):
     from troubadour.cache import TrackCache, track_key
 
-    with TrackCache(tmp_path / "c") as cache:
+    long_prompt = "calm piano " * 10   # a server started with --cache-size 5 MB (the limit it records)
+    with TrackCache(tmp_path / "c", 5_000_000) as cache:
         for seed in (1, 2):
-            key = track_key("model", "calm piano", {"seed": seed})
-            cache.put(key, np.zeros((1, 32000), np.float32), 32000, {"prompt": "calm piano", "context": "menu",
+            key = track_key("model", long_prompt, {"seed": seed})
+            cache.put(key, np.zeros((1, 32000), np.float32), 32000, {"prompt": long_prompt, "context": "menu",
                                                                       "variant": seed - 1})
         # a prompt from the network with terminal control codes: printed inert
         cache.put(track_key("model", "x", {}), np.zeros((1, 320), np.float32), 32000,
@@ -126,8 +127,11 @@ def test_cache_ls_stats_clear(tmp_path, cli_env):
     ls = run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path)
     rows = json.loads(ls.stdout)
     assert ls.returncode == 0 and len(rows) == 2 and rows[0]["context"] == "menu"
+    assert rows[0]["prompt"] == long_prompt   # whole for scripts; cut to 60 characters for people
+    assert "\u2026" in human and long_prompt not in human
     stats = json.loads(run(["cache", "stats", "--cache", "c", "--json"], cli_env, tmp_path).stdout)
     assert stats["entries"] == 2 and stats["bytes"] > 2 * 128000
+    assert stats["size_limit"] == 5_000_000 and "session_hits" not in stats and "pinned" not in stats
     assert json.loads(run(["cache", "clear", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == {"removed": 2}
     assert json.loads(run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == []
     missing = run(["cache", "ls", "--cache", "nope"], cli_env, tmp_path)

@@ -53,6 +53,7 @@ ATIME_PREFIX = "a/"
 BYTES_KEY = "s/bytes"
 HITS_KEY = "s/hits"
 MISSES_KEY = "s/misses"
+LIMIT_KEY = "s/size_limit"   # the limit the last server kept, so other processes can report it
 
 LS_PROMPT_CHARS = 60
 
@@ -142,9 +143,10 @@ REFUSED_KEY = "\x00refused"   # what a pickled key reads as: no prefix of ours m
 class TrackCache:
     """Track store shared by threads and processes; see the module docstring."""
 
-    def __init__(self, directory: str | os.PathLike, size_limit_bytes: int = DEFAULT_SIZE_LIMIT):
+    def __init__(self, directory: str | os.PathLike, size_limit_bytes: int | None = None):
+        """size_limit_bytes: the limit to keep (and record in the cache, for `troubadour cache stats` and other
+        processes); None takes the one recorded last (a server's --cache-size), else DEFAULT_SIZE_LIMIT."""
         self.directory = os.fspath(directory)
-        self.size_limit = int(size_limit_bytes)
         # diskcache's own limit/culling is switched off: it can't honour pins.
         # disk_min_file_size keeps every value inside SQLite: diskcache deletes a replaced
         # or deleted value's *file* before an enclosing transaction commits, so a crash
@@ -152,6 +154,11 @@ class TrackCache:
         self.raw = diskcache.Cache(self.directory, eviction_policy="none", cull_limit=0,
                                    size_limit=2**62, statistics=False,
                                    disk_min_file_size=2**62, disk=_NoPickleDisk)
+        if size_limit_bytes is None:
+            self.size_limit = int(self.raw.get(LIMIT_KEY, DEFAULT_SIZE_LIMIT))
+        else:
+            self.size_limit = int(size_limit_bytes)
+            self.raw.set(LIMIT_KEY, self.size_limit, retry=True)
         self._pins: dict[str, int] = {}
         self._lock = threading.Lock()  # guards _pins; never taken inside a DB transaction
         self.session_hits = 0
@@ -226,7 +233,7 @@ class TrackCache:
                 "key": key,
                 "context": idx.get("context"),
                 "variant": idx.get("variant"),
-                "prompt": _truncate(str(idx.get("prompt") or ""), LS_PROMPT_CHARS),
+                "prompt": str(idx.get("prompt") or ""),
                 "duration": idx.get("duration"),
                 "bytes": idx.get("bytes", 0),
                 "created": idx.get("created"),
@@ -368,10 +375,6 @@ class TrackCache:
                         break
                     removed += self._delete_in_txn(key)
         return removed
-
-
-def _truncate(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def _number(x) -> float:

@@ -126,7 +126,7 @@ def cmd_cache(args) -> int:
     import json
     from pathlib import Path
 
-    from .cache import TrackCache
+    from .cache import LS_PROMPT_CHARS, TrackCache
 
     if not Path(args.cache).is_dir():
         raise TroubadourError(f"no cache at {args.cache}", code="not_found", field="cache")
@@ -134,8 +134,8 @@ def cmd_cache(args) -> int:
         if args.action == "clear":
             n = cache.clear()
             print(json.dumps({"removed": n}) if args.json else f"removed {n} tracks")
-        elif args.action == "stats":
-            st = cache.stats()
+        elif args.action == "stats":   # (session counts and pins belong to the process holding them)
+            st = {k: v for k, v in cache.stats().items() if not k.startswith("session_") and k != "pinned"}
             print(json.dumps(st) if args.json else "\n".join(f"{k}: {v}" for k, v in st.items()))
         else:
             rows = cache.ls()
@@ -144,6 +144,7 @@ def cmd_cache(args) -> int:
             for r in rows if not args.json else []:
                 ctx = f"{r.get('context')}#{r.get('variant')}" if r.get("context") else "-"
                 prompt = "".join(c if c.isprintable() else "\ufffd" for c in str(r["prompt"]))   # from the network
+                prompt = prompt if len(prompt) <= LS_PROMPT_CHARS else prompt[:LS_PROMPT_CHARS - 1] + "\u2026"
                 print(f"{r['key']}  {r['duration']:6.1f}s  {r['bytes'] / 1e6:7.2f} MB  {ctx:20}  {prompt}")
     return 0
 

@@ -18,7 +18,7 @@ import time
 import zmq
 
 from . import protocol as P
-from .cache import TrackCache
+from .cache import DEFAULT_SIZE_LIMIT, TrackCache
 from .errors import TroubadourError
 from .events import Events
 from .geometry import Geometry
@@ -96,7 +96,7 @@ class Server(Handlers, Events):
             check_model_support(self.profiles, self.geometry.info)
         self.held: list = []             # (reply, request) that need the geometry, while it is not known
         self.fatal: Exception | None = None   # the model did not load: serve_forever raises it
-        self.cache = TrackCache(cache_dir, **({"size_limit_bytes": cache_size} if cache_size else {}))
+        self.cache = TrackCache(cache_dir, cache_size or DEFAULT_SIZE_LIMIT)   # (recorded for `cache stats`)
         self.scheduler = Scheduler(max_queue=max_queue, max_batch=max_batch)
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.ctx = context or zmq.Context.instance()
