@@ -161,3 +161,26 @@ def test_a_client_that_never_reads_cannot_grow_the_server(server):
     assert server.replies.count[b"polite"] == 1
     server._on_frames([b"padded", b"x" * 8192, b"", *P.encode("ping", {"id": 1})])
     assert b"padded" not in server.replies.count
+
+
+def test_send_passes_visit_only_subscribers_with_events(server):
+    """Subscribers are known gone only when a send to them fails: thousands of idle or vanished ones were
+    walked on every pass of the I/O loop (ping 0.46 -> 7.6 ms with 20 000). Passes now see those with events
+    queued; dropping one is constant time."""
+    from troubadour import protocol as P
+    from troubadour.streams import Reply
+
+    for i in range(500):
+        client = b"sub%d" % i
+        reply = Reply([client, b""], 1, P.SUBSCRIBE)
+        server.on_subscribe(reply, {"events": ["track_ready", "profiles_changed"]})
+        server.subscribers[client].after = None
+    assert list(server._holders()) == []
+    server.subscribers[b"sub7"].push("track_ready", context="menu", variant=0, track_id="t", reason="generated")
+    assert list(server._holders()) == [server.subscribers[b"sub7"]]
+    server.drop_client(b"sub7", "disconnected")
+    assert b"sub7" not in server.subscribers and list(server._holders()) == []
+    for s in server.subscribers.values():   # a broadcast: every subscriber has something to send
+        s.push("profiles_changed", contexts=["menu"])
+    assert len(list(server._holders())) == 499
+

@@ -103,6 +103,7 @@ class Server(Handlers, Events):
         self.started = time.time()
         self.replies = ReplyBook()       # (client, id) -> Reply: open, or closed with messages still to send
         self.subscribers: dict = {}      # client -> Subscription
+        self.waiting_subs: dict = {}     # client -> Subscription with events queued (see Subscription.waiting)
         self.live: dict = {}             # track key -> LiveTrack
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
@@ -291,7 +292,7 @@ class Server(Handlers, Events):
     # ------------------------------------------------------------------ sending
     def _holders(self):
         yield from list(self.replies.values())
-        yield from list(self.subscribers.values())
+        yield from list(self.waiting_subs.values())
 
     def _has_output(self) -> bool:
         return any(h.outbox or h.source is not None for h in self._holders())
@@ -303,8 +304,11 @@ class Server(Handlers, Events):
         for h in self._holders():
             if h.outbox or h.source is not None:
                 holders.append(h)
-            elif isinstance(h, Reply) and h.done():   # e.g. its final message went out in another's queue
-                self.replies.pop(h.key, None)
+            elif isinstance(h, Reply):
+                if h.done():   # e.g. its final message went out in another's queue
+                    self.replies.pop(h.key, None)
+            elif self.waiting_subs.get(h.client) is h:   # a subscription with nothing left to send
+                del self.waiting_subs[h.client]
         if len(holders) > 1:   # each pass starts one holder later, so no stream is always served last
             self._first = (self._first + 1) % len(holders)
             holders = holders[self._first:] + holders[:self._first]
@@ -348,6 +352,8 @@ class Server(Handlers, Events):
                     break
             if isinstance(h, Reply) and h.done():
                 self.replies.pop(h.key, None)
+            elif not isinstance(h, Reply) and not h.outbox and self.waiting_subs.get(h.client) is h:
+                del self.waiting_subs[h.client]
         return blocked
 
     def _reply_error(self, envelope, req_id, exc) -> None:

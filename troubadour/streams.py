@@ -90,9 +90,12 @@ class Reply:
 
 
 class Subscription:
-    def __init__(self, envelope: list, events: list):
+    def __init__(self, envelope: list, events: list, waiting: dict | None = None):
         self.envelope = envelope
         self.events = set(events)
+        # client -> Subscription with events to send (the server's): send passes visit those alone, so
+        # thousands of idle (or vanished, not yet known gone) subscribers cost nothing per pass
+        self.waiting = waiting
         self.seq = 0
         # One reload can queue an event per variant at once; a subscriber that does not read loses the oldest.
         self.outbox: deque = deque(maxlen=MAX_EVENTS_QUEUED)
@@ -110,6 +113,8 @@ class Subscription:
         if name in self.events:
             self.outbox.append(P.event_frames(self.seq, name, **fields))
             self.seq += 1
+            if self.waiting is not None:
+                self.waiting[self.client] = self
 
 
 class PrefetchState:
