@@ -94,6 +94,8 @@ def test_every_track_written_with_loop_points_and_consistent_manifest(baked):
     for name, ctx in profiles.contexts.items():
         c = m["contexts"][name]
         assert c["prompt"] == ctx.prompt and c["loop"] == ctx.loop and c["bpm"] == ctx.bpm
+        # the genre its prompt was built with: its own, or the game's it follows (it said null)
+        assert c["genre"] == ctx.source_fields.get("genre", profiles.game.get("genre")) and c["genre"]
         assert c["meter"] == ctx.meter and c["loudness_target"] == ctx.loudness
         assert c["params"]["seed"] == ctx.params.seed and c["params"]["top_k"] == ctx.params.top_k
         assert [v["variant"] for v in c["variants"]] == [0, 1]

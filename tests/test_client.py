@@ -130,8 +130,13 @@ def test_formats_and_sample_rates(client, fmt, tmp_path):
         assert info.samplerate == 48000 and abs(info.frames - 48000) <= 1
         assert info.format == suffix.upper()
     if fmt != "ogg":
-        assert t.save(tmp_path / "same.wav").read_bytes() == (t.audio if fmt == "wav" else
-                                                                (tmp_path / "out.wav").read_bytes())
+        same = t.save(tmp_path / "same.wav").read_bytes()
+        if fmt == "wav":   # the server's bytes, not encoded again; menu loops: a `smpl` chunk follows them
+            assert same[8:len(t.audio)] == t.audio[8:] and same[len(t.audio):len(t.audio) + 4] == b"smpl"
+        else:
+            assert same == (tmp_path / "out.wav").read_bytes()
+        from troubadour.audio import read_loop_points
+        assert t.loop is not None and read_loop_points(tmp_path / "same.wav") == t.loop
     client.violations.clear()   # ogg chunk frames: see test_ogg_chunk_frames_add_up
 
 
@@ -466,6 +471,8 @@ def test_cli_prefetch(server, capsys):
     assert code == 0 and json.loads(out)["cached"] == 1
     code, _, err = cli_main(["prefetch", "--server", server.address, "nowhere"], capsys)
     assert code == 2 and "nowhere" in err
+    code, _, err = cli_main(["prefetch", "--server", server.address, "menu", "explor"], capsys)
+    assert code == 2 and "unknown context 'explor' (did you mean 'explore'?)" in err, err
 
 
 def test_cli_no_server(cli_env, capsys, tmp_path):
@@ -586,3 +593,14 @@ def test_cached_replay_chunks_stay_under_the_chunk_limit(client):
     assert items[0].cached and sum(c.frames for c in chunks) == items[0].frames
     assert max(len(c.data) for c in chunks) <= P.MAX_CHUNK_BYTES
     assert len(chunks) <= 8   # not the 24 half-second chunks of a live stream
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--timeout", "0"], "timeout"), (["--timeout", "-1"], "timeout"), (["--retries", "-1"], "retries"),
+    (["--server", "tcp://127.0.0.1:99999"], "server"), (["--server", "127.0.0.1:5555"], "server"),
+    (["--server", "tcp://127.0.0.1"], "server"),
+])
+def test_cli_bad_connection_settings_are_usage_errors(capsys, tmp_path, args, field):
+    """They read as "no answer after 3 tries" (exit 4, after up to 15 s): a usage error names them at once."""
+    code, _, err = cli_main(["status"] + args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and field in err, err   # (no answer is exit 4)

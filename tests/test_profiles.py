@@ -432,3 +432,34 @@ def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path):
     path = tmp_path / "profiles.toml"
     path.write_bytes("\ufeff[contexts.battle]\nmood = 'tense'\n".encode("utf-8"))
     assert list(load_profiles(path).contexts) == ["battle"]
+
+
+def test_a_theme_naming_its_own_context_is_explained():
+    """It said "'explore' cannot name the context itself (did you mean 'explore'?)"."""
+    with pytest.raises(ProfileError) as e:
+        parse_profiles("[contexts.explore]\nmood = 'calm'\ntheme = 'explore'\n", "p.toml")
+    assert "cannot name the context itself (a theme is another context" in e.value.message
+    assert "did you mean" not in e.value.message and e.value.field == "contexts.explore.theme"
+
+
+
+def test_a_genre_or_mood_one_letter_off_a_preset_is_noted(tmp_path, cli_env):
+    """`mood = "heroik"` loaded as free words and silently lost the preset's settings: the profiles keep a note
+    (shown by serve, bake, generate and a hot-swap's log); multi-word free text and presets are not noted."""
+    import subprocess
+
+    from conftest import troubadour_cmd
+
+    text = ("[game]\ngenre = 'orchestrl'\n[contexts.battle]\nmood = 'heroik'\n"
+            "[contexts.calm]\nmood = 'heroic'\ngenre = 'lofi'\n[contexts.odd]\nmood = 'misty and strange'\n")
+    profiles = parse_profiles(text, "p.toml")
+    assert profiles.notes == [
+        "p.toml: [game]: genre 'orchestrl' is not a preset, so it is only words in the prompt (did you mean "
+        "'orchestral'?)",
+        "p.toml: context 'battle': mood 'heroik' is not a preset, so it is only words in the prompt (did you mean "
+        "'heroic'?)"]
+    path = write(tmp_path, text, name="profiles.toml")
+    r = subprocess.run(troubadour_cmd() + ["generate", "--context", "battle", "--profiles", str(path), "--model",
+                                          str(tmp_path / "no-model")], env=cli_env, capture_output=True,
+                       text=True, timeout=120)
+    assert "warning: " + profiles.notes[1].replace("p.toml", str(path)) in r.stderr, r.stderr

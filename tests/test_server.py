@@ -127,7 +127,10 @@ def test_two_clients_same_track_one_generation(server):
     after = probe.call(P.HEALTH)[0].body["generated"]
     assert after - before == 1, "identical requests must share one generation"
     assert ma[0].body["cached"] is False and mb[0].body["track_id"] == ma[0].body["track_id"]
-    assert audio_of(ma) == audio_of(mb) and len(audio_of(ma)) == 2 * 3 * 32000
+    # explore has 140 bpm here: 3 s rounds to 2 bars (3.43 s), and the loop keeps both (not 7 beats, 3.0 s)
+    frames = ma[0].body["frames"]
+    assert audio_of(ma) == audio_of(mb) and len(audio_of(ma)) == 2 * frames
+    assert abs(frames - 2 * 4 * 60 / 140 * 32000) <= 320 and ma[0].body["loop_end"] == frames
     for c in (a, b, probe):
         c.close()
 

@@ -503,3 +503,60 @@ def test_dropped_stream_keeps_the_cancelled_reply_behind_its_final_error():
     msgs = [P.decode(frames, reply=True) for frames in target.outbox]
     assert [(m.type, m.id, m.final) for m in msgs] == [(P.ERROR, 7, True), (P.CANCELLED_REPLY, 8, True)]
     assert msgs[0].body["code"] == P.BUSY and msgs[1].body["seq"] == 0
+
+
+def test_a_cached_replay_nobody_takes_is_dropped_and_its_track_shared_meanwhile(engine, tmp_path):
+    """A client that opens streams of a cached track and takes nothing held each one forever: a decoded copy
+    of the track, the memo's recording of it and a pin (275 MB a client in a soak). Replays of one track now
+    share its audio, one of them records it, and a replay that took nothing for `stall_s` is dropped with
+    `busy`; its memory and pin go."""
+    import gc
+    import threading
+
+    from servers import free_port
+    from troubadour.cache import track_key
+    from troubadour.params import GenParams
+    from troubadour.server import Server
+
+    server = Server(engine, cache_dir=str(tmp_path / "cache"), bind=f"tcp://127.0.0.1:{free_port()}", watch=False)
+    server.stall_s = 1.5
+    prompt, duration = "a stalled replay", 120.0
+    audio = (np.random.default_rng(0).standard_normal((1, int(duration * 32000))) * 0.1).astype(np.float32)
+    server.cache.put(track_key(engine.info.identity, prompt, GenParams(duration=duration)), audio, 32000, {})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        slow = unread_dealer(server.bound)
+        for i, fmt in enumerate(["pcm_f32le"] * 6 + ["pcm_s16le"] * 2):
+            send(slow, P.GET_TRACK, id=i + 1, stream=True, prompt=prompt, params={"duration": duration},
+                 format=fmt, sample_rate=48000)
+        deadline = time.time() + 10
+        while time.time() < deadline and sum(r.source is not None for r in list(server.replies.values())) < 8:
+            time.sleep(0.05)
+        sources = [r.source for r in list(server.replies.values()) if r.source is not None]
+        assert len(server.decoded) == 1 and len(sources) == 8   # one decoded track for the eight replays
+        assert len(server._recording) == 2                        # one recording per format
+        deadline = time.time() + 15
+        while time.time() < deadline and any(r.source is not None for r in list(server.replies.values())):
+            time.sleep(0.1)
+        assert not any(r.source is not None for r in list(server.replies.values()))
+        del sources
+        gc.collect()
+        assert len(server.decoded) == 0 and not server.cache._pins and not server._recording
+        slow.setsockopt(zmq.RCVTIMEO, 5000)
+        finals = {}
+        while len(finals) < 8:
+            m = P.decode(slow.recv_multipart()[1:], reply=True)
+            if m.final:
+                finals[m.id] = m
+        assert {m.body["code"] for m in finals.values()} == {"busy"}
+        assert "took nothing for 1.5 s" in finals[1].body["message"] and "ask again" in finals[1].body["message"]
+        fast = Conn(server.bound)
+        whole = fast.call(P.GET_TRACK, stream=False, prompt=prompt, params={"duration": 30.0}, cached_only=True)
+        assert whole[-1].type == P.ERROR and whole[-1].body["code"] == "not_found"   # (another key: the server
+        assert fast.call(P.PING)[-1].type == P.PONG                                  # is fine and serving)
+        fast.close()
+        slow.close()
+    finally:
+        server.stop()
+        thread.join(10)

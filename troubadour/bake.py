@@ -413,13 +413,20 @@ def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: st
     return report
 
 
+def _genre(ctx, profiles) -> str | None:
+    """The genre the context's prompt was built with: its own, else the game's (None for a raw prompt)."""
+    if "prompt" in ctx.source_fields:
+        return None
+    return ctx.source_fields.get("genre") or profiles.game.get("genre")
+
+
 def build_manifest(profiles, plans: list[TrackPlan], model: dict, sample_rate: int, fmt: str) -> dict:
     contexts = {}
     for p in plans:
         ctx = p.context
         c = contexts.setdefault(ctx.name, {
             "prompt": ctx.prompt, "params": replace(p.params, seed=ctx.params.seed).to_dict(),
-            "mood": ctx.source_fields.get("mood"), "genre": ctx.source_fields.get("genre"), "theme": ctx.theme,
+            "mood": ctx.source_fields.get("mood"), "genre": _genre(ctx, profiles), "theme": ctx.theme,
             "loop": ctx.loop, "bpm": ctx.bpm, "meter": ctx.meter, "loudness_target": p.loudness, "variants": []})
         c["variants"].append(p.entry)
     return {"format_version": FORMAT_VERSION, "generated_at": _now(), "troubadour_version": __version__,

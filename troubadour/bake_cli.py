@@ -46,7 +46,8 @@ def cmd_bake(args) -> int:
         raise TroubadourError("--loudness must be in [-40, -5] LUFS", code="invalid_param", field="loudness")
     if args.max_duration is not None and not args.max_duration > 0:
         raise TroubadourError("--max-duration must be > 0", code="invalid_param", field="max_duration")
-    load_profiles(args.profiles)   # a bad file fails before a model loads or a server is asked
+    for note in load_profiles(args.profiles).notes:   # a bad file fails before a model loads or a server is asked
+        print(f"troubadour: warning: {note}", file=sys.stderr)
     if args.server:
         source = ServerSource(args.server, log=lambda msg: print(f"bake: {msg}", file=sys.stderr))
         print(f"bake: server {args.server}, model {source.model_id}", file=sys.stderr)

@@ -169,6 +169,8 @@ def plan_from_args(args):
                 raise TroubadourError(f"--{name} builds a prompt and does not combine with --context: set "
                                       f"{name} in the profiles file", code="invalid_param", field=name)
         profiles = load_profiles(args.profiles)
+        for note in profiles.notes:
+            print(f"troubadour: warning: {note}", file=sys.stderr)
         # strict: files named after a context that is not in the profiles, made of fallback music, would be
         # a typo's output (and "Battle" would overwrite battle's files)
         ctx = profiles.get(args.context, strict=True)

@@ -27,7 +27,7 @@ from .client_types import (ERROR_CLASSES, PCM, BadRequestError, BusyError, Cance
                            InternalError, InvalidParamError, ModelError, NotFoundError, ProfileFileError,
                            ProtocolVersionError, ServerError, Timeout, TooLargeError, Track, TrackHeader,
                            TrackStream, UnknownContextError, UnknownTypeError, _check_totals, server_error)
-from .client_types import UNREADABLE, OpenRequest, message_size, peek_id
+from .client_types import UNREADABLE, OpenRequest, check_address, message_size, peek_id
 from .protocol import ProtocolError
 from .wire import readable, recv_message, send_message
 
@@ -54,6 +54,13 @@ class Client:
         """`server_key` (the server's public .key file) and `client_key` (this client's .key_secret file)
         switch on CURVE for servers started with --curve-secret/--allow (see `troubadour keys`)."""
         self.address, self.timeout, self.retries = address, float(timeout), int(retries)
+        # a bad setting would otherwise read as a server that does not answer, after every retry
+        if not self.timeout > 0:
+            raise TroubadourError(f"timeout must be > 0 seconds, got {timeout!r}", code="invalid_param",
+                                  field="timeout")
+        if self.retries < 0:
+            raise TroubadourError(f"retries must be >= 0, got {retries!r}", code="invalid_param", field="retries")
+        check_address(address)
         if bool(server_key) != bool(client_key):
             raise TroubadourError("server_key and client_key go together", code="invalid_param", field="client_key")
         self._curve = (server_key, client_key) if server_key else None

@@ -26,6 +26,8 @@ class Events:
             # said in the server's terminal too: a developer editing the file may have no subscriber open
             try:
                 _, changed, regenerating = self.reload_profiles()
+                for note in self.profiles.notes:
+                    self.log(f"warning: {note}")
                 self.log(f"profiles reloaded: {', '.join(changed) if changed else 'no context sounds different'}"
                          + (f" (regenerating {regenerating} track{'s' * (regenerating != 1)})" if regenerating else ""))
             except TroubadourError as e:   # subscribers got profiles_error; the old profiles stay
@@ -57,6 +59,7 @@ class Events:
         elif kind == "done":
             _, job, _audio, _meta = event
             self.memo.drop(job.key)   # a regenerated track replaces what was delivered before
+            self.decoded.pop(job.key, None)
             if self.live.get(job.key) is not None and self.live[job.key].job is job:
                 del self.live[job.key]
             if job.reason != "hot_swap" or self._current(job.spec):   # not a superseded edit's

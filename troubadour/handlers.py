@@ -9,7 +9,7 @@ from . import __version__
 from . import protocol as P
 from .cache import track_key
 from .delivery import Delivery
-from .errors import UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError
+from .errors import UNKNOWN_CONTEXT, Cancelled, TroubadourError, ValidationError, did_you_mean
 from .jobs import BACKGROUND, TrackSpec
 from .loops import bar_aligned_duration
 from .params import MAX_SEED, MAX_VARIANTS, GenParams
@@ -240,6 +240,10 @@ class Handlers:
         memo = self.memo.get(memo_key) if from_cache else None
         if memo is not None:
             return self._send_memo(reply, req, spec, memo)
+        track = self.decoded.get(spec.key) if from_cache else None
+        if track is not None:   # being replayed to another request (in another format): its audio is shared
+            self.counts[0] += 1
+            return self._deliver(reply, req, spec, job, track)
         if from_cache and self.cache.contains(spec.key):
             # reading and checking a blob takes milliseconds per MB: a reader thread does it, the I/O thread
             # goes on serving, and delivery continues in on_event("cached")
@@ -273,9 +277,16 @@ class Handlers:
         ts = TrackStream(reply, delivery, header, req["stream"])
         reply.stream = ts
         if track is not None:
+            track.audio.setflags(write=False)   # shared by every replay of it (self.decoded)
+            self.decoded[spec.key] = track
             self.cache.pin(spec.key)
-            reply.source = _pinned(self.cache, spec.key, replay(ts, track.audio, self.geometry.chunk_samples,
-                                                                self.memo, memo_key))
+            # one replay of a track x format x rate records its pieces for the memo, not each of them
+            record = memo_key not in self._recording
+            source = replay(ts, track.audio, self.geometry.chunk_samples, self.memo if record else None, memo_key)
+            if record:
+                self._recording.add(memo_key)
+                source = _recording(self._recording, memo_key, source)
+            reply.source = _pinned(self.cache, spec.key, source, track)
             return
         reason = "hot_swap" if req["regenerate"] else "generated"
         # joins the job in flight (one generation, both streamed) unless there is none or it was cancelled
@@ -318,7 +329,8 @@ class Handlers:
         specs = []
         for i, name in enumerate(req["contexts"]):
             if name not in self.profiles.contexts:
-                raise TroubadourError(f"unknown context {name!r}", code=UNKNOWN_CONTEXT, field=f"contexts[{i}]")
+                raise TroubadourError(f"unknown context {name!r}{did_you_mean(name, self.profiles.contexts)}",
+                                      code=UNKNOWN_CONTEXT, field=f"contexts[{i}]")
         for name in dict.fromkeys(req["contexts"]):   # duplicates ignored
             ctx = self.profiles.get(name)
             count = ctx.variants if req["variants"] == "all" else min(req["variants"], ctx.variants)
@@ -381,13 +393,21 @@ class Handlers:
         self._detach(reply)
         reply.outbox.clear()
         reply.closed = False
-        reply.fail(TroubadourError(f"the stream was dropped: {why}; the track is still generated and cached, "
-                                   "ask again", code=P.BUSY))
+        state = "still generated and cached" if reply.job is not None else "cached"
+        reply.fail(TroubadourError(f"the stream was dropped: {why}; the track is {state}, ask again", code=P.BUSY))
         reply.outbox.extend(reply.trailer)   # e.g. the `cancelled` reply that must follow this stream's end
 
 
-def _pinned(cache, key, source):
-    """Keep a cached track from eviction while it is being sent."""
+def _recording(recording: set, key, source):
+    try:
+        yield from source
+    finally:
+        recording.discard(key)
+
+
+def _pinned(cache, key, source, track=None):
+    """Keep a cached track from eviction while it is being sent (and `track`, its decoded audio, in
+    server.decoded for other requests of it)."""
     try:
         yield from source
     finally:

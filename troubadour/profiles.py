@@ -70,9 +70,10 @@ class Context:
 
 class Profiles:
     def __init__(self, game: dict, contexts: dict, defaults: dict | None = None,
-                 path: Path | None = None):
+                 path: Path | None = None, notes: list | None = None):
         self.game = game
         self.contexts = contexts
+        self.notes = notes or []   # things worth a warning that are not errors (a mood one letter off a preset)
         # Parsed [defaults]: the params it sets + variants/loop/meter/loudness.
         self.defaults = {**COMMON_DEFAULTS, **(defaults or {})}
         self.path = path
@@ -262,7 +263,8 @@ def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None =
     d_valid = _validated(d_where, d_raw, {**GenParams().to_dict(), **d_params})
     defaults = {**{k: getattr(d_valid, k) for k in d_params}, **_common(d_where, d_raw, COMMON_DEFAULTS)}
 
-    contexts = {}
+    contexts, notes = {}, []
+    _note_near_preset(notes, game_where, "genre", game.get("genre"))
     for name, table in data.get("contexts", {}).items():
         where = _Where(source, f"context {name!r}", f"contexts.{name}")
         if not NAME_RE.fullmatch(name):
@@ -273,13 +275,27 @@ def parse_profiles(text: str, source: str = "<profiles>", *, path: Path | None =
         if not isinstance(table, dict):
             where.fail(None, f"must be a table, got {type(table).__name__}")
         contexts[name] = _build_context(where, name, table, game, defaults)
+        for kind in ("genre", "mood"):
+            if "prompt" not in table:
+                _note_near_preset(notes, where, kind, table.get(kind))
 
     for ctx in contexts.values():
         if ctx.theme is not None and (ctx.theme not in contexts or ctx.theme == ctx.name):
-            why = "cannot name the context itself" if ctx.theme == ctx.name else "names no context here"
-            _Where(source, f"context {ctx.name!r}", f"contexts.{ctx.name}").fail(
-                "theme", f"{ctx.theme!r} {why}{did_you_mean(ctx.theme, contexts)}")
-    return Profiles(game=game, contexts=contexts, defaults=defaults, path=path)
+            why = ("cannot name the context itself (a theme is another context whose melody this one follows)"
+                   if ctx.theme == ctx.name else f"names no context here{did_you_mean(ctx.theme, contexts)}")
+            _Where(source, f"context {ctx.name!r}", f"contexts.{ctx.name}").fail("theme", f"{ctx.theme!r} {why}")
+    return Profiles(game=game, contexts=contexts, defaults=defaults, path=path, notes=notes)
+
+
+def _note_near_preset(notes: list, where: "_Where", kind: str, value) -> None:
+    """A one-word genre or mood that is not a preset but close to one is most likely a typo: it still works
+    (as words in the prompt) but loses the preset's settings, so it is worth a warning, not an error."""
+    if not isinstance(value, str) or " " in value.strip() or find_preset(kind + "s", value) is not None:
+        return
+    hint = did_you_mean(value.strip().lower(), presets()[kind + "s"])
+    if hint:
+        where_ = ": ".join([where.source] + ([where.label] if where.label else []))
+        notes.append(f"{where_}: {kind} {value!r} is not a preset, so it is only words in the prompt{hint}")
 
 
 def _build_context(where: _Where, name: str, table: dict, game: dict, defaults: dict) -> Context:

@@ -44,7 +44,8 @@ def _serve(args) -> int:
         if not ok:
             raise TroubadourError(f"--{name.replace('_', '-')} must be {bound}, got {value}", code="invalid_param",
                                   field=name)
-    load_profiles(args.profiles)   # a broken file fails now, before minutes of model loading
+    for note in load_profiles(args.profiles).notes:   # a broken file fails now, before minutes of model loading
+        log(f"warning: {note}")
     _check_bind(args.bind)         # and so does a port already in use
     described = describe_model(args.model, args.device)   # and a model that cannot load, or a bad --device
     if args.curve_secret:

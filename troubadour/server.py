@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 
 import zmq
 
@@ -37,6 +38,8 @@ SNDHWM = 64              # per-peer messages queued inside ZMQ; the rest waits i
 EXIT_ENGINE_DEAD = 70
 
 
+STALL_S = 60.0             # a cached replay whose client took nothing for this long is dropped (busy): its
+                           # decoded track and pin are held for it (a live stream's limit is MAX_OUTBOX)
 MAX_FRAMES = 16            # a request is at most 4 frames after its envelope (identity, maybe hops, delimiter)
 MAX_UNSENT_REPLIES = 256   # per client: far above its 32 open requests plus quick replies in flight
 MAX_ENVELOPE_BYTES = 4096
@@ -108,6 +111,8 @@ class Server(Handlers, Events):
         self.prefetches: dict = {}       # track key -> [PrefetchState]
         self.rotation: dict = {}         # (client, context) -> next variant counter
         self.memo = Memo()               # recently delivered tracks, ready to send
+        self.decoded = weakref.WeakValueDictionary()   # track key -> cache.Track being replayed (shared audio)
+        self._recording: set = set()     # memo keys whose replay records its pieces for the memo
         self.counts = [0, 0]             # get_track hits from the memo, misses: not yet in the cache's counters
         self._counted_at = time.monotonic()
         self._specs: dict = {}           # resolved tracks by their inputs (handlers._spec)
@@ -117,6 +122,8 @@ class Server(Handlers, Events):
         self._ctx_specs = (None, {})     # (profiles, {(context, variant): TrackSpec}) (handlers.context_spec)
         self._error_ids = itertools.count()
         self._first = 0                  # where the next send pass starts (round robin)
+        self._sent = 0                   # messages the last send pass got out
+        self.stall_s = STALL_S
         self.readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="troubadour-cache-read")
         self.dead: TroubadourError | None = None
         self._stop = threading.Event()
@@ -225,10 +232,12 @@ class Server(Handlers, Events):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
-        blocked = False
+        blocked, wait = False, 5
         while not self._stop.is_set():
             pending = self._has_output()
-            timeout = 100 if not pending else (5 if blocked else 0)
+            # a peer that takes nothing is retried less and less often (up to 50 ms), not 200 times a second
+            wait = 5 if not blocked or self._sent else min(wait * 2, 50)
+            timeout = 100 if not pending else (wait if blocked else 0)
             ready = dict(poller.poll(timeout))
             if self._wake_rx in ready:
                 while readable(self._wake_rx):
@@ -300,6 +309,8 @@ class Server(Handlers, Events):
     def _flush(self) -> bool:
         """One fair pass over every outbox. Returns True if some peer could not take more."""
         blocked = False
+        self._sent = 0
+        now = time.monotonic()
         holders = []
         for h in self._holders():
             if h.outbox or h.source is not None:
@@ -340,6 +351,11 @@ class Server(Handlers, Events):
                     send_message(self.socket, h.envelope + h.outbox[0])
                 except zmq.Again:
                     blocked = True
+                    if isinstance(h, Reply) and h.source is not None:
+                        if h.stalled_since is None:
+                            h.stalled_since = now
+                        elif now - h.stalled_since > self.stall_s:
+                            self.drop_stream(h, f"you took nothing for {self.stall_s:g} s")
                     break
                 except zmq.ZMQError as e:
                     if e.errno == errno.EHOSTUNREACH:   # the client is gone
@@ -347,6 +363,8 @@ class Server(Handlers, Events):
                         break
                     raise
                 msg = h.outbox.popleft()
+                self._sent += 1
+                h.stalled_since = None
                 budget -= memoryview(msg[3]).nbytes if len(msg) > 3 else 0
                 if budget <= 0 and not alone:
                     break

@@ -41,6 +41,7 @@ class Reply:
         self.job = None              # the GenJob this request waits on, if any
         self.stream = None           # TrackStream when this request receives a track
         self.trailer: list = []      # other requests' final messages that must follow this one's (cancel)
+        self.stalled_since: float | None = None   # when its client stopped taking messages (server._flush)
 
     @property
     def client(self) -> bytes:
@@ -100,6 +101,7 @@ class Subscription:
         # One reload can queue an event per variant at once; a subscriber that does not read loses the oldest.
         self.outbox: deque = deque(maxlen=MAX_EVENTS_QUEUED)
         self.source = None
+        self.stalled_since = None
         self.after: Reply | None = None   # the `subscribed` reply, which must reach the client before any event
 
     @property
