@@ -392,3 +392,17 @@ def test_text_only_model_refuses_themes_before_generating(engine, tmp_path):
     with pytest.raises(ProfileError, match="castle.*musicgen-melody"):
         bake(profiles, tmp_path / "out", src, **quiet())
     assert src.batches == 0 and not list((tmp_path / "out").glob("[!.]*/*"))
+
+
+def test_ogg_peaks_are_measured_on_the_shipped_file_and_kept_under_the_ceiling(engine, tmp_path):
+    """Lossy coding moves peaks: a loud OGG normalised to -1 dBTP before encoding decoded above it, and the
+    manifest reported the pre-encoding figure. Measured on the decoded file now, and re-encoded quieter."""
+    profiles = tmp_path / "p.toml"
+    profiles.write_text(SMALL)
+    r = bake(profiles, tmp_path / "out", EngineSource(engine), **quiet(fmt="ogg", loudness=-5.0, variants=1))
+    for c in r.manifest["contexts"].values():
+        v = c["variants"][0]
+        decoded, sr = sf.read(str(tmp_path / "out" / v["file"]), dtype="float32", always_2d=True)
+        peak = audio.true_peak_dbfs(decoded.T, sr)
+        assert abs(peak - v["true_peak_dbfs"]) <= 0.01 and peak <= B.TRUE_PEAK_DBFS + B.PEAK_TOLERANCE_DB, (v, peak)
+        assert v["loudness_lufs"] == round(audio.integrated_loudness(decoded.T, sr), 2)

@@ -28,11 +28,13 @@ from .errors import ProfileError, TroubadourError
 from .params import GenParams
 
 FORMAT_VERSION = 1
-PROCESSING_VERSION = 2     # bump when post-processing changes: every track is then re-processed
+PROCESSING_VERSION = 3     # bump when post-processing changes: every track is then re-processed (3: OGG
+                           # peaks measured on the decoded file)
 # 2: a loop without a bpm takes its tempo from the model's audio, the same at every output rate
 SAMPLE_RATES = (32000, 44100, 48000)
 DEFAULT_SAMPLE_RATE = 48000
 TRUE_PEAK_DBFS = -1.0
+PEAK_TOLERANCE_DB = 0.05   # how far over the ceiling a decoded OGG may measure before it is encoded again
 STINGER_FADE_S = 0.5
 # Generated past the bar-aligned length, so frame rounding in the model never costs the last bar.
 GUARD_S = 0.06
@@ -246,6 +248,9 @@ CODEC_FRAME_S = 0.02   # MusicGen's EnCodec frame
 def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate: int, fmt: str,
                  model: dict) -> dict:
     """Raw model audio -> resampled, looped or faded, loudness-normalised file + sidecar; the entry."""
+    import numpy as np
+    import soundfile as sf
+
     from . import loops
     from .audio import integrated_loudness, normalize_loudness, resample, true_peak_dbfs, write_audio, write_sidecar
 
@@ -272,7 +277,16 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
         seam = dict(sorted({**{k: round(float(v), 4) for k, v in m.items()}, "ok": loops.meets_limits(m)}.items()))
     (out / plan.file).parent.mkdir(parents=True, exist_ok=True)
     path = write_audio(out / plan.file, a, sample_rate, fmt, loop=loop)
-    lufs = integrated_loudness(a, sample_rate)
+    shipped = a
+    if fmt == "ogg":   # lossy coding moves peaks (up to ~1 dB): what ships is measured, and kept under the ceiling
+        for _ in range(3):
+            shipped = sf.read(str(path), dtype="float32", always_2d=True)[0].T
+            over = true_peak_dbfs(shipped, sample_rate) - TRUE_PEAK_DBFS
+            if over <= PEAK_TOLERANCE_DB:
+                break
+            a = (a * 10 ** (-(over + PEAK_TOLERANCE_DB) / 20)).astype(np.float32)
+            path = write_audio(out / plan.file, a, sample_rate, fmt, loop=loop)
+    lufs = integrated_loudness(shipped, sample_rate)
     entry = {
         "variant": plan.variant, "file": plan.file, "seed": plan.params.seed,
         "duration": round(a.shape[1] / sample_rate, 6), "frames": int(a.shape[1]), "channels": int(a.shape[0]),
@@ -281,7 +295,7 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
         "loop_end_s": round(loop[1] / sample_rate, 6) if loop else None,
         "bpm": round(float(bpm), 3) if bpm else None,
         "loudness_lufs": round(lufs, 2) if lufs > float("-inf") else None,
-        "true_peak_dbfs": round(true_peak_dbfs(a, sample_rate), 2),
+        "true_peak_dbfs": round(true_peak_dbfs(shipped, sample_rate), 2),
         "seam": seam, "track_id": plan.raw_key, "sha256": _sha256(path),
     }
     write_sidecar(path, {**entry, "context": ctx.name, "prompt": ctx.prompt, "params": plan.params.to_dict(),
