@@ -166,8 +166,8 @@ def test_make_loop_only_touches_the_crossfade():
     assert np.all(np.any(r.audio[:, hold:] != a[:, hold:r.loop_end], axis=0)[1:])
     # the last frame is the one before loop_start, so the jump is an ordinary step
     np.testing.assert_array_equal(r.audio[:, -1], a[:, r.loop_start - 1])
-    mono = loops.make_loop(a[0], SR, bpm=120)
-    np.testing.assert_array_equal(mono.audio, r.audio[0])
+    mono = loops.make_loop(a[0], SR, bpm=120)   # 1-D in, 1-D out, as a one-channel track
+    np.testing.assert_array_equal(mono.audio, loops.make_loop(a[:1], SR, bpm=120).audio[0])
 
 
 @pytest.mark.parametrize("bpm", [90, 120, 140, 150])
@@ -209,6 +209,28 @@ def test_equal_power_keeps_the_level():
     eq = [level_db("equal_power", s) for s in range(6)]
     lin = [level_db("linear", s) for s in range(6)]
     assert abs(np.mean(eq)) < abs(np.mean(lin)) and np.mean(lin) < -1.0
+    adaptive = [level_db("adaptive", s) for s in range(6)]   # the default: as equal power on unlike sides
+    assert abs(np.mean(adaptive)) < abs(np.mean(lin)) and abs(np.mean(adaptive)) <= abs(np.mean(eq)) + 0.3
+
+
+def test_adaptive_crossfade_keeps_the_level_of_repeating_music():
+    """A loop of repetitive music crossfades two near-copies of itself: equal power swelled by ~3 dB in the
+    middle of every seam; the default (adaptive) crossfade keeps the level (here the sides are identical,
+    so the seam is the original audio)."""
+    bar = music(120, seconds=2.0, seed=3)                     # one 4/4 bar at 120 bpm
+    a = np.tile(bar, (1, 6)).astype(np.float32)                # a strictly repeating track of 6 bars
+
+    def mid_db(curve):
+        r = loops.make_loop(a, SR, bpm=120, curve=curve)
+        x, e = r.crossfade, r.loop_end
+        mid = slice(e - x // 2 - x // 8, e - x // 2 + x // 8)
+        return 20 * np.log10(np.sqrt(np.mean(r.audio[:, mid] ** 2) / np.mean(a[:, mid] ** 2))), r
+
+    swell, _ = mid_db("equal_power")
+    level, r = mid_db("adaptive")
+    assert swell > 2.5 and abs(level) < 0.05
+    np.testing.assert_allclose(r.audio, a[:, :r.loop_end], atol=1e-5)
+    np.testing.assert_array_equal(loops.make_loop(a, SR, bpm=120).audio, r.audio)   # the default curve
     with pytest.raises(ValueError):
         loops.make_loop(music(120, 6.0), SR, 120, curve="cubic")
 
