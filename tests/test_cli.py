@@ -97,6 +97,7 @@ def test_context_from_bundled_profiles_to_ogg(tmp_path, cli_env, tiny_model):
     assert info.samplerate == 32000 and abs(info.duration - 1.0) < 0.05
     meta = json.loads((tmp_path / path).with_suffix(".json").read_text())
     assert meta["context"] == "battle" and "tense" in meta["prompt"].lower()
+    assert "'battle' loops in games; these files are raw takes without loop points" in r.stderr   # see bake
 
 
 def test_mood_and_genre_build_the_prompt_and_adjust_parameters(tmp_path, cli_env, tiny_model):

@@ -179,6 +179,9 @@ def plan_from_args(args):
         variants = args.variations if args.variations is not None else ctx.variants
         loudness = ctx.loudness
         prompt, context = ctx.prompt, ctx.name
+        if ctx.loop:   # generate renders raw takes to listen to; games loop what bake makes of them
+            print(f"troubadour: note: {ctx.name!r} loops in games; these files are raw takes without loop points "
+                  "(`troubadour bake` writes the seamless loops, as the server streams them)", file=sys.stderr)
     else:
         prompt = args.prompt
         if not prompt and not (args.mood or args.genre):
