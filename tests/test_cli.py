@@ -198,6 +198,12 @@ def test_prompts_sharing_a_file_name_do_not_overwrite_each_other(engine, tmp_pat
         assert json.loads(path.with_suffix(".json").read_text())["prompt"] == plan.prompt
     assert [render(engine, p, tmp_path)[0] for p in reversed(plans)] == [second, first]
     assert sorted(p.name for p in tmp_path.glob("*.wav")) == sorted([first.name, second.name])
+    # another loudness is another file; so is the same track as OGG (a.wav and a.ogg would share a.json)
+    quieter = render(engine, Plan(long, GenParams(duration=0.5, seed=7), loudness=-23.0), tmp_path)[0]
+    ogg = render(engine, plans[0], tmp_path, "ogg")[0]
+    assert len({first, second, quieter, ogg.with_suffix(".wav")}) == 4 and ogg.suffix == ".ogg"
+    for path in (first, quieter, ogg):
+        assert json.loads(path.with_suffix(".json").read_text())["file"] == path.name
 
 
 def test_unknown_context_is_an_error_with_a_suggestion(tmp_path, cli_env, tiny_model):

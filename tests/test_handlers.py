@@ -184,3 +184,30 @@ def test_send_passes_visit_only_subscribers_with_events(server):
         s.push("profiles_changed", contexts=["menu"])
     assert len(list(server._holders())) == 499
 
+
+def test_a_shared_replay_cancelled_before_it_started_releases_its_pin_and_recording(server):
+    """A second request of a track being replayed takes its decoded audio at once; cancelled in the same read,
+    before any send pass, its replay generator had never run, so dropping it skipped its `finally`: the pin
+    stayed (the entry could never be evicted) and so did the recording (that format never memoised)."""
+    import gc
+
+    import numpy as np
+
+    from troubadour import protocol as P
+    from troubadour.streams import Reply
+
+    req = get(prompt="a shared replay", params={"duration": 2.0}, cached_only=True)
+    spec = server.resolve(b"a", req)
+    server.cache.put(spec.key, np.zeros((1, 64000), np.float32), 32000, {})
+    first = Reply([b"a", b""], 1, P.GET_TRACK)
+    server.replies[first.key] = first
+    server.cache.pin(spec.key)   # what on_get_track does before a reader thread reads the track, and reports:
+    server.on_event(("cached", first, req, spec, server.cache.get(spec.key)))
+    assert first.outbox, P.decode(first.outbox[0], reply=True)   # its header
+    assert spec.key in server.decoded and server.cache._pins == {spec.key: 1}
+    server.dispatch([b"b", b""], {**req, "id": 7, "format": "pcm_f32le"})
+    assert server.cache._pins == {spec.key: 2} and len(server._recording) == 2
+    server.dispatch([b"b", b""], {"type": "cancel", "id": 8, "target": 7})
+    gc.collect()
+    assert server.cache._pins == {spec.key: 1} and server._recording == {(spec.key, "pcm_s16le", 32000)}
+

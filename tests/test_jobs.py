@@ -26,9 +26,11 @@ class Run:
     def __init__(self, engine, on_event=None):
         self.scheduler = Scheduler(max_queue=8, max_batch=4)
         self.events: queue.Queue = queue.Queue()
+        self.log: list = []   # every event, in order
         self.on_event = on_event
 
         def emit(event):
+            self.log.append(event)
             self.events.put(event)
             if self.on_event:
                 self.on_event(event)
@@ -131,3 +133,31 @@ def test_a_short_track_made_of_nan_is_an_engine_fault(engine, nan_for):
         with pytest.raises(EngineFault):
             engine.generate([Job("broken strings", GenParams(duration=duration))])
     assert torch.isfinite(torch.as_tensor(engine.generate([Job("fine strings", GenParams(duration=0.3))])[0].audio)).all()
+
+
+@pytest.mark.parametrize("batched_only", [True, False])
+def test_a_failed_batch_counts_once_towards_a_dead_engine(engine, monkeypatch, batched_only):
+    """A batch of three failing (out of GPU memory, say) is retried row by row; the rows' own failures must not
+    count as three failures of the engine (it answered engine_dead and exited after one bad batch). Rows that
+    fit alone are made; if they fail alone too, each is failed and the engine goes on."""
+    real = engine.stream
+
+    def stream(jobs, **kw):
+        if len(jobs) > 1 or not batched_only:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(jobs, **kw)
+
+    monkeypatch.setattr(engine, "stream", stream)
+    run = Run(engine)
+    owner = object()
+    jobs = [run.scheduler.submit(spec(f"row {i}", 0.5), 0, owner)[0] for i in range(3)]
+    run.start()
+    try:
+        ends = run.ends(jobs)
+        dead = [e for e in run.log if e[0] == "dead"]
+        alive = run.worker.is_alive()
+    finally:
+        run.stop()
+    assert not dead and alive
+    assert [[e[0] for e in ends[j]] for j in jobs] == [["done" if batched_only else "failed"]] * 3
+    assert run.worker.failures == (0 if batched_only else 1)

@@ -42,10 +42,11 @@ def slug(text: str, limit: int = 40) -> str:
     return (s[:limit].rstrip("_") or "track")
 
 
-def _free_name(out: Path, stem: str, fmt: str, job: Job, engine: Engine) -> Path:
+def _free_name(out: Path, stem: str, fmt: str, job: Job, engine: Engine, loudness: float) -> Path:
     """`stem.fmt`, or `stem_2.fmt`, `stem_3.fmt`... when that file holds another track: names keep 40 characters
     of the prompt, so two prompts (or contexts) could share one and the second overwrote the first. The same
-    track made again (prompt, parameters, model) takes its own name back."""
+    track made again (prompt, parameters, model, loudness) takes its own name back. `stem.json` describes one
+    file: a `stem` in another format is another name."""
     import json
 
     from .audio import sidecar_path
@@ -59,8 +60,9 @@ def _free_name(out: Path, stem: str, fmt: str, job: Job, engine: Engine) -> Path
             if not path.exists():
                 return path
             meta = None   # audio without a readable sidecar: somebody's file, kept
-        if isinstance(meta, dict) and (meta.get("prompt"), meta.get("params"), meta.get("model_identity")) == (
-                job.prompt, job.params.to_dict(), engine.info.identity):
+        if isinstance(meta, dict) and (meta.get("file"), meta.get("prompt"), meta.get("params"),
+                                       meta.get("model_identity"), meta.get("loudness_target_lufs")) == (
+                path.name, job.prompt, job.params.to_dict(), engine.info.identity, loudness):
             return path
         n += 1
 
@@ -79,7 +81,7 @@ def render(engine: Engine, plan: Plan, out_dir: str | Path, fmt: str = "wav",
     written = []
     for i, (job, res) in enumerate(zip(jobs, results)):
         audio = normalize_loudness(res.audio, engine.sample_rate, target_lufs=plan.loudness)
-        path = write_audio(_free_name(out, f"{base}_s{job.params.seed}_v{i}", fmt, job, engine),
+        path = write_audio(_free_name(out, f"{base}_s{job.params.seed}_v{i}", fmt, job, engine, plan.loudness),
                            audio, engine.sample_rate, fmt)
         meta = {
             "file": path.name,

@@ -287,6 +287,9 @@ class Handlers:
                 self._recording.add(memo_key)
                 source = _recording(self._recording, memo_key, source)
             reply.source = _pinned(self.cache, spec.key, source, track)
+            # started now (the header is queued): a generator that never ran does not run its `finally` when
+            # dropped, and a cancel in the same read would leave the pin and the recording behind
+            reply.refill(1)
             return
         reason = "hot_swap" if req["regenerate"] else "generated"
         # joins the job in flight (one generation, both streamed) unless there is none or it was cancelled
@@ -393,7 +396,7 @@ class Handlers:
         self._detach(reply)
         reply.outbox.clear()
         reply.closed = False
-        state = "still generated and cached" if reply.job is not None else "cached"
+        state = "cached" if reply.kind == P.GET_TRACK and reply.job is None else "still generated and cached"
         reply.fail(TroubadourError(f"the stream was dropped: {why}; the track is {state}, ask again", code=P.BUSY))
         reply.outbox.extend(reply.trailer)   # e.g. the `cancelled` reply that must follow this stream's end
 

@@ -227,8 +227,9 @@ class Worker(threading.Thread):
             finally:
                 self.busy = False
 
-    def _attempt(self, batch: list[GenJob]) -> bool:
-        """Runs a batch and reports how each job ended; False when the engine cannot go on."""
+    def _attempt(self, batch: list[GenJob], alone: bool = False) -> bool:
+        """Runs a batch and reports how each job ended; False when the engine cannot go on. `alone`: a row of
+        a failed batch tried on its own (its failure was counted with the batch's)."""
         try:
             self._run_batch(batch)
             self.failures = 0
@@ -239,18 +240,23 @@ class Worker(threading.Thread):
                     self.emit(("failed", job, Cancelled()))
         except Exception as exc:  # the model failed: fail these requests, keep serving others
             _free_device_memory()
-            if len(batch) > 1 and not _fatal(exc):
-                # one row may be the cause (a prompt that overflows the text encoder in fp16, a NaN in one row):
-                # rows that sent no audio yet are tried alone (a track is the same alone as batched)
+            # a model that makes NaN fails each request but is not dead; 3 failed batches in a row are
+            if not alone:
+                self.failures += 0 if isinstance(exc, EngineFault) else 1
+            err = _engine_error(exc)
+            dead = self.failures >= 3 or _fatal(exc)
+            if len(batch) > 1 and not dead:
+                # one row may be the cause (a prompt that overflows the text encoder in fp16, a NaN in one row,
+                # a batch too big for the GPU's memory): rows that sent no audio yet are tried alone (a track
+                # is the same alone as batched)
                 for job in batch:
                     if job.state == "running" and (job.cancelled or job.sent):
                         self.scheduler.finish(job, "failed" if job.sent else "cancelled")
-                        self.emit(("failed", job, Cancelled() if not job.sent else _engine_error(exc)))
-                return all(self._attempt([job]) for job in batch if job.state == "running")
-            # a model that makes NaN fails each request but is not dead; other errors in a row are
-            self.failures += 0 if isinstance(exc, EngineFault) else 1
-            err = _engine_error(exc)
-            dead = self.failures >= 3 or _fatal(exc)
+                        self.emit(("failed", job, err if job.sent else Cancelled()))
+                for job in [j for j in batch if j.state == "running"]:
+                    if not self._attempt([job], alone=True):
+                        return False
+                return True
             for job in batch:
                 if job.state != "running":
                     continue
