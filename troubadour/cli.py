@@ -179,9 +179,7 @@ def plan_from_args(args):
         variants = args.variations if args.variations is not None else ctx.variants
         loudness = ctx.loudness
         prompt, context = ctx.prompt, ctx.name
-        if ctx.loop:   # generate renders raw takes to listen to; games loop what bake makes of them
-            print(f"troubadour: note: {ctx.name!r} loops in games; these files are raw takes without loop points "
-                  "(`troubadour bake` writes the seamless loops, as the server streams them)", file=sys.stderr)
+        looping = ctx.loop
     else:
         prompt = args.prompt
         if not prompt and not (args.mood or args.genre):
@@ -190,7 +188,7 @@ def plan_from_args(args):
             prompt = compose_prompt(genre=args.genre, mood=args.mood, fix=args.fix, extra=prompt)
         base = apply_presets(GenParams().to_dict(), genre=args.genre, mood=args.mood, fix=args.fix)
         variants = args.variations if args.variations is not None else 1
-        loudness, context, theme = -16.0, None, None
+        loudness, context, theme, looping = -16.0, None, None, False
     if "seed" not in overrides and not args.context:
         overrides["seed"] = secrets.randbelow(2**31)   # recorded in the metadata, so any take can be redone
     params = GenParams(**{**base, **overrides}).validate()
@@ -199,6 +197,9 @@ def plan_from_args(args):
                               field="variations")
     plan = Plan(validate_prompt(prompt), params, variants, context,
                 args.loudness if args.loudness is not None else loudness)
+    if looping:   # generate renders raw takes to listen to; games loop what bake makes of them
+        print(f"troubadour: note: {context!r} loops in games; these files are raw takes without loop points "
+              "(`troubadour bake` writes the seamless loops, as the server streams them)", file=sys.stderr)
     return plan, theme
 
 
