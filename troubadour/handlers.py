@@ -14,8 +14,8 @@ from .jobs import BACKGROUND, TrackSpec
 from .loops import bar_aligned_duration
 from .params import MAX_SEED, MAX_VARIANTS, GenParams
 from .shaping import Shaper, shape_of
-from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, replay, replay_memo,
-                      track_header)
+from .streams import (LiveTrack, PrefetchState, Reply, Subscription, TrackStream, pinned, recording, replay,
+                      replay_memo, track_header)
 
 IMMEDIATE = {P.PING, P.INFO, P.HEALTH, P.CANCEL}
 NEEDS_MODEL = {P.GET_TRACK, P.PREFETCH, P.RELOAD_PROFILES}   # held while the geometry is not known
@@ -285,8 +285,8 @@ class Handlers:
             source = replay(ts, track.audio, self.geometry.chunk_samples, self.memo if record else None, memo_key)
             if record:
                 self._recording.add(memo_key)
-                source = _recording(self._recording, memo_key, source)
-            reply.source = _pinned(self.cache, spec.key, source, track)
+                source = recording(self._recording, memo_key, source)
+            reply.source = pinned(self.cache, spec.key, source, track)
             # started now (the header is queued): a generator that never ran does not run its `finally` when
             # dropped, and a cancel in the same read would leave the pin and the recording behind
             reply.refill(1)
@@ -399,20 +399,3 @@ class Handlers:
         state = "cached" if reply.kind == P.GET_TRACK and reply.job is None else "still generated and cached"
         reply.fail(TroubadourError(f"the stream was dropped: {why}; the track is {state}, ask again", code=P.BUSY))
         reply.outbox.extend(reply.trailer)   # e.g. the `cancelled` reply that must follow this stream's end
-
-
-def _recording(recording: set, key, source):
-    try:
-        yield from source
-    finally:
-        recording.discard(key)
-
-
-def _pinned(cache, key, source, track=None):
-    """Keep a cached track from eviction while it is being sent (and `track`, its decoded audio, in
-    server.decoded for other requests of it)."""
-    try:
-        yield from source
-    finally:
-        cache.unpin(key)
-

@@ -349,3 +349,20 @@ class LiveTrack:
                 ts.reply.fail(e)
         if last:
             self.streams.clear()
+
+
+def recording(recording: set, key, source):
+    """`source`, with `key` in `recording` (the memo keys being recorded) until it ends or is dropped."""
+    try:
+        yield from source
+    finally:
+        recording.discard(key)
+
+
+def pinned(cache, key, source, track=None):
+    """Keep a cached track from eviction while it is being sent (and `track`, its decoded audio, in
+    server.decoded for other requests of it)."""
+    try:
+        yield from source
+    finally:
+        cache.unpin(key)
