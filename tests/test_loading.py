@@ -117,12 +117,15 @@ def test_requests_waiting_for_the_model_are_capped_across_connections(loading_un
     server.max_held = 3
     a, b = Conn(server.bound), Conn(server.bound)
     first, second, third = track(a, "one"), track(a, "two"), track(b, "three")
+    deadline = time.time() + 10   # two connections: nothing orders a's requests before b's fourth
+    while len(server.held) < 3 and time.time() < deadline:
+        time.sleep(0.01)
     refused = b.until_final(track(b, "four"))[-1]
     assert refused.type == P.ERROR and refused.body["code"] == "busy", refused.body
     assert "still loading" in refused.body["message"]
     assert a.call(P.CANCEL, target=second)[-1].body["found"] is True
     assert a.until_final(second)[-1].body["code"] == "cancelled"
-    fifth = track(b, "five")   # the cancelled request's place
+    fifth = track(b, "five")   # the cancelled request's place (the cancel was answered: it is out)
     with pytest.raises(TimeoutError):
         b.recv(timeout=0.5)
     gate.set()
