@@ -87,12 +87,14 @@ def test_restart_keeps_cache(server):
 def test_variants_rotate_per_client(server):
     c = Conn(server.address)
     got = []
-    for _ in range(8):
+    deadline = time.time() + 60   # variant 1 is made in the background (slower on a busy machine)
+    while time.time() < deadline and (len(got) < 8 or sorted(set(got)) != [0, 1]):
         got.append(fetch(c, context="explore")[0].body["variant"])
         time.sleep(0.3)
     assert got[0] == 0 and sorted(set(got)) == [0, 1], got
     # once both are cached, consecutive requests alternate
-    assert got[-1] != got[-2], got
+    more = [fetch(c, context="explore")[0].body["variant"] for _ in range(2)]
+    assert more[0] != more[1], got + more
     c.close()
 
 
