@@ -232,11 +232,14 @@ class Server(Handlers, Events):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
-        blocked, wait = False, 5
+        blocked, moved = False, time.monotonic()
         while not self._stop.is_set():
             pending = self._has_output()
-            # a peer that takes nothing is retried less and less often (up to 50 ms), not 200 times a second
-            wait = 5 if not blocked or self._sent else min(wait * 2, 50)
+            if not blocked or self._sent:
+                moved = time.monotonic()
+            # peers whose pipes stay full: retried every 5 ms (a reader draining a full pipe must not wait), and
+            # once nothing has moved for a second, every 50 ms (not 200 times a second for a client that left)
+            wait = 5 if time.monotonic() - moved < 1.0 else 50
             timeout = 100 if not pending else (wait if blocked else 0)
             ready = dict(poller.poll(timeout))
             if self._wake_rx in ready:
