@@ -38,7 +38,7 @@ def add_cli(sub) -> None:
 
 
 def cmd_bake(args) -> int:
-    from .profiles import load_profiles
+    from .profiles import load_and_warn
 
     if args.variants is not None and not 1 <= args.variants <= MAX_VARIANTS:
         raise TroubadourError(f"--variants must be in [1, {MAX_VARIANTS}]", code="invalid_param", field="variants")
@@ -46,8 +46,7 @@ def cmd_bake(args) -> int:
         raise TroubadourError("--loudness must be in [-40, -5] LUFS", code="invalid_param", field="loudness")
     if args.max_duration is not None and not args.max_duration > 0:
         raise TroubadourError("--max-duration must be > 0", code="invalid_param", field="max_duration")
-    for note in load_profiles(args.profiles).notes:   # a bad file fails before a model loads or a server is asked
-        print(f"troubadour: warning: {note}", file=sys.stderr)
+    load_and_warn(args.profiles)   # a bad file fails before a model loads or a server is asked
     if args.server:
         source = ServerSource(args.server, log=lambda msg: print(f"bake: {msg}", file=sys.stderr))
         print(f"bake: server {args.server}, model {source.model_id}", file=sys.stderr)

@@ -153,7 +153,7 @@ def plan_from_args(args):
     """Turn generate's arguments into a Plan, validating everything before the model loads."""
     from .generate import Plan
     from .params import GenParams, validate_prompt
-    from .profiles import load_profiles
+    from .profiles import load_and_warn
     from .prompts import apply_presets, compose_prompt
 
     overrides = {k: getattr(args, k) for k in GenParams.names() if getattr(args, k, None) is not None}
@@ -168,9 +168,7 @@ def plan_from_args(args):
             if getattr(args, name):
                 raise TroubadourError(f"--{name} builds a prompt and does not combine with --context: set "
                                       f"{name} in the profiles file", code="invalid_param", field=name)
-        profiles = load_profiles(args.profiles)
-        for note in profiles.notes:
-            print(f"troubadour: warning: {note}", file=sys.stderr)
+        profiles = load_and_warn(args.profiles)
         # strict: files named after a context that is not in the profiles, made of fallback music, would be
         # a typo's output (and "Battle" would overwrite battle's files)
         ctx = profiles.get(args.context, strict=True)

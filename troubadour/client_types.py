@@ -301,9 +301,9 @@ def check_address(address) -> None:
     """A tcp:// address needs a host and a port in 1-65535 (ZeroMQ takes port 99999 and waits forever)."""
     import re
 
-    m = re.fullmatch(r"tcp://(.+):(\d+)", address) if isinstance(address, str) else None
     if isinstance(address, str) and not address.startswith("tcp://") and "://" in address:
         return   # ipc://, inproc://: ZeroMQ checks them
+    m = re.fullmatch(r"tcp://(.+):(\d+)", address) if isinstance(address, str) else None
     if m is None or not 1 <= int(m.group(2)) <= 65535:
         raise TroubadourError(f"server address {address!r} is not valid: expected tcp://HOST:PORT with a port "
                               "in 1-65535, e.g. tcp://127.0.0.1:5555", code="invalid_param", field="server")

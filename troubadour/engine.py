@@ -182,7 +182,11 @@ class Engine(Geometry):
         groups = self.batch_groups([j.prompt for j in jobs])
         if len(groups) > 1:
             yield from self._stream_groups(jobs, groups, progress, should_stop)
-            return
+        else:
+            yield from self._stream_batch(jobs, progress, should_stop)
+
+    def _stream_batch(self, jobs: list[Job], progress, should_stop) -> Iterator[Chunk]:
+        """stream() of rows that share one batch."""
         b = len(jobs)
         frames = [self.frames_for(j.params.duration) for j in jobs]
         total = self.steps_for(max(j.params.duration for j in jobs))
@@ -233,10 +237,10 @@ class Engine(Geometry):
     def _stream_groups(self, jobs, groups, progress, should_stop) -> Iterator[Chunk]:
         """stream() over rows that cannot share a batch: one group after the other, progress counted over all."""
         totals = [self.steps_for(max(jobs[r].params.duration for r in g)) for g in groups]
-        done = 0
+        done, whole = 0, sum(totals)
         for rows, steps in zip(groups, totals):
-            inner = None if progress is None else (lambda d, _t, base=done: progress(base + d, sum(totals)))
-            for chunk in self.stream([jobs[r] for r in rows], progress=inner, should_stop=should_stop):
+            inner = None if progress is None else (lambda d, _t, base=done: progress(base + d, whole))
+            for chunk in self._stream_batch([jobs[r] for r in rows], inner, should_stop):
                 chunk.row = rows[chunk.row]
                 yield chunk
             done += steps

@@ -167,9 +167,7 @@ class Events:
         """A hot-swap regeneration cancelled by a newer edit. Streaming prefetches that waited for it wait for
         the version that replaced it (they waited forever: a job cancelled in the queue sends no event), and
         its live entry goes if it never started (no engine event will clear it)."""
-        live = self.live.get(job.key)
-        if job.state == "cancelled" and live is not None and live.job is job:
-            del self.live[job.key]
+        self._drop_unstarted(job)
         for state in self.prefetches.pop(job.key, []):
             for ctx, variant in state.pending.pop(job.key, ()):
                 spec = after.get((ctx, variant))

@@ -105,14 +105,13 @@ class Handlers:
         reply.send(P.PROFILES, final=True, contexts=rows, game=game)
 
     def on_subscribe(self, reply, req):
-        self.waiting_subs.pop(reply.client, None)   # (a re-subscription: the old one's events are dropped)
+        self._forget_subscription(reply.client)   # (a re-subscription: the old one's events are dropped)
         sub = self.subscribers[reply.client] = Subscription(reply.envelope, req["events"], self.waiting_subs)
         reply.send(P.SUBSCRIBED, final=True, events=req["events"])
         sub.after = reply   # events queued in the same pass wait for it (their seq restarts at 0 after it)
 
     def on_unsubscribe(self, reply, req):
-        self.subscribers.pop(reply.client, None)
-        self.waiting_subs.pop(reply.client, None)
+        self._forget_subscription(reply.client)
         reply.send(P.UNSUBSCRIBED, final=True)
 
     def on_reload_profiles(self, reply, req):
@@ -319,14 +318,14 @@ class Handlers:
                                 round(entry.frames * self.geometry.sample_rate / rate), req["format"], rate)
             return {**self._header(spec, True, delivery), "frames": entry.frames}
 
+        key = (spec.context, spec.variant, repr(spec.info))
         if not req["stream"]:
             if entry.nbytes > P.MAX_TRACK_BYTES:
                 raise TroubadourError(f"the track is over {P.MAX_TRACK_BYTES} bytes in one message; ask with "
                                       "stream=true", code=P.TOO_LARGE, field="stream")
-            reply.send_prebuilt(self.memo.whole(entry, (spec.context, spec.variant, repr(spec.info)), header))
+            reply.send_prebuilt(self.memo.whole(entry, key, header))
             return
-        reply.source = replay_memo(reply, entry, entry.header((spec.context, spec.variant, repr(spec.info)),
-                                                               header))
+        reply.source = replay_memo(reply, entry, entry.header(key, header))
 
     def on_prefetch(self, reply, req):
         specs = []
@@ -370,12 +369,20 @@ class Handlers:
             if live is not None:
                 live.detach(reply.stream)
         if reply.job is not None and self.scheduler.release(reply.job, reply):
-            live = self.live.get(reply.job.key)
-            if reply.job.state == "cancelled" and live is not None and live.job is reply.job:
-                del self.live[reply.job.key]   # cancelled before it started: no event will clear it
+            self._drop_unstarted(reply.job)
         reply.source = None
         for states in self.prefetches.values():
             states[:] = [s for s in states if s.reply is not reply]
+
+    def _drop_unstarted(self, job) -> None:
+        """A job just cancelled: if it never started, no engine event will clear its live entry."""
+        live = self.live.get(job.key)
+        if job.state == "cancelled" and live is not None and live.job is job:
+            del self.live[job.key]
+
+    def _forget_subscription(self, client: bytes) -> None:
+        self.subscribers.pop(client, None)
+        self.waiting_subs.pop(client, None)
 
     def drop_client(self, client: bytes, why: str) -> None:
         """The connection is gone: forget everything about it. Constant time for a client holding no replies
@@ -385,8 +392,7 @@ class Handlers:
                 reply = self.replies.pop(key)
                 self._detach(reply)
                 reply.outbox.clear()
-        self.subscribers.pop(client, None)
-        self.waiting_subs.pop(client, None)
+        self._forget_subscription(client)
 
     def drop_stream(self, reply, why: str) -> None:
         """A client stopped reading this request: free its backlog and end it with one error it can act on.

@@ -164,14 +164,20 @@ def _weights(xf: int, curve: str) -> tuple[np.ndarray, np.ndarray]:
         # where a linear fade dips by up to 3 dB (measured in tests).
         fin, fout = np.sin(0.5 * np.pi * w), np.cos(0.5 * np.pi * w)
         fout[-1] = 0.0  # cos(pi/2) is 6e-17, not 0
-    elif curve in ("linear", "adaptive"):   # (adaptive: scaled per crossfade by _mix)
+    elif curve == "linear":
         fin, fout = w, 1.0 - w
     else:
         raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
     return fout.astype(np.float32), fin.astype(np.float32)
 
 
+def _check_curve(curve: str) -> None:
+    if curve not in CURVES:
+        raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
+
+
 def _mix(tail: np.ndarray, pre: np.ndarray, curve: str) -> np.ndarray:
+    _check_curve(curve)
     if curve == "adaptive":
         return _mix_adaptive(tail, pre)
     fout, fin = _weights(tail.shape[-1], curve)
@@ -241,7 +247,7 @@ class LoopStreamer:
     def __init__(self, total_frames: int, sample_rate: int, bpm: float | None, meter: str = "4/4",
                  crossfade_s: float | None = None, curve: str = "adaptive", snap: int = 1):
         self.sample_rate, self.bpm, self.meter, self.curve = sample_rate, bpm, meter, curve
-        _weights(1, curve)  # validate now, not at finish()
+        _check_curve(curve)  # now, not at finish()
         self.loop_start, self.loop_end, self.crossfade = _plan(int(total_frames), sample_rate, bpm,
                                                                meter, crossfade_s, snap)
         self.hold = self.loop_end - self.crossfade

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -159,16 +160,27 @@ def load_profiles(path=None) -> Profiles:
     return profiles
 
 
+def load_and_warn(path=None) -> Profiles:
+    """load_profiles(), its notes printed as warnings (the command-line tools)."""
+    profiles = load_profiles(path)
+    for note in profiles.notes:
+        print(f"troubadour: warning: {note}", file=sys.stderr)
+    return profiles
+
+
 class _Where:
     """Where in the file a value lives, for messages like "f.toml: context 'x': field 'y': ..."."""
 
     def __init__(self, source: str, label: str | None, path: str):
         self.source, self.label, self.path = source, label, path
 
+    def text(self, key: str | None = None) -> str:
+        """'file: context 'x': field 'y'' for messages."""
+        return ": ".join([self.source] + ([self.label] if self.label else []) + ([f"field {key!r}"] if key else []))
+
     def fail(self, key: str | None, message: str):
-        parts = [self.source] + ([self.label] if self.label else []) + ([f"field {key!r}"] if key else [])
         dotted = ".".join(p for p in (self.path, key) if p) or None
-        raise ProfileError(": ".join(parts + [message]), field=dotted)
+        raise ProfileError(f"{self.text(key)}: {message}", field=dotted)
 
     def check_keys(self, table: dict, allowed) -> None:
         for key in table:
@@ -294,8 +306,7 @@ def _note_near_preset(notes: list, where: "_Where", kind: str, value) -> None:
         return
     hint = did_you_mean(value.strip().lower(), presets()[kind + "s"])
     if hint:
-        where_ = ": ".join([where.source] + ([where.label] if where.label else []))
-        notes.append(f"{where_}: {kind} {value!r} is not a preset, so it is only words in the prompt{hint}")
+        notes.append(f"{where.text()}: {kind} {value!r} is not a preset, so it is only words in the prompt{hint}")
 
 
 def _build_context(where: _Where, name: str, table: dict, game: dict, defaults: dict) -> Context:

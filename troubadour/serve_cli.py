@@ -29,7 +29,7 @@ def _serve(args) -> int:
     from .cli import make_engine
     from .engine import Job
     from .errors import TroubadourError
-    from .profiles import load_profiles
+    from .profiles import load_and_warn
     from .server import Server, log
 
     if bool(args.curve_secret) != bool(args.allow):
@@ -44,8 +44,7 @@ def _serve(args) -> int:
         if not ok:
             raise TroubadourError(f"--{name.replace('_', '-')} must be {bound}, got {value}", code="invalid_param",
                                   field=name)
-    for note in load_profiles(args.profiles).notes:   # a broken file fails now, before minutes of model loading
-        log(f"warning: {note}")
+    load_and_warn(args.profiles)   # a broken file fails now, before minutes of model loading
     _check_bind(args.bind)         # and so does a port already in use
     described = describe_model(args.model, args.device)   # and a model that cannot load, or a bad --device
     if args.curve_secret:

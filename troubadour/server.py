@@ -373,8 +373,6 @@ class Server(Handlers, Events):
                     break
             if isinstance(h, Reply) and h.done():
                 self.replies.pop(h.key, None)
-            elif not isinstance(h, Reply) and not h.outbox and self.waiting_subs.get(h.client) is h:
-                del self.waiting_subs[h.client]
         return blocked
 
     def _reply_error(self, envelope, req_id, exc) -> None:

@@ -351,12 +351,12 @@ class LiveTrack:
             self.streams.clear()
 
 
-def recording(recording: set, key, source):
-    """`source`, with `key` in `recording` (the memo keys being recorded) until it ends or is dropped."""
+def recording(keys: set, key, source):
+    """`source`, with `key` in `keys` (the memo keys being recorded) until it ends or is dropped."""
     try:
         yield from source
     finally:
-        recording.discard(key)
+        keys.discard(key)
 
 
 def pinned(cache, key, source, track=None):
