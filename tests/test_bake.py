@@ -16,7 +16,8 @@ import soundfile as sf
 from conftest import troubadour_cmd
 from servers import ServerProcess
 from troubadour import audio, bake as B, loops
-from troubadour.bake import EngineSource, bake
+from troubadour.bake import bake
+from troubadour.bake_sources import EngineSource, ServerSource
 from troubadour.profiles import default_profiles_path, load_profiles
 
 # Short tracks keep the test fast; 4 s still fits a bar of the slowest bundled tempo (70 bpm).
@@ -351,7 +352,7 @@ def test_cli_server_that_does_not_answer_exits_4(tmp_path, capsys, monkeypatch):
     from servers import free_port
     from troubadour.cli import main
 
-    monkeypatch.setattr(B.ServerSource.__init__, "__defaults__", (0.2, None))   # seconds per try, not 10
+    monkeypatch.setattr(ServerSource.__init__, "__defaults__", (0.2, None))   # seconds per try, not 10
     code = main(["bake", "--out", str(tmp_path / "out"), "--server", f"tcp://127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err
     assert code == 4 and "no answer" in err.strip().splitlines()[-1], err

@@ -113,7 +113,7 @@ def test_generate_with_compile_flag_writes_the_same_track(tiny_model, cli_env, t
 
 
 def test_bake_source_passes_compile_on(tiny_model):
-    from troubadour.bake import EngineSource
+    from troubadour.bake_sources import EngineSource
 
     assert EngineSource(model=str(tiny_model), device="cpu", compile_step=True).engine._compiled is not None
     assert EngineSource(model=str(tiny_model), device="cpu").engine._compiled is None
@@ -144,7 +144,7 @@ def test_only_the_server_builds_its_engine_for_another_thread(tiny_model, monkey
     generates on its engine thread, so only it must not ask for main-thread-only CUDA graphs."""
     import troubadour.cli as cli
     import troubadour.compiled as compiled
-    from troubadour.bake import EngineSource
+    from troubadour.bake_sources import EngineSource
 
     asked = []
     real = compiled.mode_for

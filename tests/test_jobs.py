@@ -2,7 +2,6 @@
 rows are cancelled or fail, reported through the same events the server's I/O thread reads."""
 
 import queue
-import threading
 
 import numpy as np
 import pytest

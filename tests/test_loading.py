@@ -210,7 +210,7 @@ def test_describe_model_refuses_what_loading_would(tmp_path, tiny_model):
 
 
 def test_bake_from_a_server_waits_for_its_model(loading, engine):
-    from troubadour.bake import ServerSource
+    from troubadour.bake_sources import ServerSource
 
     server, gate, _, _, _, _ = loading
     said, made = [], []

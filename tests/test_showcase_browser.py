@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from troubadour.bake import EngineSource, bake
+from troubadour.bake import bake
+from troubadour.bake_sources import EngineSource
 from troubadour.prompts import presets
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)

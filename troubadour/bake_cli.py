@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .bake import DEFAULT_SAMPLE_RATE, SAMPLE_RATES, EngineSource, ServerSource, bake
+from .bake import DEFAULT_SAMPLE_RATE, SAMPLE_RATES, bake
+from .bake_sources import EngineSource, ServerSource
 from .errors import TroubadourError
 from .params import MAX_VARIANTS
 from .showcase import MANIFEST
