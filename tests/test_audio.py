@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -70,6 +71,22 @@ def test_ogg_round_trip(tmp_path):
     assert corr(y[:n, 0], x[0, :n]) > 0.98
     assert corr(y[:n, 1], x[1, :n]) > 0.98
     assert abs(peak_freq(y[:n, 0], sr) - 440) < 2 and abs(peak_freq(y[:n, 1], sr) - 660) < 2
+
+
+def test_ogg_bytes_follow_the_audio(tmp_path):
+    """libsndfile drew a random stream serial per file: the same audio written twice made two different files
+    (a re-bake rewrote them; a download resumed on another encoding of the track was two joined streams)."""
+    x = sine(sr=32000, seconds=1.0)
+    a = audio.write_audio(tmp_path / "a.ogg", x, 32000, loop=(100, 30000)).read_bytes()
+    b = audio.write_audio(tmp_path / "b.ogg", x, 32000, loop=(100, 30000)).read_bytes()
+    other = audio.write_audio(tmp_path / "c.ogg", x * 0.5, 32000).read_bytes()
+    assert a == b and a[14:18] != other[14:18]            # bytes 14..17 of a page: its stream serial
+    assert audio.read_loop_points(tmp_path / "b.ogg") == (100, 30000)
+    y, _ = sf.read(tmp_path / "b.ogg", dtype="float32", always_2d=True)
+    assert corr(y[:30000, 0], x[0, :30000]) > 0.98
+    from troubadour.delivery import _ogg_bytes
+    first, second = _ogg_bytes(x, 32000), _ogg_bytes(x, 32000)
+    assert first == second and sf.read(io.BytesIO(first))[0].shape[0] == x.shape[1]
 
 
 def test_long_ogg_write(tmp_path):

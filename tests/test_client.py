@@ -140,6 +140,16 @@ def test_formats_and_sample_rates(client, fmt, tmp_path):
     client.violations.clear()   # ogg chunk frames: see test_ogg_chunk_frames_add_up
 
 
+def test_ogg_live_and_cached_are_the_same_bytes(client):
+    """A get_track resent after a reconnect may be served from the cache while the first try streamed live:
+    the two must be byte-identical for the client to skip what it already has."""
+    params = {"duration": 1.0, "seed": 9071}
+    live = client.get_track(prompt="ogg twice", params=params, format="ogg")
+    cached = client.get_track(prompt="ogg twice", params=params, format="ogg")
+    assert not live.cached and cached.cached and cached.audio == live.audio and cached.sha256 == live.sha256
+    client.violations.clear()   # ogg chunk frames: see test_ogg_chunk_frames_add_up
+
+
 def test_ogg_chunk_frames_add_up(server):
     with Client(server.address, timeout=10) as client:
         stream = client.stream_track("menu", format="ogg")

@@ -6,11 +6,13 @@ values in [-1, 1]. 1-D arrays are accepted as mono where noted.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -237,8 +239,33 @@ def write_audio(
         # Tag the temp file before the rename, so readers never see a file without its loop.
         if loop is not None:
             (_append_smpl if name == "wav" else _tag_ogg_loop)(f, *loop, int(sample_rate))
+        if name == "ogg":
+            f.seek(0)
+            data = restamp_ogg(f.read(), ogg_serial(frames))
+            f.seek(0)
+            f.truncate()
+            f.write(data)
 
     return _atomic_write(path, write)
+
+
+def ogg_serial(audio: np.ndarray) -> int:
+    """A stream serial number that follows from the audio (see restamp_ogg)."""
+    return zlib.crc32(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+
+
+def restamp_ogg(data: bytes, serial: int) -> bytes:
+    """The same Ogg stream with `serial` on every page (page CRCs recomputed). libsndfile draws a random serial
+    per file, so one track encoded twice differed in those bytes: a re-bake rewrote identical music, and a
+    client resuming a download after a reconnect joined two streams that no decoder reads as one."""
+    from mutagen.ogg import OggPage
+
+    src, out = io.BytesIO(data), []
+    while src.tell() < len(data):
+        page = OggPage(src)
+        page.serial = serial
+        out.append(page.write())
+    return b"".join(out)
 
 
 # --- loop points in files ----------------------------------------------------------------

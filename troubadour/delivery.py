@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 import xxhash
 
-from .audio import pcm_f32le, pcm_s16le
+from .audio import ogg_serial, pcm_f32le, pcm_s16le, restamp_ogg
 
 PCM_FORMATS = ("pcm_s16le", "pcm_f32le")
 FILE_FORMATS = ("wav", "ogg")
@@ -123,4 +123,4 @@ def _ogg_bytes(audio: np.ndarray, rate: int) -> bytes:
         frames = audio.T
         for i in range(0, len(frames), 65536):   # one huge write crashes libvorbis
             f.write(frames[i:i + 65536])
-    return buf.getvalue()
+    return restamp_ogg(buf.getvalue(), ogg_serial(audio))

@@ -77,6 +77,10 @@ namespace Troubadour
                 Type = type, Fields = fields ?? new Dictionary<string, object>(), Handler = handler,
                 Resendable = resendable, ShortTimeout = ShortTypes.Contains(type)
             };
+            // Encoded here once, on the caller's thread, so a value the wire cannot carry (a ulong past 2^63, an
+            // enum, a non-string key...) throws at the call instead of failing later on the I/O thread.
+            try { MsgPack.Encode(p.Fields); }
+            catch (ProtocolException e) { throw new ArgumentException("cannot send " + type + ": " + e.Message, "fields"); }
             p.Handle = new TroubadourRequest(this, type, NextId());
             handler.Pending = p;
             Post(() => Submit(p));
@@ -185,13 +189,20 @@ namespace Troubadour
         {
             if (conn == null) { p.QueuedAt = Now; unsent.Add(p); return; }
             if (p.WireId != 0) p.Handle.Id = NextId();   // resent: a fresh id
+            var body = new Dictionary<string, object>(p.Fields);
+            body["id"] = p.Handle.Id;
+            List<byte[]> frames;
+            // (checked in Start; the caller may have changed the fields' contents since)
+            try { frames = Wire.Encode(p.Type, body); }
+            catch (ProtocolException e)
+            {
+                Complete(p, new TroubadourError(ErrorCodes.BadRequest, "cannot send " + p.Type + ": " + e.Message));
+                return;
+            }
             p.WireId = p.Handle.Id;
             p.NextSeq = 0;
             p.SentAt = Now;
             open[p.WireId] = p;
-            var body = new Dictionary<string, object>(p.Fields);
-            body["id"] = p.WireId;
-            var frames = Wire.Encode(p.Type, body);
             frames.Insert(0, new byte[0]);
             try { conn.Send(frames); }
             catch (Exception e) { Drop("send failed: " + e.Message); }

@@ -29,7 +29,6 @@ namespace Troubadour
 
         static void Write(MemoryStream o, object v, int depth)
         {
-            if (depth > MaxDepth) throw new ProtocolException(ErrorCodes.TooLarge, "nesting deeper than 16 levels");
             if (v == null) { o.WriteByte(0xc0); return; }
             if (v is bool) { o.WriteByte((bool)v ? (byte)0xc3 : (byte)0xc2); return; }
             if (v is string) { WriteStr(o, (string)v); return; }
@@ -49,8 +48,11 @@ namespace Troubadour
                 return;
             }
             var dict = v as IDictionary;
-            if (dict != null) { WriteMap(o, dict, depth); return; }
             var list = v as IList;
+            // Containers count the depth (the body map is 1), as the decoder and the server do; scalars do not.
+            if ((dict != null || list != null) && depth > MaxDepth)
+                throw new ProtocolException(ErrorCodes.TooLarge, "nesting deeper than 16 levels");
+            if (dict != null) { WriteMap(o, dict, depth); return; }
             if (list != null)
             {
                 WriteHeader(o, list.Count, 0x90, 16, 0xdc, 0xdd);

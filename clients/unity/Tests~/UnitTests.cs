@@ -30,6 +30,8 @@ namespace Troubadour.Tests
             KeysSortedByCodePoint();
             TrackChecksumAndResume();
             OfflineRequestFails();
+            UnsendableValueThrowsAtTheCall();
+            NestingLimitCountsContainers();
             return failures;
         }
 
@@ -189,6 +191,48 @@ namespace Troubadour.Tests
                   err != null && err.Code == ErrorCodes.ConnectionLost && err.IsRetryable && req.IsDone && sw.Elapsed.TotalSeconds < 4,
                   err == null ? "no error" : err.ToString());
             c.Dispose();
+        }
+        static void UnsendableValueThrowsAtTheCall()
+        {
+            // A seed past 2^63 cannot be a msgpack int64: the call throws, and later requests still go through
+            // the queue (they fail with connection_lost here, nothing listening, instead of never finishing).
+            var c = new TroubadourClient(new ClientOptions { OfflineTimeoutSeconds = 1, ConnectTimeoutMs = 500 });
+            c.Connect("127.0.0.1", 1);
+            string thrown = null;
+            try
+            {
+                c.Send("get_track", new Dictionary<string, object> {
+                    { "context", "battle" }, { "params", new Dictionary<string, object> { { "seed", ulong.MaxValue } } } },
+                    m => { }, e => { }, true);
+            }
+            catch (ArgumentException e) { thrown = e.Message; }
+            TroubadourError err = null;
+            var req = c.Info(si => { }, e => err = e);
+            var sw = Stopwatch.StartNew();
+            while (err == null && sw.Elapsed.TotalSeconds < 5) { c.Poll(); Thread.Sleep(5); }
+            Check("unsendable_value_throws_at_the_call", thrown != null && thrown.Contains("int64"), "thrown: " + thrown);
+            Check("unsendable_value_leaves_the_queue_working", err != null && err.Code == ErrorCodes.ConnectionLost && req.IsDone,
+                  err == null ? "no error" : err.ToString());
+            c.Dispose();
+        }
+
+        static object Nest(int containers, object leaf)
+        {
+            object v = leaf;
+            for (int i = 0; i < containers; i++) v = new List<object> { v };
+            return v;
+        }
+
+        static void NestingLimitCountsContainers()
+        {
+            // The body map is level 1, so 15 lists inside it reach level 16 (allowed, with contents); 16 lists do not.
+            byte[] ok = null;
+            try { ok = MsgPack.Encode(new Dictionary<string, object> { { "x", Nest(15, 1) } }); } catch (ProtocolException) { }
+            string deep = null;
+            try { MsgPack.Encode(new Dictionary<string, object> { { "x", Nest(16, 1) } }); }
+            catch (ProtocolException e) { deep = e.Code; }
+            Check("nesting_16_levels_encodes", ok != null && ok.Length == 1 + 2 + 15 + 1, ok == null ? "refused" : ok.Length + " bytes");
+            Check("nesting_17_levels_refused", deep == ErrorCodes.TooLarge, "got " + deep);
         }
     }
 }
