@@ -428,7 +428,9 @@ def test_engine_clients_godot_keeps_messages_that_came_before_a_close(tmp_path):
 def test_engine_clients_godot_player_cut_short(tmp_path):
     """The player against a scripted server that cuts streams short (tests/fakeserver.py's DirectorServer): a
     track failing while it waits for its bar line leaves the heard one playing at full volume (not faded out to
-    silence); the heard track cut short loops what arrived (no underrun) and is fetched again (reason resume)."""
+    silence); the heard track cut short loops what arrived (no underrun) and is fetched again (reason resume).
+    The game changing its mind while a track waits for its bar line: A -> B -> C never lets B play; A -> B -> A
+    keeps A playing."""
     from fakeserver import DirectorServer
 
     srv = DirectorServer()
@@ -436,4 +438,7 @@ def test_engine_clients_godot_player_cut_short(tmp_path):
         "hold_dies": lambda: srv.hold("dies"), "fail_dies": lambda: srv.fail("dies", "engine_error"),
         "hold_flaky": lambda: srv.hold("flaky"), "fail_flaky": lambda: srv.fail("flaky", "busy")})
     assert any(l.startswith("OK cut_short") for l in run.lines), run.output
-    assert srv.requests == {"steady": 1, "dies": 1, "flaky": 2}, (srv.requests, run.output)
+    assert any(l.startswith("OK change_of_mind") for l in run.lines), run.output
+    # (third: fetched once, not again when the game went back to it)
+    assert srv.requests == {"steady": 1, "dies": 1, "flaky": 2, "first": 1, "second": 1, "third": 1, "fourth": 1}, \
+        (srv.requests, run.output)

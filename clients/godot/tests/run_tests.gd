@@ -21,6 +21,7 @@ const Protocol = preload("res://addons/troubadour/core/protocol.gd")
 const Connection = preload("res://addons/troubadour/core/connection.gd")
 const ClientNode = preload("res://addons/troubadour/client.gd")
 const PlayerNode = preload("res://addons/troubadour/player.gd")
+const Pcm = preload("res://addons/troubadour/core/pcm.gd")
 
 var compat = null
 var proto = null
@@ -72,6 +73,7 @@ func _run_all():
 		conn.close()
 	elif config.has("port") and mode == "director":
 		_test("cut_short", "t_cut_short")
+		_test("change_of_mind", "t_change_of_mind")
 	elif config.has("port"):
 		conn = Connection.new(compat)
 		conn.log_enabled = true
@@ -341,6 +343,11 @@ func t_msgpack_roundtrip():
 		return "nesting over 16 levels was encoded"
 	if codec.encode({1: 2}) != null or codec.error_code != "bad_request":
 		return "an int map key was encoded"
+	# packed arrays (split(), exported string lists) go as arrays
+	var packed = codec.encode({"c": "menu,battle".split(","), "f": "1.5,2".split_floats(","), "i": PoolIntArray([1, -2])})
+	var plain = codec.encode({"c": ["menu", "battle"], "f": [1.5, 2.0], "i": [1, -2]})
+	if packed == null or packed.hex_encode() != plain.hex_encode():
+		return "packed arrays: %s" % codec.error_message
 	detail = "%d bytes" % bytes.size()
 	return ""
 
@@ -348,20 +355,23 @@ func t_msgpack_roundtrip():
 # The player's PCM decoding, on the payload of vector `chunk` (PROTOCOL.md section 8): 4 stereo
 # pcm_s16le frames (0, 0), (32767, -32767), (16384, 16384), (-16384, -16384); and on pcm_f32le.
 func t_pcm_decode():
-	var player = PlayerNode.new()
-	var s16 = player._decode(compat.hex_to_bytes("00000000ff7f01800040004000c000c0"), 4, 2, "pcm_s16le")
+	var b16 = Pcm.reader(compat.hex_to_bytes("00000000ff7f01800040004000c000c0"))
+	var s16 = Pcm.frames(compat, b16, 0, 4, 2, false)
 	var want = [Vector2(0, 0), Vector2(32767 / 32768.0, -32767 / 32768.0), Vector2(0.5, 0.5), Vector2(-0.5, -0.5)]
 	for i in range(4):
 		if s16[i] != want[i]:
-			player.free()
 			return "s16 frame %d: %s, expected %s" % [i, str(s16[i]), str(want[i])]
+	var tail = Pcm.frames(compat, b16, 2, 2, 2, false)     # the player reads the frames it is about to play
+	if tail.size() != 2 or tail[0] != want[2] or tail[1] != want[3]:
+		return "s16 frames 2..3: %s" % str(tail)
 	var b = StreamPeerBuffer.new()
 	for x in [0.25, -1.0, 0.75]:
 		b.put_float(x)
-	var mono = player._decode(b.data_array, 3, 1, "pcm_f32le")
-	player.free()
+	var mono = Pcm.frames(compat, Pcm.reader(b.data_array), 0, 3, 1, true)
 	if mono[0] != Vector2(0.25, 0.25) or mono[1] != Vector2(-1, -1) or mono[2] != Vector2(0.75, 0.75):
 		return "f32 mono frames: %s" % str(mono)
+	if Pcm.frame_count(17, 2, false) != 4 or Pcm.frame_count(24, 2, true) != 3:
+		return "frame_count"
 	return ""
 
 
@@ -870,26 +880,18 @@ func _cut_short_steps(player):
 		return "steady never started" + _track_error_text()
 	# 1. The track set to replace the heard one fails before its crossfade starts (it waits for the next bar):
 	# the heard one comes back to full volume instead of fading out to silence.
-	var steady = _deck_of(player, "steady", PlayerNode.DECK_PLAYING)
-	var end = compat.ticks_msec() + 10000
-	while steady != null and int(steady["played"]) % 64000 > 12000 and compat.ticks_msec() < end:
-		_poll_once()           # just past a bar line: the next one is ~1.5 s away
-		OS.delay_msec(2)
+	_just_past_a_bar(player, "steady")
 	if not _action("hold_dies", 10000):
 		return "the driver did not hold dies"
 	player.play("dies")
-	end = compat.ticks_msec() + 10000
-	while player.current_context != "dies" and compat.ticks_msec() < end:
-		_poll_once()
-		OS.delay_msec(2)
-	if _deck_of(player, "dies", PlayerNode.DECK_LOADING) == null or player.last_transition["delay_ms"] < 500:
+	if not _scheduled(player, "dies"):
 		return "dies was not waiting for a bar line: %s" % str(player.last_transition)
 	if not _action("fail_dies", 10000):
 		return "the driver did not fail dies"
 	if _wait_player(player, "track_error", "dies", 5000) == null:
 		return "no track_error for dies"
 	_wait_player(player, "-", null, 1000)
-	steady = _deck_of(player, "steady", PlayerNode.DECK_PLAYING)
+	var steady = _deck_of(player, "steady", PlayerNode.DECK_PLAYING)
 	if player.current_context != "steady" or steady == null or steady["gain"] < 0.999:
 		return "after dies failed: context %s, steady %s" % [player.current_context, str(steady)]
 	# 2. The heard track's stream fails part-way: it loops what arrived (no underrun) and is fetched again.
@@ -898,7 +900,7 @@ func _cut_short_steps(player):
 	player.play("flaky")
 	if _wait_player(player, "context_started", "flaky", 20000) == null:
 		return "flaky never started" + _track_error_text()
-	end = compat.ticks_msec() + 10000
+	var end = compat.ticks_msec() + 10000
 	while _deck_of(player, "steady", PlayerNode.DECK_STOPPING) != null and compat.ticks_msec() < end:
 		_poll_once()
 		OS.delay_msec(2)
@@ -920,6 +922,77 @@ func _cut_short_steps(player):
 	if resumed == null or resumed[2] != "resume":
 		return "flaky was not fetched again: %s" % str(resumed)
 	detail = "dies transition %s" % str(player.last_transition)
+	return ""
+
+
+# Until `context`'s deck has just passed a bar line (the next one is ~1.5 s away).
+func _just_past_a_bar(player, context):
+	var d = _deck_of(player, context, PlayerNode.DECK_PLAYING)
+	var end = compat.ticks_msec() + 10000
+	while d != null and int(d["played"]) % 64000 > 12000 and compat.ticks_msec() < end:
+		_poll_once()
+		OS.delay_msec(2)
+
+
+# play() was asked for `context`: true once it waits for a bar line of the heard track.
+func _scheduled(player, context):
+	var end = compat.ticks_msec() + 10000
+	while player.current_context != context and compat.ticks_msec() < end:
+		_poll_once()
+		OS.delay_msec(2)
+	return _deck_of(player, context, PlayerNode.DECK_LOADING) != null and player.last_transition["delay_ms"] >= 500
+
+
+func _heard(player):
+	var out = []
+	for d in player.decks:
+		if d["state"] != PlayerNode.DECK_IDLE:
+			out.append(d["context"])
+	return out
+
+
+func t_change_of_mind():
+	return _with_player(["context_started", "track_error"], "_change_of_mind_steps")
+
+
+# The game changes its mind while the next track waits for a bar line (DirectorServer).
+func _change_of_mind_steps(player):
+	player.play("first")
+	if _wait_player(player, "context_started", "first", 20000) == null:
+		return "first never started" + _track_error_text()
+	# 1. A -> B -> C: B is dropped before it starts, A stays until C crossfades from it (the deck fading out
+	# was cut dead for C and B still started: B and C looped on top of each other).
+	_just_past_a_bar(player, "first")
+	player.play("second")
+	if not _scheduled(player, "second"):
+		return "second was not waiting for a bar line: %s" % str(player.last_transition)
+	player.play("third")
+	var first = _deck_of(player, "first", PlayerNode.DECK_PLAYING)
+	if first == null or player.current_context != "first" or first["gain"] < 0.999:
+		return "first did not stay while third loads: %s" % str(player.stats())
+	if _wait_player(player, "context_started", "third", 20000) == null:
+		return "third never started" + _track_error_text()
+	_wait_player(player, "-", null, 1500)      # past the crossfade
+	if _heard(player) != ["third"]:
+		return "after first -> second -> third: decks %s" % str(player.stats())
+	# 2. A -> B -> A: back to the heard track before B starts: B is dropped and A plays on (it was fetched
+	# again and restarted from its beginning with a crossfade).
+	_just_past_a_bar(player, "third")
+	player.play("fourth")
+	if not _scheduled(player, "fourth"):
+		return "fourth was not waiting for a bar line: %s" % str(player.last_transition)
+	var third = _deck_of(player, "third", PlayerNode.DECK_STOPPING)
+	var played = -1
+	if third != null:
+		played = third["played"]
+	player.play("third")
+	_wait_player(player, "-", null, 2500)
+	if third == null or third["state"] != PlayerNode.DECK_PLAYING or third["played"] < played + 32000 or \
+			third["gain"] < 0.999 or _heard(player) != ["third"] or player.current_context != "third":
+		return "after third -> fourth -> third: %s" % str(player.stats())
+	for ev in player_events:
+		if ev[0] == "context_started":
+			return "started again or started a dropped track: %s" % str(ev)
 	return ""
 
 

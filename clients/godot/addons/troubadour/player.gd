@@ -25,6 +25,7 @@ class_name TroubadourPlayer
 
 const Compat = preload("core/compat.gd")
 const ClientScript = preload("client.gd")
+const Pcm = preload("core/pcm.gd")
 
 # context: the game context; header: the `track` message (cached, bpm, sample_rate, frames, track_id...);
 # reason: "play", "hot_swap", or "resume" (the heard track's stream was cut short and is fetched again).
@@ -130,8 +131,14 @@ func _process(_delta):
 func play(context, variant = -1):
 	_ensure_client()
 	if context == current_context and _pending < 0 and _resume_at < 0:
-		return
+		return                 # heard now, or set to start at the next bar
 	if _pending >= 0 and decks[_pending]["context"] == context and decks[_pending]["reason"] == "play":
+		return                 # on its way
+	_unschedule()
+	if context == current_context and _resume_at < 0 and _active >= 0 and decks[_active]["state"] == DECK_PLAYING:
+		# back to the track heard now (A -> B -> A before B started): drop B, A plays on
+		if _pending >= 0 and decks[_pending]["context"] != context:
+			_cancel_pending()
 		return
 	_load(context, variant, "play")
 
@@ -240,9 +247,10 @@ func _on_chunk(d, body, payload):
 		return
 	var n = int(body.get("frames", 0))
 	var offset = int(body.get("offset", 0))
+	n = int(min(n, Pcm.frame_count(payload.size(), d["channels"], d["format"] == "pcm_f32le")))
 	if offset != d["received"] or n <= 0:
 		return
-	d["chunks"].append([offset, _decode(payload, n, d["channels"], d["format"])])
+	d["chunks"].append([offset, Pcm.reader(payload), n])     # decoded as it is played (see core/pcm.gd)
 	d["received"] = offset + n
 
 
@@ -290,34 +298,6 @@ func _schedule_resume():
 	_resume_delay_ms = int(min(_resume_delay_ms * 2, 8000))
 
 
-# PCM bytes -> Vector2 frames (left, right), mono duplicated.
-func _decode(payload, n, channels, fmt):
-	var out = compat.vector2_array(n)
-	var buf = StreamPeerBuffer.new()
-	buf.data_array = payload
-	buf.big_endian = false
-	var f32 = fmt == "pcm_f32le"
-	for i in range(n):
-		var l = 0.0
-		var r = 0.0
-		if f32:
-			l = buf.get_float()
-			r = l
-			if channels > 1:
-				r = buf.get_float()
-				for _k in range(channels - 2):
-					buf.get_float()
-		else:
-			l = buf.get_16() / 32768.0
-			r = l
-			if channels > 1:
-				r = buf.get_16() / 32768.0
-				for _k in range(channels - 2):
-					buf.get_16()
-		out[i] = Vector2(l, r)
-	return out
-
-
 # ---------------------------------------------------------------- decks
 # (decks are compared by "index": Godot 4 compares Dictionaries by content)
 func _new_deck(player, index):
@@ -349,6 +329,7 @@ func _cancel_pending():
 
 func _load(context, variant, reason):
 	_cancel_pending()
+	_unschedule()
 	_resume_at = -1
 	var idx = 0
 	if _active == 0:
@@ -365,6 +346,15 @@ func _load(context, variant, reason):
 	d["format"] = format
 	d["handle"] = client.get_track(context, variant, true, options)
 	_pending = idx
+
+
+# A track set to start at the next bar of the heard one but not started yet is dropped, and the heard one stays
+# (loading another into the deck fading out cut that one dead, and the scheduled one still started: two
+# tracks looped on top of each other).
+func _unschedule():
+	if _active >= 0 and decks[_active]["state"] == DECK_LOADING and decks[_active]["start_at"] >= 0:
+		_reset_deck(decks[_active])
+		_restore_outgoing()
 
 
 func poll():
@@ -497,13 +487,13 @@ func _fill(d):
 			ci -= 1
 		d["chunk_index"] = ci
 		var c = chunks[ci]
-		var data = c[1]
 		var i = cursor - c[0]
-		var run = int(min(data.size() - i, avail - n))
+		var run = int(min(c[2] - i, avail - n))
 		if d["loop_end"] > 0 and cursor < d["loop_end"]:
 			run = int(min(run, d["loop_end"] - cursor))
 		if run <= 0:
 			break
+		var data = Pcm.frames(compat, c[1], i, run, d["channels"], d["format"] == "pcm_f32le")
 		var gain = d["gain"]
 		var step = d["gain_step"]
 		var target = d["gain_target"]
@@ -519,7 +509,7 @@ func _fill(d):
 			if stopping and step == 0.0 and gain <= 0.0 and played >= fade_at:
 				d["done"] = true  # the fade-out is complete
 				break
-			var v = data[i + k] * gain
+			var v = data[k] * gain
 			out[n] = v
 			n += 1
 			played += 1

@@ -21,6 +21,7 @@ var T_STRING_NAME = -1   # Godot 4 only (node names, &"x" literals); never match
 var T_DICT = -1
 var T_ARRAY = -1
 var T_BYTES = -1
+var T_LISTS = []         # packed string / int / float arrays: sent as msgpack arrays, like Array
 
 var _clock = null        # OS (Godot 3) or Time (Godot 4): get_ticks_msec()
 
@@ -37,6 +38,16 @@ func _init():
 	T_DICT = typeof({})
 	T_ARRAY = typeof([])
 	T_BYTES = typeof(empty_bytes())
+	# "a,b".split(",") is a PoolStringArray / PackedStringArray (e.g. an exported list of context names). Int
+	# arrays have no live value both engines make, so the numeric codes follow the byte array's: Godot 3
+	# int 21 after bytes 20 (floats: split_floats), Godot 4 int32, int64, float32, float64 = 30..33 after 29.
+	T_LISTS = [typeof("a".split(","))]
+	if major >= 4:
+		for k in range(1, 5):
+			T_LISTS.append(T_BYTES + k)
+	else:
+		T_LISTS.append(T_BYTES + 1)
+		T_LISTS.append(typeof("1".split_floats(",")))
 	if major >= 4:
 		T_STRING_NAME = 21   # Variant.Type.TYPE_STRING_NAME in Godot 4
 		_clock = Engine.get_singleton("Time")

@@ -296,7 +296,7 @@ func _write(out, v, depth):
 			return
 		_write_head(out, v.size(), -1, -1, 0xc4, true)
 		out.put_data(v)
-	elif t == compat.T_ARRAY:
+	elif t == compat.T_ARRAY or t in compat.T_LISTS:
 		if depth > MAX_DEPTH:
 			_fail("too_large", "nesting deeper than %d levels" % MAX_DEPTH)
 			return
