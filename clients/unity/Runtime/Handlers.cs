@@ -77,6 +77,10 @@ namespace Troubadour
         SHA256 sha;
         long streamBytes, delivered, skip;
         int resumes;
+        // FNV-1a over the bytes the caller got, and over the bytes a resumed transfer skips: they must agree
+        // (a resumed transfer that differs would be joined to the first one without any error).
+        const ulong FnvStart = 14695981039346656037UL;
+        ulong deliveredHash = FnvStart, skippedHash, wantSkipped;
 
         public TrackHandler(TroubadourClient client, TrackCallbacks cb, bool stream) : base(client)
         {
@@ -110,21 +114,22 @@ namespace Troubadour
                     else if (h.SameAudioAs(delivering))
                     {
                         skip = delivered;   // resumed: the caller already has these bytes
+                        skippedHash = FnvStart;
+                        wantSkipped = deliveredHash;
                         resumes++;
                     }
                     else
                     {
                         h.Restarted = true;
                         delivered = 0;
+                        deliveredHash = FnvStart;
                         Deliver(h);
                     }
                     if (!m.Final) return stream ? null : Invalid("track not final");
-                    Feed(m.Payload, 0, h.Frames);
-                    return Finish(h.Frames, Fields.Long(b, "bytes", -1), Fields.Str(b, "sha256"), b);
+                    return Feed(m.Payload, 0, h.Frames) ?? Finish(h.Frames, Fields.Long(b, "bytes", -1), Fields.Str(b, "sha256"), b);
                 case "chunk":
                     if (current == null) return Invalid("chunk before track");
-                    Feed(m.Payload, Fields.Long(b, "offset"), Fields.Long(b, "frames"));
-                    return null;
+                    return Feed(m.Payload, Fields.Long(b, "offset"), Fields.Long(b, "frames"));
                 case "end":
                     if (current == null) return Invalid("end before track");
                     if (Fields.Long(b, "frames", -1) != current.Frames) return Invalid("end.frames differs from track.frames");
@@ -140,7 +145,13 @@ namespace Troubadour
             if (cb.OnHeader != null) Client.Dispatch(() => cb.OnHeader(h));
         }
 
-        void Feed(byte[] payload, long frameOffset, long frames)
+        static ulong Fnv(ulong h, byte[] data, int offset, int count)
+        {
+            for (int i = offset; i < offset + count; i++) h = (h ^ data[i]) * 1099511628211UL;
+            return h;
+        }
+
+        TroubadourError Feed(byte[] payload, long frameOffset, long frames)
         {
             sha.TransformBlock(payload, 0, payload.Length, null, 0);
             streamBytes += payload.Length;
@@ -148,9 +159,12 @@ namespace Troubadour
             if (skip > 0)
             {
                 start = (int)Math.Min(skip, payload.Length);
+                skippedHash = Fnv(skippedHash, payload, 0, start);
                 skip -= start;
+                if (skip == 0 && skippedHash != wantSkipped)
+                    return Invalid("the stream resent after reconnecting differs from the audio already delivered");
             }
-            if (start >= payload.Length) return;
+            if (start >= payload.Length) return null;
             int bpf = current.BytesPerFrame;
             var c = new TrackChunk
             {
@@ -159,11 +173,14 @@ namespace Troubadour
                 Frames = bpf > 0 ? (payload.Length - start) / bpf : (start == 0 ? frames : 0)
             };
             delivered += c.Count;
+            deliveredHash = Fnv(deliveredHash, payload, start, c.Count);
             if (cb.OnChunk != null) Client.Dispatch(() => cb.OnChunk(c));
+            return null;
         }
 
         TroubadourError Finish(long frames, long bytes, string expected, Dictionary<string, object> raw)
         {
+            if (skip > 0) return Invalid("the stream resent after reconnecting ended before the audio already delivered");
             sha.TransformFinalBlock(new byte[0], 0, 0);
             var hex = new StringBuilder(64);
             foreach (var x in sha.Hash) hex.Append(x.ToString("x2"));

@@ -170,6 +170,28 @@ namespace Troubadour.Tests
                   err == null && end != null && end.Resumes == 1 && headers == 1 && VectorTests.Diff(bytes, audio, "audio") == null,
                   err != null ? err.ToString() : "resumes " + (end == null ? -1 : end.Resumes) + ", " + bytes.Length + " bytes");
 
+            // resent, but the new transfer's first bytes are not the ones delivered (another encoding of the
+            // track): an error, not the two joined (the end's checksum covers only the new transfer)
+            var other = S16(9, 2, 3, 4);
+            h = new TrackHandler(client, new TrackCallbacks(), true);
+            h.OnMessage(Msg("track", 0, false, header));
+            h.OnMessage(Msg("chunk", 1, false, new Dictionary<string, object> { { "offset", 0L }, { "frames", 2L }, { "bytes", 4L } }, first));
+            h.OnResend();
+            h.OnMessage(Msg("track", 0, false, header));
+            err = h.OnMessage(Msg("chunk", 1, false, new Dictionary<string, object> { { "offset", 0L }, { "frames", 4L }, { "bytes", 8L } }, other));
+            Check("track_resume_checks_the_skipped_bytes", err != null && err.Code == ErrorCodes.InvalidReply,
+                  err == null ? "no error" : err.ToString());
+            // resent, and the new transfer ends before reaching what was delivered
+            h = new TrackHandler(client, new TrackCallbacks(), true);
+            h.OnMessage(Msg("track", 0, false, header));
+            h.OnMessage(Msg("chunk", 1, false, new Dictionary<string, object> { { "offset", 0L }, { "frames", 4L }, { "bytes", 8L } }, audio));
+            h.OnResend();
+            h.OnMessage(Msg("track", 0, false, header));
+            h.OnMessage(Msg("chunk", 1, false, new Dictionary<string, object> { { "offset", 0L }, { "frames", 2L }, { "bytes", 4L } }, first));
+            err = h.OnMessage(Msg("end", 2, true, new Dictionary<string, object> { { "frames", 4L }, { "bytes", 4L }, { "sha256", Sha(first) } }));
+            Check("track_resume_short_transfer_fails", err != null && err.Code == ErrorCodes.InvalidReply,
+                  err == null ? "no error" : err.ToString());
+
             h = new TrackHandler(client, new TrackCallbacks(), true);
             h.OnMessage(Msg("track", 0, false, header));
             h.OnMessage(Msg("chunk", 1, false, new Dictionary<string, object> { { "offset", 0L }, { "frames", 4L }, { "bytes", 8L } }, audio));
