@@ -56,3 +56,21 @@ def native_kernel_expected() -> bool:
 
 def troubadour_cmd() -> list[str]:
     return [sys.executable, "-m", "troubadour.cli"]
+
+
+@pytest.fixture
+def nan_for(backend):
+    """Text-encoder output made NaN for prompts containing the word in `word[0]` (as fp16 overflow does for
+    some prompts on a GPU): the NaN stays in that row."""
+    word = [None]
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        for row, text in enumerate(backend.tokenizer.batch_decode(ids)):
+            if word[0] and word[0] in text:
+                output.last_hidden_state[row] = float("nan")
+        return output
+
+    handle = backend.model.text_encoder.register_forward_hook(hook, with_kwargs=True)
+    yield word
+    handle.remove()

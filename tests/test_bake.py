@@ -17,7 +17,7 @@ from conftest import troubadour_cmd
 from servers import ServerProcess
 from troubadour import audio, bake as B, loops
 from troubadour.bake import bake
-from troubadour.bake_sources import EngineSource, ServerSource
+from troubadour.bake_sources import EngineSource
 from troubadour.profiles import default_profiles_path, load_profiles
 
 # Short tracks keep the test fast; 4 s still fits a bar of the slowest bundled tempo (70 bpm).
@@ -255,6 +255,89 @@ def test_interrupted_bake_resumes_and_settings_reprocess_from_cache(engine, tmp_
     assert abs(audio.integrated_loudness(sf.read(str(out / v["file"]), always_2d=True)[0].T, 44100) + 20) <= 1
 
 
+def test_a_bake_that_changes_files_has_no_manifest_until_it_is_done(engine, tmp_path):
+    """A stopped bake left the earlier manifest beside files it had already replaced (other frames, other loop
+    points): while files change there is no manifest.json; the next complete bake still knows which old files
+    were ours (a dropped context's files and folder go)."""
+    profiles = tmp_path / "p.toml"
+    profiles.write_text(SMALL)
+    out = tmp_path / "out"
+    bake(profiles, out, Counting(engine), **quiet())
+    assert (out / "manifest.json").exists() and (out / "fight").is_dir()
+    bake(profiles, out, Counting(engine, fail_after=0), **quiet())   # nothing to change: nothing moves
+    assert (out / "manifest.json").exists()
+
+    profiles.write_text(SMALL.replace("bpm = 120", "bpm = 90").replace('[contexts.fight]\nprompt = "epic drums"\n'
+                                                                       'bpm = 150\n', ""))
+    with pytest.raises(KeyboardInterrupt):
+        bake(profiles, out, Counting(engine, fail_after=0), **quiet())
+    assert not (out / "manifest.json").exists() and (out / ".manifest-previous.json").exists()
+    r = bake(profiles, out, Counting(engine), **quiet())
+    assert sorted(r.manifest["contexts"]) == ["town", "win"] and r.manifest["contexts"]["town"]["bpm"] == 90
+    assert (out / "manifest.json").exists() and not (out / ".manifest-previous.json").exists()
+    assert not (out / "fight").exists()      # its files were listed by the set-aside manifest; no empty folder
+
+
+def test_a_context_the_model_fails_is_named_and_the_others_are_made(engine, nan_for, tmp_path):
+    """The model turning out NaN for one context's prompt (fp16 overflow on a GPU, say): that context is named,
+    the other tracks are made and cached, no manifest is written; once it works the bake finishes from the
+    cache."""
+    from troubadour.bake import BakeFailed
+
+    profiles = tmp_path / "p.toml"
+    profiles.write_text(SMALL)
+    out, logs = tmp_path / "out", []
+    nan_for[0] = "drums"
+    with pytest.raises(BakeFailed) as e:
+        bake(profiles, out, Counting(engine), progress=False, log=logs.append)
+    assert e.value.code == "engine_error" and list(e.value.report.failed) == ["fight"]
+    assert "fight" in e.value.message and "non-finite" in e.value.message
+    assert any(line.startswith("fight:") for line in logs), logs
+    assert (out / "town" / "town_v1.wav").exists() and (out / "win" / "win_v0.wav").exists()
+    assert not (out / "manifest.json").exists()
+    nan_for[0] = None
+    src = Counting(engine)
+    r = bake(profiles, out, src, **quiet())
+    assert (r.generated, r.skipped, src.batches) == (1, 3, 1) and (out / "manifest.json").exists()
+
+
+def test_the_same_track_twice_counts_once_as_made_and_once_from_cache(engine, tmp_path):
+    profiles = tmp_path / "p.toml"
+    profiles.write_text(SMALL + '\n[contexts.win_again]\nprompt = "victory fanfare"\nloop = false\n')
+    r = bake(profiles, tmp_path / "out", Counting(engine), **quiet())
+    assert r.tracks == 5 and (r.generated, r.from_cache, r.skipped) == (4, 1, 0), r.summary()
+
+
+def test_a_stinger_without_a_bpm_is_cut_to_its_duration(engine, tmp_path):
+    """The model makes whole 20 ms frames, the nearest count: 0.27 s came out as 0.28 s (and --max-duration
+    0.001 as 0.02 s)."""
+    profiles = tmp_path / "p.toml"
+    profiles.write_text('[contexts.win]\nprompt = "victory fanfare"\nloop = false\nduration = 0.27\n')
+    r = bake(profiles, tmp_path / "out", Counting(engine), **quiet(variants=1))
+    v = r.manifest["contexts"]["win"]["variants"][0]
+    assert v["frames"] == 12960 and sf.info(str(tmp_path / "out" / v["file"])).frames == 12960
+
+
+def test_manifest_is_reproducible_and_names_a_local_model_by_its_folder(engine, tmp_path, monkeypatch):
+    """Two bakes of the same profiles into two folders give the same bytes in every file (SOURCE_DATE_EPOCH
+    sets the timestamps), and the manifest holds no path of this machine."""
+    from troubadour.bake_sources import EngineSource as Source
+
+    profiles = tmp_path / "p.toml"
+    profiles.write_text(SMALL)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    states = []
+    for name in ("a", "b"):
+        src = Source(model=str(engine.backend.info.model_id))
+        src._engine = engine
+        r = bake(profiles, tmp_path / name, src, **quiet(fmt="ogg"))
+        states.append({k: v[1] for k, v in files_state(tmp_path / name).items()})
+    assert states[0] == states[1]
+    assert r.manifest["generated_at"] == "2023-11-14T22:13:20+00:00"
+    assert r.manifest["model"]["id"] == Path(engine.backend.info.model_id).name
+    assert str(tmp_path) not in (tmp_path / "b" / "manifest.json").read_text()
+
+
 def test_interrupted_bake_then_other_settings_leaves_only_what_the_manifest_lists(engine, tmp_path):
     """A bake stopped before its manifest, then one with another format and fewer variants: the first one's
     files are removed (they were ours: the journal says so), not left beside the new ones."""
@@ -352,10 +435,12 @@ def test_cli_server_that_does_not_answer_exits_4(tmp_path, capsys, monkeypatch):
     from servers import free_port
     from troubadour.cli import main
 
-    monkeypatch.setattr(ServerSource.__init__, "__defaults__", (0.2, None))   # seconds per try, not 10
-    code = main(["bake", "--out", str(tmp_path / "out"), "--server", f"tcp://127.0.0.1:{free_port()}"])
+    t0 = time.monotonic()
+    code = main(["bake", "--out", str(tmp_path / "out"), "--server", f"tcp://127.0.0.1:{free_port()}",
+                 "--timeout", "0.2", "--retries", "1"])
     err = capsys.readouterr().err
     assert code == 4 and "no answer" in err.strip().splitlines()[-1], err
+    assert time.monotonic() - t0 < 10     # (the defaults wait 10 s x 4 tries)
 
 
 THEMED = SMALL + """
@@ -405,5 +490,5 @@ def test_ogg_peaks_are_measured_on_the_shipped_file_and_kept_under_the_ceiling(e
         v = c["variants"][0]
         decoded, sr = sf.read(str(tmp_path / "out" / v["file"]), dtype="float32", always_2d=True)
         peak = audio.true_peak_dbfs(decoded.T, sr)
-        assert abs(peak - v["true_peak_dbfs"]) <= 0.01 and peak <= B.TRUE_PEAK_DBFS + B.PEAK_TOLERANCE_DB, (v, peak)
+        assert abs(peak - v["true_peak_dbfs"]) <= 0.01 and peak <= B.TRUE_PEAK_DBFS, (v, peak)
         assert v["loudness_lufs"] == round(audio.integrated_loudness(decoded.T, sr), 2)

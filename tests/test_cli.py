@@ -17,7 +17,7 @@ def run(args, env, cwd, **kw):
 
 def test_make_test_model_then_generate_variations_twice_identical(tmp_path, cli_env):
     r = run(["make-test-model", "m"], cli_env, tmp_path)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr    # (a CI log gets no progress bar, no config notes)
     args = ["generate", "calm piano", "--model", "m", "--duration", "2", "--variations", "2", "--seed", "7",
             "--out", "o"]
     first = run(args, cli_env, tmp_path)
@@ -136,7 +136,56 @@ def test_cache_ls_stats_clear(tmp_path, cli_env):
     assert json.loads(run(["cache", "clear", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == {"removed": 2}
     assert json.loads(run(["cache", "ls", "--cache", "c", "--json"], cli_env, tmp_path).stdout) == []
     missing = run(["cache", "ls", "--cache", "nope"], cli_env, tmp_path)
-    assert missing.returncode == 2 and "no cache" in missing.stderr
+    assert missing.returncode == 2 and "no track cache" in missing.stderr
+    # a folder that is not a cache (a bake folder instead of its .cache) is not made into one
+    (tmp_path / "soundtrack").mkdir()
+    other = run(["cache", "ls", "--cache", "soundtrack"], cli_env, tmp_path)
+    assert other.returncode == 2 and "no track cache" in other.stderr and not list((tmp_path / "soundtrack").iterdir())
+
+
+def test_a_model_that_fails_is_one_line_and_exit_5(tmp_path, cli_env, tiny_model):
+    """A checkpoint whose output heads are NaN (broken weights): the model's fault, said in one line, exit 5 (not
+    a traceback): for generate, and for bake, which names the contexts and writes no manifest."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan_model"
+    shutil.copytree(tiny_model, broken)
+    for f in broken.glob("*.safetensors"):
+        weights = load_file(f)
+        for name, t in weights.items():
+            if "lm_heads" in name:
+                t.fill_(float("nan"))
+        save_file(weights, f, metadata={"format": "pt"})
+    r = run(["generate", "calm piano", "--model", str(broken), "--duration", "0.5", "--out", "o"], cli_env, tmp_path)
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("troubadour: error:") and "non-finite" in r.stderr
+    profiles = tmp_path / "p.toml"
+    profiles.write_text('[contexts.a]\nprompt = "calm piano"\n[contexts.b]\nprompt = "epic drums"\n')
+    r = run(["bake", str(profiles), "--out", "s", "--model", str(broken), "--variants", "1", "--max-duration", "0.5"],
+            cli_env, tmp_path)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    assert last.startswith("troubadour: error: 2 context(s)") and "a: " in last and "b: " in last, last
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_a_full_disk_is_one_line(tmp_path, cli_env, tiny_model):
+    """Writing past a file-size limit (as a full disk: the write fails) is one error line naming the problem, not
+    libsndfile's failed assertion, sqlite's or cffi's tracebacks."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)    # the write then fails with EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    for args in (["generate", "calm piano", "--duration", "4", "--out", "o"],
+                 ["bake", "--out", "s", "--variants", "1", "--max-duration", "4"]):
+        r = run([*args, "--model", str(tiny_model)], cli_env, tmp_path, preexec_fn=limit)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("troubadour: error:"), r.stderr
 
 
 def test_asks_for_a_prompt_on_a_terminal(tmp_path, cli_env, tiny_model):

@@ -87,24 +87,6 @@ def test_cancelling_the_last_unfinished_row_of_a_batch_stops_it(engine):
     assert max(steps) < engine.steps_for(2.0)   # it stopped before its end
 
 
-@pytest.fixture
-def nan_for(backend):
-    """Text-encoder output made NaN for prompts containing the word in `word[0]` (as fp16 overflow does for
-    some prompts on a GPU): the NaN stays in that row."""
-    word = [None]
-
-    def hook(module, args, kwargs, output):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        for row, text in enumerate(backend.tokenizer.batch_decode(ids)):
-            if word[0] and word[0] in text:
-                output.last_hidden_state[row] = float("nan")
-        return output
-
-    handle = backend.model.text_encoder.register_forward_hook(hook, with_kwargs=True)
-    yield word
-    handle.remove()
-
-
 def test_a_row_that_fails_fails_alone_and_its_batch_mates_are_made_as_alone(engine, nan_for):
     nan_for[0] = "explode"
     run = Run(engine)

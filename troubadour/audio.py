@@ -173,11 +173,13 @@ def _atomic_write(path: Path, write: Callable[[object], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not e.filename:   # (a full disk: say which file)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
     return path
@@ -230,21 +232,19 @@ def write_audio(
         loop = _check_loop(loop, frames.shape[0])
 
     def write(f) -> None:
+        # Encoded in memory, then written: a full disk is then one OSError from the write, not libsndfile's
+        # failed assertion or errors raised inside its I/O callbacks.
+        buf = io.BytesIO()
         with sf.SoundFile(
-            f, mode="w", samplerate=int(sample_rate), channels=channels,
+            buf, mode="w", samplerate=int(sample_rate), channels=channels,
             format=container, subtype=subtype,
         ) as out:
             for start in range(0, frames.shape[0], _WRITE_BLOCK):
                 out.write(frames[start:start + _WRITE_BLOCK])
-        # Tag the temp file before the rename, so readers never see a file without its loop.
         if loop is not None:
-            (_append_smpl if name == "wav" else _tag_ogg_loop)(f, *loop, int(sample_rate))
-        if name == "ogg":
-            f.seek(0)
-            data = restamp_ogg(f.read(), ogg_serial(frames))
-            f.seek(0)
-            f.truncate()
-            f.write(data)
+            (_append_smpl if name == "wav" else _tag_ogg_loop)(buf, *loop, int(sample_rate))
+        data = buf.getvalue()
+        f.write(restamp_ogg(data, ogg_serial(frames)) if name == "ogg" else data)
 
     return _atomic_write(path, write)
 

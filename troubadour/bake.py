@@ -20,21 +20,22 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import __version__
-from .errors import ProfileError, TroubadourError
+from .errors import EngineFault, ProfileError, TroubadourError
 from .params import GenParams
 
 FORMAT_VERSION = 1
-PROCESSING_VERSION = 3     # bump when post-processing changes: every track is then re-processed (3: OGG
-                           # peaks measured on the decoded file)
+PROCESSING_VERSION = 4     # bump when post-processing changes: every track is then re-processed (3: OGG
+                           # peaks measured on the decoded file; 4: OGG peaks kept under the ceiling, not 0.05 dB
+                           # over it; a stinger without a bpm cut to its duration)
 # 2: a loop without a bpm takes its tempo from the model's audio, the same at every output rate
 SAMPLE_RATES = (32000, 44100, 48000)
 DEFAULT_SAMPLE_RATE = 48000
 TRUE_PEAK_DBFS = -1.0
-PEAK_TOLERANCE_DB = 0.05   # how far over the ceiling a decoded OGG may measure before it is encoded again
+PEAK_MARGIN_DB = 0.1       # an OGG whose decoded peak is over the ceiling is encoded again this far under it
 STINGER_FADE_S = 0.5
 # Generated past the bar-aligned length, so frame rounding in the model never costs the last bar.
 GUARD_S = 0.06
@@ -68,10 +69,24 @@ class BakeReport:
     from_cache: int = 0
     skipped: int = 0
     batches: int = 0
+    failed: dict = field(default_factory=dict)   # context -> why its tracks could not be made
+
 
     def summary(self) -> str:
         return (f"{self.tracks} tracks in {self.out_dir}: {self.generated} generated ({self.batches} batches), "
                 f"{self.from_cache} from cache, {self.skipped} up to date")
+
+
+class BakeFailed(TroubadourError):
+    """Some contexts' tracks could not be generated (the model's fault, e.g. non-finite values); the others were
+    made and cached, and no manifest was written: the folder is not a finished soundtrack."""
+    code = "engine_error"
+
+    def __init__(self, report: BakeReport):
+        self.report = report
+        why = "; ".join(f"{name}: {text}" for name, text in report.failed.items())
+        super().__init__(f"{len(report.failed)} context(s) could not be generated ({why}); the other tracks are "
+                         f"done, no manifest.json was written")
 
 
 # ---------------------------------------------------------------- planning
@@ -162,8 +177,8 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
                              estimate=False)
         a, loop, bpm = lr.audio, lr.loop, lr.bpm
     else:
-        if plan.length is not None:
-            a = a[:, :round(plan.length * sample_rate)]       # exactly whole bars
+        # exactly whole bars, or the duration asked for (the model makes whole 20 ms codec frames)
+        a = a[:, :round((plan.length if plan.length is not None else plan.params.duration) * sample_rate)]
         a = loops.fade_out(a, sample_rate, min(STINGER_FADE_S, a.shape[1] / sample_rate / 4))
     a = normalize_loudness(a, sample_rate, target_lufs=plan.loudness, peak_dbfs=TRUE_PEAK_DBFS)
     if loop is not None:
@@ -174,13 +189,14 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
     path = write_audio(out / plan.file, a, sample_rate, fmt, loop=loop)
     shipped = a
     if fmt == "ogg":   # lossy coding moves peaks (up to ~1 dB): what ships is measured, and kept under the ceiling
-        for _ in range(3):
-            shipped = sf.read(str(path), dtype="float32", always_2d=True)[0].T
+        shipped = sf.read(str(path), dtype="float32", always_2d=True)[0].T
+        for _ in range(4):
             over = true_peak_dbfs(shipped, sample_rate) - TRUE_PEAK_DBFS
-            if over <= PEAK_TOLERANCE_DB:
+            if over <= 0:
                 break
-            a = (a * 10 ** (-(over + PEAK_TOLERANCE_DB) / 20)).astype(np.float32)
+            a = (a * 10 ** (-(over + PEAK_MARGIN_DB) / 20)).astype(np.float32)
             path = write_audio(out / plan.file, a, sample_rate, fmt, loop=loop)
+            shipped = sf.read(str(path), dtype="float32", always_2d=True)[0].T
     lufs = integrated_loudness(shipped, sample_rate)
     entry = {
         "variant": plan.variant, "file": plan.file, "seed": plan.params.seed,
@@ -202,7 +218,17 @@ def finish_track(out: Path, plan: TrackPlan, raw, native_rate: int, sample_rate:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    """UTC now, or the time SOURCE_DATE_EPOCH gives (reproducible builds: the same bake, the same bytes)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    t = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit() else \
+        _dt.datetime.now(_dt.timezone.utc)
+    return t.isoformat(timespec="seconds")
+
+
+def _model_name(model_id: str) -> str:
+    """A local checkpoint folder by its name: its path is this machine's (the identity names the weights)."""
+    local = Path(model_id).expanduser()
+    return local.name if local.is_dir() else model_id
 
 
 # ---------------------------------------------------------------- the bake
@@ -220,6 +246,17 @@ def _locked(out: Path):
         yield
     finally:
         os.close(fd)
+
+
+def _set_aside_manifest(out: Path) -> None:
+    """Files are about to change: the manifest would describe the old ones until the new one is written (a
+    stopped bake left a manifest with other frames and loop points than its files), so it moves aside."""
+    from .audio import _fsync_dir
+    from .showcase import MANIFEST, PREVIOUS
+
+    if (out / MANIFEST).exists():
+        os.replace(out / MANIFEST, out / PREVIOUS)
+        _fsync_dir(out)
 
 
 def _journal(out: Path, file: str) -> None:
@@ -280,7 +317,7 @@ def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda msg: tqdm.write(f"bake: {msg}", file=sys.stderr))
-    model = {"id": source.model_id, "identity": source.identity}
+    model = {"id": _model_name(source.model_id), "identity": source.identity}
     with _locked(out), TrackCache(out / CACHE_DIR) as cache:
         plans = plan_tracks(profiles, source, fmt=fmt, sample_rate=sample_rate, variants=variants,
                             loudness=loudness, max_duration=max_duration)
@@ -291,16 +328,29 @@ def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: st
         if themed:
             source.check_themes(profiles, themed)     # fail before generating anything
         report = BakeReport(out, len(plans), skipped=sum(p.status == "skip" for p in plans))
+        if report.skipped < len(plans):
+            _set_aside_manifest(out)
         bar = tqdm(total=len(plans), initial=report.skipped, unit="track", desc="baking", file=sys.stderr,
                    disable=None if progress else True)
         run = _Run(source, cache, bar, log, report)
         try:
             for name in profiles.contexts:
                 group = [p for p in plans if p.context.name == name and p.status != "skip"]
-                # (a theme's variant 0 may already be here: generated for a context earlier in the file)
+                # (a theme's variant 0, or a track of the same prompt and settings, may already be here)
                 todo = [p for p in group if p.status == "generate" and p.raw_key not in run.raws]
-                if todo:
-                    run.generate(todo)
+                for p in group:
+                    if p.status == "generate" and p not in todo:
+                        report.from_cache += 1
+                        bar.update(1)
+                try:
+                    if todo:
+                        run.generate(todo)
+                except (EngineFault, TroubadourError) as e:   # the model failed this context; the others go on
+                    if isinstance(e, TroubadourError) and e.code != "engine_error":
+                        raise
+                    report.failed[name] = getattr(e, "message", str(e))
+                    log(f"{name}: {report.failed[name]}")
+                    continue
                 for p in group:
                     bar.set_postfix_str(p.file, refresh=False)
                     _journal(out, p.file)
@@ -313,6 +363,8 @@ def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: st
                             f"{TRUE_PEAK_DBFS} dBTP stops a louder one)")
         finally:
             bar.close()
+        if report.failed:
+            raise BakeFailed(report)
         report.manifest = build_manifest(profiles, plans, model, sample_rate, fmt)
         journal = out / JOURNAL
         written = journal.read_text("utf-8").splitlines() if journal.exists() else []

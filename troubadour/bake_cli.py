@@ -26,6 +26,13 @@ def add_cli(sub) -> None:
                           "or $TROUBADOUR_MODEL)")
     src.add_argument("--server", metavar="ADDR", help="fetch raw audio from a running server, e.g. "
                                                      "tcp://127.0.0.1:5555, instead of loading a model")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="with --server: seconds of silence before retrying (default 10)")
+    p.add_argument("--retries", type=int, default=3, help="with --server: resends before giving up (default 3)")
+    p.add_argument("--server-key", default=os.environ.get("TROUBADOUR_SERVER_KEY"),
+                   help="with --server: its public key file for CURVE (default $TROUBADOUR_SERVER_KEY)")
+    p.add_argument("--client-key", default=os.environ.get("TROUBADOUR_CLIENT_KEY"),
+                   help="with --server: this client's .key_secret file (default $TROUBADOUR_CLIENT_KEY)")
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--compile", action="store_true", dest="compile_step",
                    help="with --model: decode step through torch.compile (CUDA graphs on an NVIDIA GPU)")
@@ -49,7 +56,8 @@ def cmd_bake(args) -> int:
         raise TroubadourError("--max-duration must be > 0", code="invalid_param", field="max_duration")
     load_and_warn(args.profiles)   # a bad file fails before a model loads or a server is asked
     if args.server:
-        source = ServerSource(args.server, log=lambda msg: print(f"bake: {msg}", file=sys.stderr))
+        source = ServerSource(args.server, args.timeout, lambda msg: print(f"bake: {msg}", file=sys.stderr),
+                              retries=args.retries, server_key=args.server_key, client_key=args.client_key)
         print(f"bake: server {args.server}, model {source.model_id}", file=sys.stderr)
     else:
         from .backends.base import DEFAULT_MODEL

@@ -67,12 +67,13 @@ class EngineSource:
 class ServerSource:
     """A running troubadour server, asked for raw native-rate float PCM."""
 
-    def __init__(self, address: str, timeout: float = 10.0, log=None):
+    def __init__(self, address: str, timeout: float = 10.0, log=None, *, retries: int = 3,
+                 server_key: str | None = None, client_key: str | None = None):
         import time
 
         from .client import Client
 
-        self.client = Client(address, timeout=timeout)
+        self.client = Client(address, timeout=timeout, retries=retries, server_key=server_key, client_key=client_key)
         # a server started just before the bake may still be loading its model (and not know its rate yet)
         said = False
         while self.client.health()["status"] == "loading":

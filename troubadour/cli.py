@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sqlite3
 import sys
 
 from . import __version__
 from .backends.base import DEFAULT_MODEL
-from .errors import ModelLoadError, TroubadourError
+from .errors import EngineFault, ModelLoadError, TroubadourError
 
 EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_NO_SERVER = 4
+EXIT_FAILED = 5       # bake: some tracks could not be generated (the others are done)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -104,10 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     except TroubadourError as e:
         print(f"troubadour: error: {e.message}", file=sys.stderr)
         # (bake --server: a server that does not answer is exit 4, as for fetch/prefetch/status)
+        if e.code == "engine_error":
+            return EXIT_FAILED
         return EXIT_NO_SERVER if e.code in ("connection_lost", "timeout") else EXIT_USAGE
+    except EngineFault as e:   # generate: the model failed (bake reports these per context)
+        print(f"troubadour: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("troubadour: interrupted", file=sys.stderr)
         return 130
+    except sqlite3.Error as e:   # the cache's database (diskcache): a full disk, a read-only folder
+        print(f"troubadour: error: track cache: {e}", file=sys.stderr)
+        return 1
     except OSError as e:   # an output path that cannot be written (a file in the way, no permission, disk full)
         where = f": {e.filename}" if e.filename else ""
         print(f"troubadour: error: {e.strerror or e}{where}", file=sys.stderr)
@@ -115,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_make_test_model(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from .testmodel import build_test_model
 
+    # (its config notes that the pad token is the vocabulary size, MusicGen's own layout; and a shard-writing
+    # progress bar: noise in a CI log)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     path = build_test_model(args.dir, seed=args.seed, stereo=args.stereo, melody=args.melody)
     print(path)
     return 0
@@ -128,8 +144,9 @@ def cmd_cache(args) -> int:
 
     from .cache import LS_PROMPT_CHARS, TrackCache
 
-    if not Path(args.cache).is_dir():
-        raise TroubadourError(f"no cache at {args.cache}", code="not_found", field="cache")
+    if not (Path(args.cache) / "cache.db").is_file():   # (opening any other folder would make a cache in it)
+        raise TroubadourError(f"no track cache at {args.cache} (a cache folder holds cache.db)", code="not_found",
+                              field="cache")
     with TrackCache(args.cache) as cache:
         if args.action == "clear":
             n = cache.clear()

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import Cancelled, ValidationError
+from .errors import Cancelled, EngineFault, ValidationError
 from .decoder_step import DecoderStep
 from .geometry import CHUNK_FRAMES, Geometry
 from .params import MAX_DURATION, GenParams, validate_prompt
@@ -33,10 +33,6 @@ CONTEXT_FRAMES = 50    # left context re-decoded so the codec's LSTM settles (wh
 LOOKAHEAD_FRAMES = 5   # right context: the non-causal convs look a few frames ahead
 WINDOW_S = 30.0        # MusicGen was trained on 30 s; longer tracks continue window by window
 CONTINUATION_S = 10.0  # codes of the previous window a continuation is conditioned on
-
-
-class EngineFault(RuntimeError):
-    """The model misbehaved on this batch (not the request's fault)."""
 
 
 @dataclass(frozen=True, eq=False)

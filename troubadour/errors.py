@@ -65,3 +65,7 @@ def did_you_mean(name, options) -> str:
     """The " (did you mean 'x'?)" hint for the option closest to a mistyped `name`, or an empty string."""
     close = difflib.get_close_matches(str(name), list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class EngineFault(RuntimeError):
+    """The model misbehaved on this batch (not the request's fault), e.g. non-finite values."""

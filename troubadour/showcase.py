@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST, INFO, PAGE = "manifest.json", "soundtrack_info.txt", "index.html"
+# A bake about to change files moves the manifest here (it would describe files that are being replaced); the
+# next complete bake reads it to know which files were ours, then deletes it.
+PREVIOUS = ".manifest-previous.json"
 COLUMNS = 400          # waveform resolution; plenty for an 800-px-wide picture
 SVG_W, SVG_H = 800, 90
 
@@ -256,16 +259,20 @@ def write_outputs(out_dir: str | Path, manifest: dict, written=()) -> None:
     delete the audio + sidecars that the previous manifest listed, or a bake wrote (`written`, relative
     paths), and this manifest does not list (they were ours)."""
     out = Path(out_dir)
-    try:
-        old = json.loads((out / MANIFEST).read_text("utf-8"))
-    except (OSError, ValueError):
-        old = {}
+    old = {}
+    for name in (MANIFEST, PREVIOUS):
+        try:
+            old = json.loads((out / name).read_text("utf-8"))
+            break
+        except (OSError, ValueError):
+            pass
     if isinstance(old, dict) and {**old, "generated_at": None} == {**manifest, "generated_at": None}:
         manifest["generated_at"] = old["generated_at"]     # nothing changed: leave every file as it is
     _remove_stale(out, [*_files(old), *written], manifest)
     _write_if_changed(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     _write_if_changed(out / INFO, info_text(manifest))
     _write_if_changed(out / PAGE, render_page(out, manifest))
+    (out / PREVIOUS).unlink(missing_ok=True)
 
 
 def _files(manifest) -> list[str]:
@@ -284,6 +291,12 @@ def _remove_stale(out: Path, ours: list, manifest: dict) -> None:
         for stale in (f.resolve(), sidecar_path(f.resolve())):
             if stale not in keep and out.resolve() in stale.parents:
                 stale.unlink(missing_ok=True)
+        folder = f.resolve().parent
+        if folder != out.resolve() and out.resolve() in folder.parents:
+            try:
+                folder.rmdir()   # a context no longer baked: no empty folder left to ship
+            except OSError:
+                pass             # not empty (other variants, or files of the user's own)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
