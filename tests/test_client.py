@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import threading
 import time
@@ -99,6 +100,16 @@ def test_context_track_and_fallback(client):
     assert t.header["context"] == "explore" and t.header["variant"] == 0 and t.header["fallback"] is False
     fb = client.get_track("not_in_profiles", params={"duration": 0.5})
     assert fb.header["fallback"] is True and fb.frames == 16000
+
+
+def test_the_server_log_says_each_track_it_makes_and_how_fast(client, server):
+    """A developer sees the server work (a generation on a CPU takes minutes) and this machine's speed."""
+    client.get_track(prompt="a log line please", params={"duration": 1.0, "seed": 31})
+    line = next((l for l in server.log().splitlines() if "'a log line please': 1 s of audio made in" in l), None)
+    assert line is not None and re.search(r"made in [0-9.]+ s \([0-9.]+x real time; generated\)", line), \
+        server.log()[-1500:]
+    client.get_track(prompt="a log line please", params={"duration": 1.0, "seed": 31})   # cached: no new line
+    assert server.log().count("'a log line please'") == 1
 
 
 def test_stream_chunks_in_order_concatenate_to_get_track(client):

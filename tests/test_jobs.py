@@ -2,6 +2,7 @@
 rows are cancelled or fail, reported through the same events the server's I/O thread reads."""
 
 import queue
+import time
 
 import numpy as np
 import pytest
@@ -142,3 +143,65 @@ def test_a_failed_batch_counts_once_towards_a_dead_engine(engine, monkeypatch, b
     assert not dead and alive
     assert [[e[0] for e in ends[j]] for j in jobs] == [["done" if batched_only else "failed"]] * 3
     assert run.worker.failures == (0 if batched_only else 1)
+
+
+def wait_for(items: list, timeout: float = 60) -> None:
+    """Until the engine thread has put something in `items` (a job submitted from an event)."""
+    deadline = time.monotonic() + timeout
+    while not items and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert items, "never submitted"
+
+
+def test_a_game_waiting_pauses_running_prefetch_work_which_then_resumes_intact(engine):
+    """On a CPU a prefetch batch runs for minutes; a game's request arriving meanwhile used to wait for all of it.
+    The batch pauses between two steps, the game's track is made, then the batch goes on from where it was: its
+    tracks are the same as made without a pause."""
+    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
+
+    run = Run(engine)
+    owner = object()
+    background = [run.scheduler.submit(spec(f"level music {i}", 3.0), PRIORITY_PREFETCH, owner)[0]
+                  for i in range(2)]
+    urgent = []
+    order = []
+
+    def on_event(event):
+        if event[0] == "progress" and event[1] is background[0] and event[2] >= 40 and not urgent:
+            urgent.append(run.scheduler.submit(spec("the boss appears", 0.5), PRIORITY_GET, owner)[0])
+        if event[0] == "done":
+            order.append(event[1])
+
+    run.on_event = on_event
+    run.start()
+    try:
+        wait_for(urgent)
+        ends = run.ends([*background, *urgent])
+    finally:
+        run.stop()
+    assert run.worker.paused >= 1
+    assert order.index(urgent[0]) < order.index(background[0]) and order.index(urgent[0]) < order.index(background[1])
+    for job in background:
+        assert [e[0] for e in ends[job]] == ["done"]
+        alone = engine.generate([Job(job.spec.prompt, job.spec.params)])[0].audio
+        np.testing.assert_array_equal(ends[job][0][1], alone)
+
+
+def test_no_pause_for_work_of_the_same_urgency(engine):
+    run = Run(engine)
+    owner = object()
+    first, _ = run.scheduler.submit(spec("first track", 2.0), 0, owner)
+    later = []
+
+    def on_event(event):
+        if event[0] == "progress" and event[1] is first and not later:
+            later.append(run.scheduler.submit(spec("second track", 0.5), 0, owner)[0])
+
+    run.on_event = on_event
+    run.start()
+    try:
+        wait_for(later)
+        ends = run.ends([first, *later])
+    finally:
+        run.stop()
+    assert run.worker.paused == 0 and all(e[0][0] == "done" for e in ends.values())

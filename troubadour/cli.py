@@ -12,6 +12,13 @@ from . import __version__
 from .backends.base import DEFAULT_MODEL
 from .errors import EngineFault, ModelLoadError, TroubadourError
 
+# OpenMP threads (PyTorch's and the native kernel's) spin ~300 000 times waiting for work by default. When the
+# game or its editor runs on the same cores, spinning threads hold cores the others need: one busy core made a
+# generation 2-3x slower on 2 cores. A short spin keeps the speed on an idle machine (bench/contention.py).
+# Set before torch loads OpenMP; a user's own setting wins.
+if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "1000"
+
 EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_NO_SERVER = 4

@@ -57,7 +57,8 @@ class Events:
             if live is not None and live.job is job:
                 live.add(audio, final)
         elif kind == "done":
-            _, job, _audio, _meta = event
+            _, job, _audio, meta = event
+            self._log_made(job, meta)
             self.memo.drop(job.key)   # a regenerated track replaces what was delivered before
             self.decoded.pop(job.key, None)
             if self.live.get(job.key) is not None and self.live[job.key].job is job:
@@ -193,6 +194,16 @@ class Events:
     def _current(self, spec: TrackSpec) -> bool:
         ctx = self.profiles.contexts.get(spec.context)
         return ctx is not None and spec.variant < ctx.variants and self.context_spec(ctx, spec.variant).key == spec.key
+
+    def _log_made(self, job, meta: dict) -> None:
+        """One line per generated track: a developer sees the server work, and how fast this machine is."""
+        s = job.spec
+        name = f"{s.context}#{s.variant}" if s.context is not None else repr(s.prompt[:40])
+        seconds, length = meta.get("generation_seconds", 0.0), s.params.duration
+        batch = meta.get("batch_size", 1)
+        together = f", batch of {batch}" if batch > 1 else ""
+        self.log(f"{name}: {length:g} s of audio made in {seconds:.1f} s ({seconds / length:.2f}x real time"
+                 f"{together}; {job.reason})")
 
     def _track_ready(self, spec: TrackSpec, reason: str) -> None:
         if spec.context is None:

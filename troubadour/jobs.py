@@ -137,10 +137,19 @@ class Scheduler:
             self._lock.notify_all()
 
     # -- worker side
-    def next_batch(self, timeout: float | None = None) -> list[GenJob]:
-        """The most urgent job plus queued jobs of the same priority and similar length (one batch)."""
+    def waiting_above(self, priority: int) -> bool:
+        """A queued job more urgent than `priority` (a game waiting while prefetch work runs)."""
+        with self._lock:
+            top = self._peek()
+            return top is not None and top.priority > priority
+
+    def next_batch(self, timeout: float | None = None, above: int | None = None) -> list[GenJob]:
+        """The most urgent job plus queued jobs of the same priority and similar length (one batch); with
+        `above`, only a batch more urgent than that, else [] at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            if above is not None and not self.waiting_above(above):
+                return []
             while True:
                 first = self._pop()
                 if first is not None or self._closed:
@@ -178,10 +187,18 @@ class Scheduler:
         return job.state == "queued" and not job.cancelled
 
     def _pop(self) -> GenJob | None:
+        job = self._peek()
+        if job is not None:
+            heapq.heappop(self._heap)
+        return job
+
+    def _peek(self) -> GenJob | None:
+        """The most urgent live job, left queued (stale heap entries on top are dropped)."""
         while self._heap:
-            prio, _, job = heapq.heappop(self._heap)
+            prio, _, job = self._heap[0]
             if self._live(job) and -prio == job.priority:
                 return job
+            heapq.heappop(self._heap)
         return None
 
 
@@ -201,6 +218,7 @@ class Worker(threading.Thread):
         self.busy = False
         self.failures = 0
         self.generated = 0
+        self.paused = 0               # batches paused for more urgent work (for tests and health)
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -216,16 +234,30 @@ class Worker(threading.Thread):
                 return
             self.emit(("ready", self.engine))
         while not self._stop_event.is_set():
-            batch = self.scheduler.next_batch(timeout=0.5)
-            if not batch:
-                continue
-            self.busy = True
-            try:   # (a melody model may split a batch: rows that would change each other run apart)
-                for rows in self.engine.batch_groups([j.spec.prompt for j in batch]):
-                    if not self._attempt([batch[r] for r in rows]):
-                        return
-            finally:
-                self.busy = False
+            if not self._serve():
+                return
+
+    @property
+    def _preemptible(self) -> bool:
+        """Whether a running batch may pause for more urgent work: its state then stays in memory beside the
+        other batch's. On a CPU (slow, plenty of memory); not on a GPU (fast, memory tight), nor with --compile
+        (its step's buffers are shared between calls)."""
+        return self.engine._device.type == "cpu" and not self.engine.compiled
+
+    def _serve(self, above: int | None = None) -> bool:
+        """Runs the next batch (with `above`: only one more urgent than that, at once). False when the engine
+        cannot go on."""
+        batch = self.scheduler.next_batch(timeout=0 if above is not None else 0.5, above=above)
+        if not batch:
+            return True
+        busy, self.busy = self.busy, True
+        try:   # (a melody model may split a batch: rows that would change each other run apart)
+            for rows in self.engine.batch_groups([j.spec.prompt for j in batch]):
+                if not self._attempt([batch[r] for r in rows]):
+                    return False
+        finally:
+            self.busy = busy
+        return True
 
     def _attempt(self, batch: list[GenJob], alone: bool = False) -> bool:
         """Runs a batch and reports how each job ended; False when the engine cannot go on. `alone`: a row of
@@ -233,6 +265,8 @@ class Worker(threading.Thread):
         try:
             self._run_batch(batch)
             self.failures = 0
+        except _EngineGone:     # a batch run while this one was paused found the engine dead (and said so)
+            return False
         except Cancelled:
             for job in batch:
                 if job.state == "running":   # (rows that finished before the others were cancelled stay done)
@@ -289,11 +323,21 @@ class Worker(threading.Thread):
         parts: list[list[np.ndarray]] = [[] for _ in batch]
         t0 = time.perf_counter()
 
+        priority, paused = max(j.priority for j in batch), [0.0]
+
         def progress(done: int, _total: int) -> None:
             if done % self.progress_every == 0 or done == total:
                 for j in batch:
                     if not j.cancelled and done <= j.total_steps:
                         self.emit(("progress", j, done, j.total_steps))
+            if self._preemptible and self.scheduler.waiting_above(priority):
+                # A game is waiting while prefetch work runs (minutes on a CPU): this batch pauses here, between
+                # two steps, its state held in the engine's generator, and the urgent work runs first.
+                t = time.perf_counter()
+                self.paused += 1
+                if not self._serve(above=priority):
+                    raise _EngineGone()
+                paused[0] += time.perf_counter() - t
 
         def should_stop() -> bool:   # nobody wants the rows still being made (finished ones are cached)
             return self._stop_event.is_set() or all(j.cancelled or j.state == "done" for j in batch)
@@ -310,7 +354,7 @@ class Worker(threading.Thread):
             parts[chunk.row].extend(pieces)
             if chunk.final:
                 audio = np.concatenate(parts[chunk.row], axis=1)
-                meta = self._meta(job, time.perf_counter() - t0, len(batch))
+                meta = self._meta(job, time.perf_counter() - t0 - paused[0], len(batch))
                 if self.cache is not None:
                     # stored before the job leaves the in-flight map (and before its last chunk is sent), so a
                     # request finds either the live job or the cached track, and a finished stream is cached
@@ -332,6 +376,10 @@ class Worker(threading.Thread):
                 **s.info, "model": info.model_id, "model_identity": info.identity, "device": info.device,
                 "generation_seconds": round(seconds, 3), "batch_size": batch, "created": time.time(),
                 **({"theme": s.theme.key} if s.theme is not None else {})}
+
+
+class _EngineGone(Exception):
+    """Unwinds a paused batch after the batch run meanwhile found the engine dead."""
 
 
 def _engine_error(exc: Exception) -> TroubadourError:
