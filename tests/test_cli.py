@@ -261,3 +261,16 @@ def test_unknown_context_is_an_error_with_a_suggestion(tmp_path, cli_env, tiny_m
     r = run(["generate", "--context", "Battle", "--model", str(tiny_model), "--out", "o"], cli_env, tmp_path)
     assert r.returncode == 2 and "unknown context 'Battle'" in r.stderr and "'battle'" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_openmp_spins_briefly_unless_the_user_chose(cli_env):
+    """Threads spinning for work held the cores a game on the same machine needed (bench/contention.py): the CLI
+    sets a short spin before torch loads OpenMP, and leaves a user's own OpenMP wait setting alone."""
+    import sys
+
+    code = "import troubadour.cli, os, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in cli_env.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                            capture_output=True, text=True, timeout=120)
+    assert ours.stdout.split() == ["1000"] and theirs.stdout.split() == ["None"], (ours.stderr, theirs.stderr)
