@@ -211,10 +211,15 @@ def test_ninety_second_track_by_continuation_with_the_real_window(engine):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_cpu_precision_options_generate_and_stay_deterministic(tiny_model, precision):
-    eng = Engine(load_backend(str(tiny_model), "cpu"), precision=precision)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # (int8: PyTorch's deprecation notes are ours to say, not three warnings)
+        eng = Engine(load_backend(str(tiny_model), "cpu"), precision=precision)
     assert eng.precision == precision
     if precision == "int8":   # the fused q/k/v projection is quantized too, not only transformers' modules
         assert all("quantized" in type(m).__module__ for m in eng._qkv)
+        assert eng.matmuls == "PyTorch dynamic int8"
     a = eng.generate([job(seed=4, duration=1.0)])[0]
     b = eng.generate([job(seed=4, duration=1.0)])[0]
     assert a.audio.shape == (1, 32000) and np.isfinite(a.audio).all()

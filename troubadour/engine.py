@@ -90,7 +90,8 @@ class Engine(Geometry, DecoderStep):
         self._gemv = native.kernel() if self._skinny and native_kernel else None
         head = self._dec.config.hidden_size // self._num_heads
         self._attend = self._gemv is not None and head % 16 == 0 and head <= 256   # what the C kernel takes
-        self.matmuls = "PyTorch"   # which decode-step matmuls run (the server's start-up line)
+        # which decode-step matmuls run (the server's start-up line)
+        self.matmuls = "PyTorch dynamic int8" if self.precision == "int8" else "PyTorch"
         if self._skinny:
             self.matmuls = "native kernel" if self._gemv else \
                 f"PyTorch ({native.why_not() if native_kernel else 'native kernel off'})"

@@ -99,10 +99,16 @@ def set_precision(modules: list[torch.nn.Module], device: torch.device, precisio
     elif precision == "int8":
         if device.type != "cpu":
             raise ValidationError("int8 dynamic quantization runs on the CPU only", field="precision")
-        from torch.ao.quantization import quantize_dynamic
+        import warnings
 
-        for module in modules:
-            quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        # PyTorch marks its eager quantization deprecated (still there in 2.13); the server's start-up line says
+        # int8 instead of three warnings about it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            from torch.ao.quantization import quantize_dynamic
+
+            for module in modules:
+                quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     else:
         raise ValidationError(f"precision must be fp32, bf16 or int8, got {precision!r}", field="precision")
     return precision
