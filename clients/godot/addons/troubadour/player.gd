@@ -25,7 +25,7 @@ class_name TroubadourPlayer
 
 const Compat = preload("core/compat.gd")
 const ClientScript = preload("client.gd")
-const Pcm = preload("core/pcm.gd")
+const Deck = preload("core/deck.gd")
 
 # context: the game context; header: the `track` message (cached, bpm, sample_rate, frames, track_id...);
 # reason: "play", "hot_swap", or "resume" (the heard track's stream was cut short and is fetched again).
@@ -36,7 +36,7 @@ signal track_error(context, code, message)            # the track could not be f
 signal prefetch_progress(context, variant, done_steps, total_steps)
 signal prefetch_finished(summary)                     # the `done` reply: generated, cached, failed
 
-const DECK_IDLE = 0
+const DECK_IDLE = 0          # (core/deck.gd makes decks idle: 0)
 const DECK_LOADING = 1     # requested; receiving audio, not heard yet
 const DECK_PLAYING = 2
 const DECK_STOPPING = 3    # fading out, then idle
@@ -81,7 +81,7 @@ func _init():
 	for i in range(2):
 		var p = AudioStreamPlayer.new()
 		add_child(p)
-		decks.append(_new_deck(p, i))
+		decks.append(Deck.create(p, i))
 	if ProjectSettings.has_setting("troubadour/server/host"):
 		host = str(ProjectSettings.get_setting("troubadour/server/host"))
 	if ProjectSettings.has_setting("troubadour/server/port"):
@@ -151,7 +151,7 @@ func stop(fade_sec = -1.0):
 	_resume_at = -1
 	for d in decks:
 		if d["state"] == DECK_PLAYING:
-			_fade(d, 0.0, fade_sec, d["played"])
+			Deck.fade(d, 0.0, fade_sec, d["played"])
 			d["state"] = DECK_STOPPING
 		elif d["state"] == DECK_LOADING:
 			_reset_deck(d)             # scheduled to start: not any more
@@ -190,9 +190,9 @@ func _on_troubadour_event(ev):
 					"failed": [{"error": {"code": ev[2], "message": ev[3]}}]})
 			return
 		if kind == "track_header":
-			_on_header(d, ev[2])
+			Deck.set_header(compat, d, ev[2])
 		elif kind == "chunk":
-			_on_chunk(d, ev[2], ev[3])
+			Deck.add_chunk(d, ev[2], ev[3])
 		elif kind == "track_finished":
 			d["complete"] = true
 		else:
@@ -219,39 +219,6 @@ func _deck_for(handle):
 		if d["handle"] == handle and d["state"] != DECK_IDLE:
 			return d
 	return null
-
-
-func _on_header(d, header):
-	# (again, from the start, when the client had to re-send the request)
-	d["header"] = header
-	d["sr"] = int(header.get("sample_rate", 32000))
-	d["channels"] = int(header.get("channels", 1))
-	d["total"] = int(header.get("frames", 0))
-	d["received"] = 0
-	d["chunks"] = []
-	d["chunk_index"] = 0
-	d["complete"] = false
-	# Loop [loop_start, loop_end) when the server gives them; else the whole track, unless the header
-	# says loop: false (a profile with loop = false, e.g. a victory jingle): that plays once.
-	d["loop_start"] = int(header.get("loop_start", 0))
-	d["loop_end"] = int(header.get("loop_end", d["total"]))
-	if not header.has("loop_end") and typeof(header.get("loop")) == compat.T_BOOL and not header["loop"]:
-		d["loop_end"] = -1
-	if d["loop_end"] <= d["loop_start"] or d["loop_end"] > d["total"] or d["loop_start"] < 0:
-		d["loop_start"] = -1
-		d["loop_end"] = -1
-
-
-func _on_chunk(d, body, payload):
-	if d["header"] == null:
-		return
-	var n = int(body.get("frames", 0))
-	var offset = int(body.get("offset", 0))
-	n = int(min(n, Pcm.frame_count(payload.size(), d["channels"], d["format"] == "pcm_f32le")))
-	if offset != d["received"] or n <= 0:
-		return
-	d["chunks"].append([offset, Pcm.reader(payload), n])     # decoded as it is played (see core/pcm.gd)
-	d["received"] = offset + n
 
 
 func _on_error(d, code, message):
@@ -286,7 +253,7 @@ func _restore_outgoing():
 	for d in decks:
 		if d["state"] == DECK_STOPPING and not d["done"]:
 			d["state"] = DECK_PLAYING
-			_fade(d, 1.0, min(0.25, crossfade_sec), d["played"])
+			Deck.fade(d, 1.0, min(0.25, crossfade_sec), d["played"])
 			_active = d["index"]
 			current_context = d["context"]
 			current_header = d["header"]
@@ -299,22 +266,13 @@ func _schedule_resume():
 
 
 # ---------------------------------------------------------------- decks
-# (decks are compared by "index": Godot 4 compares Dictionaries by content)
-func _new_deck(player, index):
-	return {"index": index, "player": player, "playback": null, "state": DECK_IDLE, "handle": -1, "context": "",
-		"variant": -1, "reason": "", "format": "pcm_s16le", "header": null, "sr": 32000, "channels": 1, "total": 0, "received": 0,
-		"complete": false, "chunks": [], "chunk_index": 0, "cursor": 0, "played": 0, "loop_start": -1,
-		"loop_end": -1, "gain": 0.0, "gain_step": 0.0, "gain_target": 0.0, "fade_at": -1, "start_at": -1,
-		"capacity": 0, "peak": 0.0, "underrun": false, "done": false}
-
-
 func _reset_deck(d):
 	if d["state"] != DECK_IDLE and d["handle"] >= 0 and not d["complete"]:
 		client.cancel(d["handle"])       # still streaming: stop the delivery
 	if d["player"].playing:
 		d["player"].stop()
 	var p = d["player"]
-	var fresh = _new_deck(p, d["index"])
+	var fresh = Deck.create(p, d["index"])
 	for k in fresh.keys():
 		d[k] = fresh[k]
 
@@ -390,14 +348,14 @@ func _transition(incoming, now):
 		var queued = out["capacity"] - out["playback"].get_frames_available()
 		var written = out["played"]
 		var fade_at = written
-		var fpb = _frames_per_bar(out)
+		var fpb = Deck.frames_per_bar(out)
 		if sync_to_bar and fpb > 0:
 			var bar = int(ceil(float(written) / fpb))
 			var at = int(round(bar * fpb))
 			if at - written <= max_bar_wait_sec * sr:
 				fade_at = at
 				info["frames_per_bar"] = fpb
-		_fade(out, 0.0, crossfade_sec, fade_at)
+		Deck.fade(out, 0.0, crossfade_sec, fade_at)
 		out["state"] = DECK_STOPPING
 		delay_ms = int(1000.0 * (fade_at - (written - queued)) / sr)
 		info["fade_at"] = fade_at
@@ -405,31 +363,11 @@ func _transition(incoming, now):
 	last_transition = info
 	incoming["start_at"] = now + delay_ms
 	incoming["gain"] = 0.0
-	_fade(incoming, 1.0, fade, 0)
+	Deck.fade(incoming, 1.0, fade, 0)
 	_active = incoming["index"]
 	_pending = -1
 	current_context = incoming["context"]
 	current_header = incoming["header"]
-
-
-func _frames_per_bar(d):
-	var h = d["header"]
-	var bpm = float(h.get("bpm", 0.0))
-	if bpm <= 0.0:
-		return 0.0
-	var beats = 4.0
-	var meter = str(h.get("meter", "4/4")).split("/")
-	if meter.size() == 2 and int(meter[0]) > 0 and int(meter[1]) > 0:
-		beats = int(meter[0]) * 4.0 / int(meter[1])
-	return d["sr"] * 60.0 / bpm * beats
-
-
-# Ramp the gain of `d` to `target` over `sec`, starting at its played frame `at`.
-func _fade(d, target, sec, at):
-	var frames = max(1.0, sec * d["sr"])
-	d["gain_target"] = target
-	d["gain_step"] = (target - d["gain"]) / frames
-	d["fade_at"] = at
 
 
 func _start(d):
@@ -461,65 +399,10 @@ func _fill(d):
 	if avail <= 0:
 		return
 	var pad_to = int(underrun_pad_sec * d["sr"])
-	var out = compat.vector2_array(avail)
-	var n = 0
-	var peak = d["peak"]
-	var starved = false
-	var stopping = d["state"] == DECK_STOPPING
-	while n < avail and not d["done"]:
-		var cursor = d["cursor"]
-		if d["loop_end"] > 0 and cursor >= d["loop_end"] and d["received"] >= d["loop_end"]:
-			cursor = d["loop_start"]
-			d["cursor"] = cursor
-			d["chunk_index"] = 0
-		if cursor >= d["total"] and d["total"] > 0 and d["complete"]:
-			d["done"] = true      # a track that does not loop has ended
-			break
-		if cursor >= d["received"]:
-			starved = true
-			break
-		# copy a run of frames from the chunk holding `cursor`
-		var ci = d["chunk_index"]
-		var chunks = d["chunks"]
-		while ci < chunks.size() - 1 and chunks[ci + 1][0] <= cursor:
-			ci += 1
-		while ci > 0 and chunks[ci][0] > cursor:
-			ci -= 1
-		d["chunk_index"] = ci
-		var c = chunks[ci]
-		var i = cursor - c[0]
-		var run = int(min(c[2] - i, avail - n))
-		if d["loop_end"] > 0 and cursor < d["loop_end"]:
-			run = int(min(run, d["loop_end"] - cursor))
-		if run <= 0:
-			break
-		var data = Pcm.frames(compat, c[1], i, run, d["channels"], d["format"] == "pcm_f32le")
-		var gain = d["gain"]
-		var step = d["gain_step"]
-		var target = d["gain_target"]
-		var fade_at = d["fade_at"]
-		var played = d["played"]
-		var k = 0
-		while k < run:
-			if played >= fade_at and step != 0.0:
-				gain += step
-				if (step > 0.0 and gain >= target) or (step < 0.0 and gain <= target):
-					gain = target
-					step = 0.0
-			if stopping and step == 0.0 and gain <= 0.0 and played >= fade_at:
-				d["done"] = true  # the fade-out is complete
-				break
-			var v = data[k] * gain
-			out[n] = v
-			n += 1
-			played += 1
-			k += 1
-			if abs(v.x) > peak:
-				peak = abs(v.x)
-		d["gain"] = gain
-		d["gain_step"] = step
-		d["played"] = played
-		d["cursor"] = cursor + k
+	var made = Deck.render(compat, d, avail, d["state"] == DECK_STOPPING)
+	var out = made[0]
+	var n = made[1]
+	var starved = made[2]
 	if starved and not d["done"]:
 		# underrun: keep a little silence queued so the stream stays clocked, and wait for audio
 		var pad = pad_to - (queued + n)
@@ -535,7 +418,6 @@ func _fill(d):
 			d["played"] += m
 	else:
 		d["underrun"] = false
-	d["peak"] = peak
 	if n > 0:
 		if n < avail:
 			out.resize(n)
