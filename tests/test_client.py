@@ -172,6 +172,31 @@ def test_ogg_chunk_frames_add_up(server):
 
 
 # ---------------------------------------------------------------- prefetch, cancel, events
+def test_a_game_request_goes_before_a_long_prefetch_already_running(tiny_model, tmp_path):
+    """On a CPU a level's prefetch runs for minutes; the game asking for another track meanwhile gets it while the
+    prefetch waits (it waited for the whole prefetch batch), and the prefetch then finishes."""
+    profiles = ('[contexts.level]\nprompt = "long level music"\nduration = 30\n'
+                '[contexts.boss]\nprompt = "the boss appears"\nduration = 0.5\n')
+    with ServerProcess(tiny_model, tmp_path / "srv", profiles=profiles) as srv:
+        started, finished = threading.Event(), []
+
+        def level_loading():
+            with Client(srv.address, timeout=30) as c:
+                c.prefetch(["level"], on_progress=lambda p: started.set())
+                finished.append(("prefetch", time.monotonic()))
+
+        loader = threading.Thread(target=level_loading, daemon=True)
+        loader.start()
+        assert started.wait(60)
+        with Client(srv.address, timeout=30) as game:
+            boss = game.get_track("boss")
+        finished.append(("boss", time.monotonic()))
+        loader.join(120)
+        made = [line for line in srv.log().splitlines() if "of audio made in" in line]
+    assert not boss.cached and [name for name, _ in sorted(finished, key=lambda f: f[1])] == ["boss", "prefetch"]
+    assert [re.search(r"(\w+#\d+): ", line).group(1) for line in made] == ["boss#0", "level#0"], made
+
+
 def test_prefetch_progress_and_done(client):
     progress, accepted = [], []
     done = client.prefetch(["battle"], on_progress=progress.append, on_accepted=accepted.append)
