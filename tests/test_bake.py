@@ -469,6 +469,21 @@ def test_themed_context_follows_its_theme_on_a_melody_model(tmp_path):
     assert json.loads((tmp_path / "out" / v["file"]).with_suffix(".json").read_text())["theme"] == "town"
 
 
+def test_a_theme_made_for_a_context_earlier_in_the_file_counts_once(tmp_path):
+    """castle follows town's theme and comes first: town's track is made for castle, then finished in town's
+    turn; it was counted generated and again from cache (3 tracks reported of 2)."""
+    from troubadour.backends import load_backend
+    from troubadour.engine import Engine
+    from troubadour.testmodel import cached_test_model
+
+    profiles = tmp_path / "p.toml"
+    profiles.write_text('[contexts.castle]\nprompt = "castle halls"\ntheme = "town"\nduration = 1\n'
+                        '[contexts.town]\nprompt = "calm town"\nduration = 1\n')
+    engine = Engine(load_backend(str(cached_test_model(melody=True)), "cpu"))
+    r = bake(profiles, tmp_path / "out", EngineSource(engine), **quiet(variants=1))
+    assert (r.tracks, r.generated, r.from_cache, r.skipped) == (2, 2, 0, 0), r.summary()
+
+
 def test_text_only_model_refuses_themes_before_generating(engine, tmp_path):
     from troubadour.errors import ProfileError
 

@@ -23,7 +23,7 @@ def spec(prompt: str, duration: float) -> TrackSpec:
 class Run:
     """A Worker over `engine` whose events land in a queue; `on_event(event)` runs on the engine thread."""
 
-    def __init__(self, engine, on_event=None):
+    def __init__(self, engine, on_event=None, cache=None):
         self.scheduler = Scheduler(max_queue=8, max_batch=4)
         self.events: queue.Queue = queue.Queue()
         self.log: list = []   # every event, in order
@@ -35,7 +35,7 @@ class Run:
             if self.on_event:
                 self.on_event(event)
 
-        self.worker = Worker(engine, self.scheduler, emit)
+        self.worker = Worker(engine, self.scheduler, emit, cache=cache)
 
     def start(self):
         self.worker.start()
@@ -205,3 +205,97 @@ def test_no_pause_for_work_of_the_same_urgency(engine):
     finally:
         run.stop()
     assert run.worker.paused == 0 and all(e[0][0] == "done" for e in ends.values())
+
+
+def test_a_game_joining_a_running_prefetch_row_keeps_first_come_first_served(engine):
+    """The game plays the level music (joining its running prefetch job), then asks for a stinger: the level
+    track it asked for first is not paused for the stinger (the row's urgency is the game's now)."""
+    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
+
+    run = Run(engine)
+    level = run.scheduler.submit(spec("level music", 3.0), PRIORITY_PREFETCH, object())[0]
+    game, later, order = object(), [], []
+
+    def on_event(event):
+        if event[0] == "progress" and event[1] is level and event[2] >= 20 and not later:
+            assert run.scheduler.submit(level.spec, PRIORITY_GET, game) == (level, False)
+            later.append(run.scheduler.submit(spec("stinger", 0.5), PRIORITY_GET, game)[0])
+        if event[0] == "done":
+            order.append(event[1])
+
+    run.on_event = on_event
+    run.start()
+    try:
+        wait_for(later)
+        run.ends([level, *later])
+    finally:
+        run.stop()
+    assert run.worker.paused == 0 and order.index(level) < order.index(later[0])
+
+
+def test_a_paused_batch_is_not_paused_again_inside(engine):
+    """One level of pause (each paused batch keeps its KV cache in memory): prefetch work pauses for a game's
+    request, and a still more urgent request waits for that one."""
+    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
+
+    run = Run(engine)
+    owner, urgent, order = object(), [], []
+    level = run.scheduler.submit(spec("level music", 3.0), PRIORITY_PREFETCH, owner)[0]
+
+    def on_event(event):
+        if event[0] == "progress" and event[1] is level and event[2] >= 20 and not urgent:
+            urgent.append(run.scheduler.submit(spec("boss music", 2.0), PRIORITY_GET, owner)[0])
+        if event[0] == "progress" and urgent and event[1] is urgent[0] and event[2] >= 20 and len(urgent) == 1:
+            urgent.append(run.scheduler.submit(spec("alarm", 0.5), PRIORITY_GET + 10, owner)[0])
+        if event[0] == "done":
+            order.append(event[1])
+
+    run.on_event = on_event
+    run.start()
+    try:
+        wait_for(urgent)
+        deadline = time.monotonic() + 60
+        while len(urgent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        run.ends([level, *urgent])
+    finally:
+        run.stop()
+    # boss finishes before the alarm (no pause inside boss's run); level then pauses again, for the alarm
+    assert order == [urgent[0], urgent[1], level] and run.worker.paused == 2, (order, run.worker.paused)
+
+
+def test_no_pause_for_a_track_that_follows_the_theme_being_made(tmp_path):
+    """A game's track following the theme a paused batch is making would make that theme again from scratch
+    (with no pause point): it waits for the batch instead, and takes the theme from the cache."""
+    from troubadour.backends import load_backend
+    from troubadour.cache import TrackCache
+    from troubadour.engine import Engine
+    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
+    from troubadour.testmodel import cached_test_model
+
+    melody_engine = Engine(load_backend(str(cached_test_model(melody=True)), "cpu"))
+    theme = spec("the town theme", 3.0)
+    params = GenParams(duration=0.5, seed=5)
+    follower = TrackSpec(track_key("tiny", "castle halls", params, {"theme": theme.key}), "castle halls", params,
+                         theme=theme)
+    with TrackCache(tmp_path / "cache") as cache:
+        run = Run(melody_engine, cache=cache)
+        owner, later, order = object(), [], []
+        town = run.scheduler.submit(theme, PRIORITY_PREFETCH, owner)[0]
+
+        def on_event(event):
+            if event[0] == "progress" and event[1] is town and event[2] >= 20 and not later:
+                later.append(run.scheduler.submit(follower, PRIORITY_GET, owner)[0])
+            if event[0] == "done":
+                order.append(event[1])
+
+        run.on_event = on_event
+        run.start()
+        try:
+            wait_for(later)
+            ends = run.ends([town, *later])
+        finally:
+            run.stop()
+    assert run.worker.paused == 0 and order == [town, later[0]]
+    assert all(e[0][0] == "done" for e in ends.values())
+

@@ -56,7 +56,7 @@ class TrackPlan:
     raw_key: str              # the model track (its track_id)
     bake_key: str             # raw_key + every post-processing setting
     theme: "TrackPlan | None" = None   # leitmotif: this track follows the melody of that one
-    status: str = "generate"  # "skip" | "cached" | "generate"
+    status: str = "generate"  # "skip" | "cached" | "generate", then "generated" once made
     entry: dict | None = None
 
 
@@ -298,6 +298,7 @@ class _Run:
         self.report.generated += len(todo)
         rate = self.source.sample_rate
         for p, a in zip(todo, audios):
+            p.status = "generated"   # (a theme's variant 0 made for a context earlier in the file counts once)
             self.cache.put(p.raw_key, a, rate, {"context": p.context.name, "variant": p.variant,
                                                 "prompt": p.context.prompt})
             self.raws[p.raw_key] = a, rate

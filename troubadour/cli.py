@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except TroubadourError as e:
         print(f"troubadour: error: {e.message}", file=sys.stderr)
         # (bake --server: a server that does not answer is exit 4, as for fetch/prefetch/status)
-        if e.code == "engine_error":
+        if e.code in ("engine_error", "engine_dead"):   # (bake --server: the server's model failed)
             return EXIT_FAILED
         return EXIT_NO_SERVER if e.code in ("connection_lost", "timeout") else EXIT_USAGE
     except EngineFault as e:   # generate: the model failed (bake reports these per context)

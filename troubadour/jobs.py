@@ -87,9 +87,12 @@ class Scheduler:
             job = self._by_key.get(spec.key)
             if job is not None and not job.cancelled:
                 job.owners.add(owner)
-                if job.state == "queued" and priority > job.priority:
+                if priority > job.priority:
+                    # (a running one too: a game waiting on a prefetch row keeps its batch from pausing for
+                    # a later request of the same urgency)
                     job.priority = priority
-                    self._push(job)      # stale heap entries are skipped when popped
+                    if job.state == "queued":
+                        self._push(job)      # stale heap entries are skipped when popped
                 return job, False
             if self.queued() >= self.max_queue:
                 raise TroubadourError(f"the generation queue is full ({self.max_queue} tracks); retry later",
@@ -137,18 +140,27 @@ class Scheduler:
             self._lock.notify_all()
 
     # -- worker side
-    def waiting_above(self, priority: int) -> bool:
-        """A queued job more urgent than `priority` (a game waiting while prefetch work runs)."""
+    def waiting_above(self, priority: int, running: frozenset = frozenset()) -> bool:
+        """A queued job more urgent than `priority` (a game waiting while prefetch work runs) that does not follow
+        the theme of a track in `running` (it would make that theme again, from scratch)."""
         with self._lock:
             top = self._peek()
-            return top is not None and top.priority > priority
+            if top is None or top.priority <= priority:
+                return False
+            theme = top.spec.theme
+            while theme is not None:
+                if theme.key in running:
+                    return False
+                theme = theme.theme
+            return True
 
-    def next_batch(self, timeout: float | None = None, above: int | None = None) -> list[GenJob]:
+    def next_batch(self, timeout: float | None = None, above: int | None = None,
+                   running: frozenset = frozenset()) -> list[GenJob]:
         """The most urgent job plus queued jobs of the same priority and similar length (one batch); with
-        `above`, only a batch more urgent than that, else [] at once."""
+        `above`, only a batch more urgent than that (see waiting_above), else [] at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            if above is not None and not self.waiting_above(above):
+            if above is not None and not self.waiting_above(above, running):
                 return []
             while True:
                 first = self._pop()
@@ -218,7 +230,8 @@ class Worker(threading.Thread):
         self.busy = False
         self.failures = 0
         self.generated = 0
-        self.paused = 0               # batches paused for more urgent work (for tests and health)
+        self.paused = 0               # batches paused for more urgent work (for tests)
+        self._depth = 0               # batches paused now (one at most)
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -244,10 +257,10 @@ class Worker(threading.Thread):
         (its step's buffers are shared between calls)."""
         return self.engine._device.type == "cpu" and not self.engine.compiled
 
-    def _serve(self, above: int | None = None) -> bool:
+    def _serve(self, above: int | None = None, running: frozenset = frozenset()) -> bool:
         """Runs the next batch (with `above`: only one more urgent than that, at once). False when the engine
         cannot go on."""
-        batch = self.scheduler.next_batch(timeout=0 if above is not None else 0.5, above=above)
+        batch = self.scheduler.next_batch(timeout=0 if above is not None else 0.5, above=above, running=running)
         if not batch:
             return True
         busy, self.busy = self.busy, True
@@ -323,20 +336,30 @@ class Worker(threading.Thread):
         parts: list[list[np.ndarray]] = [[] for _ in batch]
         t0 = time.perf_counter()
 
-        priority, paused = max(j.priority for j in batch), [0.0]
+        paused = [0.0]
 
         def progress(done: int, _total: int) -> None:
             if done % self.progress_every == 0 or done == total:
                 for j in batch:
                     if not j.cancelled and done <= j.total_steps:
                         self.emit(("progress", j, done, j.total_steps))
-            if self._preemptible and self.scheduler.waiting_above(priority):
+            if not self._preemptible or self._depth:   # (one level: each paused batch holds its KV cache)
+                return
+            live = [j for j in batch if j.state == "running" and not j.cancelled]
+            # (now: a game may have joined a row since the batch started)
+            priority = max((j.priority for j in live), default=batch[0].priority)
+            running = frozenset(j.key for j in live)
+            if self.scheduler.waiting_above(priority, running):
                 # A game is waiting while prefetch work runs (minutes on a CPU): this batch pauses here, between
                 # two steps, its state held in the engine's generator, and the urgent work runs first.
                 t = time.perf_counter()
                 self.paused += 1
-                if not self._serve(above=priority):
-                    raise _EngineGone()
+                self._depth += 1
+                try:
+                    if not self._serve(above=priority, running=running):
+                        raise _EngineGone()
+                finally:
+                    self._depth -= 1
                 paused[0] += time.perf_counter() - t
 
         def should_stop() -> bool:   # nobody wants the rows still being made (finished ones are cached)
