@@ -11,7 +11,7 @@ import torch
 from troubadour.cache import track_key
 from troubadour.engine import Job
 from troubadour.errors import Cancelled
-from troubadour.jobs import Scheduler, TrackSpec, Worker
+from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH, Scheduler, TrackSpec, Worker
 from troubadour.params import GenParams
 
 
@@ -145,42 +145,46 @@ def test_a_failed_batch_counts_once_towards_a_dead_engine(engine, monkeypatch, b
     assert run.worker.failures == (0 if batched_only else 1)
 
 
-def wait_for(items: list, timeout: float = 60) -> None:
-    """Until the engine thread has put something in `items` (a job submitted from an event)."""
-    deadline = time.monotonic() + timeout
-    while not items and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert items, "never submitted"
+def with_arrivals(run, jobs, arrive, count: int = 1):
+    """Runs `jobs` on `run`. `arrive(event, arrived)` is called on the engine thread for each progress event and
+    appends the jobs it submits to `arrived` (a game asking while the engine works); waits for `count` of them.
+    Returns (how every job ended, the jobs in the order they were done, arrived)."""
+    arrived, order = [], []
+
+    def on_event(event):
+        if event[0] == "progress":
+            arrive(event, arrived)
+        elif event[0] == "done":
+            order.append(event[1])
+
+    run.on_event = on_event
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(arrived) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(arrived) >= count, "never submitted"
+        ends = run.ends([*jobs, *arrived])
+    finally:
+        run.stop()
+    return ends, order, arrived
 
 
 def test_a_game_waiting_pauses_running_prefetch_work_which_then_resumes_intact(engine):
     """On a CPU a prefetch batch runs for minutes; a game's request arriving meanwhile used to wait for all of it.
     The batch pauses between two steps, the game's track is made, then the batch goes on from where it was: its
     tracks are the same as made without a pause."""
-    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
-
-    run = Run(engine)
-    owner = object()
+    run, owner = Run(engine), object()
     background = [run.scheduler.submit(spec(f"level music {i}", 3.0), PRIORITY_PREFETCH, owner)[0]
                   for i in range(2)]
-    urgent = []
-    order = []
 
-    def on_event(event):
-        if event[0] == "progress" and event[1] is background[0] and event[2] >= 40 and not urgent:
-            urgent.append(run.scheduler.submit(spec("the boss appears", 0.5), PRIORITY_GET, owner)[0])
-        if event[0] == "done":
-            order.append(event[1])
+    def arrive(event, arrived):
+        if event[1] is background[0] and event[2] >= 40 and not arrived:
+            arrived.append(run.scheduler.submit(spec("the boss appears", 0.5), PRIORITY_GET, owner)[0])
 
-    run.on_event = on_event
-    run.start()
-    try:
-        wait_for(urgent)
-        ends = run.ends([*background, *urgent])
-    finally:
-        run.stop()
+    ends, order, (urgent,) = with_arrivals(run, background, arrive)
     assert run.worker.paused >= 1
-    assert order.index(urgent[0]) < order.index(background[0]) and order.index(urgent[0]) < order.index(background[1])
+    assert order.index(urgent) < order.index(background[0]) and order.index(urgent) < order.index(background[1])
     for job in background:
         assert [e[0] for e in ends[job]] == ["done"]
         alone = engine.generate([Job(job.spec.prompt, job.spec.params)])[0].audio
@@ -188,80 +192,47 @@ def test_a_game_waiting_pauses_running_prefetch_work_which_then_resumes_intact(e
 
 
 def test_no_pause_for_work_of_the_same_urgency(engine):
-    run = Run(engine)
-    owner = object()
-    first, _ = run.scheduler.submit(spec("first track", 2.0), 0, owner)
-    later = []
+    run, owner = Run(engine), object()
+    first, _ = run.scheduler.submit(spec("first track", 2.0), PRIORITY_GET, owner)
 
-    def on_event(event):
-        if event[0] == "progress" and event[1] is first and not later:
-            later.append(run.scheduler.submit(spec("second track", 0.5), 0, owner)[0])
+    def arrive(event, arrived):
+        if event[1] is first and not arrived:
+            arrived.append(run.scheduler.submit(spec("second track", 0.5), PRIORITY_GET, owner)[0])
 
-    run.on_event = on_event
-    run.start()
-    try:
-        wait_for(later)
-        ends = run.ends([first, *later])
-    finally:
-        run.stop()
-    assert run.worker.paused == 0 and all(e[0][0] == "done" for e in ends.values())
+    ends, order, (second,) = with_arrivals(run, [first], arrive)
+    assert run.worker.paused == 0 and order == [first, second] and all(e[0][0] == "done" for e in ends.values())
 
 
 def test_a_game_joining_a_running_prefetch_row_keeps_first_come_first_served(engine):
     """The game plays the level music (joining its running prefetch job), then asks for a stinger: the level
     track it asked for first is not paused for the stinger (the row's urgency is the game's now)."""
-    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
-
-    run = Run(engine)
+    run, game = Run(engine), object()
     level = run.scheduler.submit(spec("level music", 3.0), PRIORITY_PREFETCH, object())[0]
-    game, later, order = object(), [], []
 
-    def on_event(event):
-        if event[0] == "progress" and event[1] is level and event[2] >= 20 and not later:
+    def arrive(event, arrived):
+        if event[1] is level and event[2] >= 20 and not arrived:
             assert run.scheduler.submit(level.spec, PRIORITY_GET, game) == (level, False)
-            later.append(run.scheduler.submit(spec("stinger", 0.5), PRIORITY_GET, game)[0])
-        if event[0] == "done":
-            order.append(event[1])
+            arrived.append(run.scheduler.submit(spec("stinger", 0.5), PRIORITY_GET, game)[0])
 
-    run.on_event = on_event
-    run.start()
-    try:
-        wait_for(later)
-        run.ends([level, *later])
-    finally:
-        run.stop()
-    assert run.worker.paused == 0 and order.index(level) < order.index(later[0])
+    _, order, (stinger,) = with_arrivals(run, [level], arrive)
+    assert run.worker.paused == 0 and order.index(level) < order.index(stinger)
 
 
 def test_a_paused_batch_is_not_paused_again_inside(engine):
     """One level of pause (each paused batch keeps its KV cache in memory): prefetch work pauses for a game's
     request, and a still more urgent request waits for that one."""
-    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
-
-    run = Run(engine)
-    owner, urgent, order = object(), [], []
+    run, owner = Run(engine), object()
     level = run.scheduler.submit(spec("level music", 3.0), PRIORITY_PREFETCH, owner)[0]
 
-    def on_event(event):
-        if event[0] == "progress" and event[1] is level and event[2] >= 20 and not urgent:
-            urgent.append(run.scheduler.submit(spec("boss music", 2.0), PRIORITY_GET, owner)[0])
-        if event[0] == "progress" and urgent and event[1] is urgent[0] and event[2] >= 20 and len(urgent) == 1:
-            urgent.append(run.scheduler.submit(spec("alarm", 0.5), PRIORITY_GET + 10, owner)[0])
-        if event[0] == "done":
-            order.append(event[1])
+    def arrive(event, arrived):
+        if event[1] is level and event[2] >= 20 and not arrived:
+            arrived.append(run.scheduler.submit(spec("boss music", 2.0), PRIORITY_GET, owner)[0])
+        elif arrived and event[1] is arrived[0] and event[2] >= 20 and len(arrived) == 1:
+            arrived.append(run.scheduler.submit(spec("alarm", 0.5), PRIORITY_GET + 10, owner)[0])
 
-    run.on_event = on_event
-    run.start()
-    try:
-        wait_for(urgent)
-        deadline = time.monotonic() + 60
-        while len(urgent) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        run.ends([level, *urgent])
-    finally:
-        run.stop()
+    _, order, (boss, alarm) = with_arrivals(run, [level], arrive, count=2)
     # boss finishes before the alarm (no pause inside boss's run); level then pauses again, for the alarm
-    assert order == [urgent[0], urgent[1], level] and run.worker.paused == 2, (order, run.worker.paused)
+    assert order == [boss, alarm, level] and run.worker.paused == 2, (order, run.worker.paused)
 
 
 def test_no_pause_for_a_track_that_follows_the_theme_being_made(tmp_path):
@@ -270,7 +241,6 @@ def test_no_pause_for_a_track_that_follows_the_theme_being_made(tmp_path):
     from troubadour.backends import load_backend
     from troubadour.cache import TrackCache
     from troubadour.engine import Engine
-    from troubadour.jobs import PRIORITY_GET, PRIORITY_PREFETCH
     from troubadour.testmodel import cached_test_model
 
     melody_engine = Engine(load_backend(str(cached_test_model(melody=True)), "cpu"))
@@ -279,23 +249,12 @@ def test_no_pause_for_a_track_that_follows_the_theme_being_made(tmp_path):
     follower = TrackSpec(track_key("tiny", "castle halls", params, {"theme": theme.key}), "castle halls", params,
                          theme=theme)
     with TrackCache(tmp_path / "cache") as cache:
-        run = Run(melody_engine, cache=cache)
-        owner, later, order = object(), [], []
+        run, owner = Run(melody_engine, cache=cache), object()
         town = run.scheduler.submit(theme, PRIORITY_PREFETCH, owner)[0]
 
-        def on_event(event):
-            if event[0] == "progress" and event[1] is town and event[2] >= 20 and not later:
-                later.append(run.scheduler.submit(follower, PRIORITY_GET, owner)[0])
-            if event[0] == "done":
-                order.append(event[1])
+        def arrive(event, arrived):
+            if event[1] is town and event[2] >= 20 and not arrived:
+                arrived.append(run.scheduler.submit(follower, PRIORITY_GET, owner)[0])
 
-        run.on_event = on_event
-        run.start()
-        try:
-            wait_for(later)
-            ends = run.ends([town, *later])
-        finally:
-            run.stop()
-    assert run.worker.paused == 0 and order == [town, later[0]]
-    assert all(e[0][0] == "done" for e in ends.values())
-
+        ends, order, (castle,) = with_arrivals(run, [town], arrive)
+    assert run.worker.paused == 0 and order == [town, castle] and all(e[0][0] == "done" for e in ends.values())
