@@ -251,7 +251,7 @@ def write_audio(
 
 def ogg_serial(audio: np.ndarray) -> int:
     """A stream serial number that follows from the audio (see restamp_ogg)."""
-    return zlib.crc32(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+    return zlib.crc32(np.ascontiguousarray(audio, dtype=np.float32))   # (read in place, no copy)
 
 
 def restamp_ogg(data: bytes, serial: int) -> bytes:

@@ -338,11 +338,10 @@ def bake(profiles_path, out_dir, source, *, variants: int | None = None, fmt: st
             for name in profiles.contexts:
                 group = [p for p in plans if p.context.name == name and p.status != "skip"]
                 # (a theme's variant 0, or a track of the same prompt and settings, may already be here)
-                todo = [p for p in group if p.status == "generate" and p.raw_key not in run.raws]
-                for p in group:
-                    if p.status == "generate" and p not in todo:
-                        report.from_cache += 1
-                        bar.update(1)
+                fresh = [p for p in group if p.status == "generate"]
+                todo = [p for p in fresh if p.raw_key not in run.raws]
+                report.from_cache += len(fresh) - len(todo)      # the same raw track, made earlier in this run
+                bar.update(len(fresh) - len(todo))
                 try:
                     if todo:
                         run.generate(todo)
